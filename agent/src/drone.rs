@@ -1,0 +1,224 @@
+//! The drone's main loop: answers the controller's commands, beats its heart, sweeps idle
+//! backends, and on shutdown stops every backend it started before it returns.
+
+use crate::executor::Executor;
+use crate::lifecycle::{self, BackendHandle, Context};
+use crate::limits::{ENDED_MEMORY, REPORT_FLUSH_TIMEOUT, SWEEP_INTERVAL};
+use crate::reporter::{self, BackendReports, Reports};
+use crate::sweeper;
+use plane_dataplane::RouteTable;
+use plane_protocol::bus::{Bus, BusError, Message};
+use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::messages::{now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason};
+use plane_protocol::subjects::Subjects;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+/// How a drone is set up.
+#[derive(Clone, Debug)]
+pub struct DroneConfig {
+    pub id: DroneId,
+    /// The cluster's DNS domain.
+    pub cluster: String,
+    /// Backends it runs at once.
+    pub capacity: u32,
+    pub heartbeat_interval: Duration,
+    /// How long a backend gets to accept connections.
+    pub ready_timeout: Duration,
+    /// Between the polite stop signal and the kill.
+    pub stop_grace: Duration,
+    /// The proxy's scheme and port as clients see them (they make the backends' URLs).
+    pub proxy_scheme: String,
+    pub proxy_port: u16,
+}
+
+/// A drone: the agent half (the proxy serving `table` runs beside it).
+pub struct Drone {
+    config: DroneConfig,
+    bus: Bus,
+    subjects: Subjects,
+    shared: Arc<Shared>,
+}
+
+/// State shared with the lifecycle tasks.
+struct Shared {
+    context: Context,
+    backends: Mutex<HashMap<BackendId, Arc<BackendHandle>>>,
+    /// Recently ended backends, so that a re-sent spawn does not start one twice.
+    ended: Mutex<HashMap<BackendId, Instant>>,
+    /// Signalled whenever a backend ends.
+    backend_ended: Notify,
+}
+
+impl Shared {
+    fn backends(&self) -> MutexGuard<'_, HashMap<BackendId, Arc<BackendHandle>>> {
+        // A panic while holding this lock would be a bug in this module; keep serving anyway.
+        self.backends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ended(&self) -> MutexGuard<'_, HashMap<BackendId, Instant>> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drone {
+    pub fn new(config: DroneConfig, bus: Bus, table: RouteTable, executor: Arc<dyn Executor>) -> Self {
+        let subjects = Subjects::new(&config.cluster);
+        let context = Context {
+            executor,
+            table,
+            cluster: config.cluster.clone(),
+            ready_timeout: config.ready_timeout,
+            stop_grace: config.stop_grace,
+        };
+        Drone {
+            config,
+            bus,
+            subjects,
+            shared: Arc::new(Shared {
+                context,
+                backends: Mutex::new(HashMap::new()),
+                ended: Mutex::new(HashMap::new()),
+                backend_ended: Notify::new(),
+            }),
+        }
+    }
+
+    /// Serves the controller until `shutdown` resolves, then stops every backend, waits for
+    /// them to end and delivers their last reports (bounded by the stop grace and
+    /// [`REPORT_FLUSH_TIMEOUT`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
+        let mut commands = self
+            .bus
+            .subscribe(&self.subjects.drone_commands(&self.config.id))
+            .await?;
+        let (refused_tx, mut refused) = mpsc::unbounded_channel();
+        let (reports, reporter) =
+            reporter::start(self.bus.clone(), self.subjects.state_reports(), refused_tx);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(drone = %self.config.id, cluster = %self.config.cluster, executor = %self.shared.context.executor.kind(), "drone running");
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                msg = commands.next() => {
+                    let Some(msg) = msg else { break Err(BusError::Closed) };
+                    self.on_command(&msg, &reports).await;
+                }
+                Some(backend) = refused.recv() => {
+                    if let Some(handle) = self.shared.backends().get(&backend) {
+                        warn!(backend = %backend, "controller no longer knows this backend; stopping it");
+                        handle.request_stop(TerminationReason::Terminated);
+                    }
+                }
+                _ = heartbeat.tick() => self.beat().await,
+                _ = sweep.tick() => sweeper::sweep(&self.shared.backends(), Instant::now()),
+            }
+        };
+        self.stop_all().await;
+        drop(reports);
+        if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, reporter).await.is_err() {
+            warn!("controller unreachable; some final state reports were not delivered");
+        }
+        info!(drone = %self.config.id, "drone stopped");
+        result
+    }
+
+    async fn beat(&self) {
+        let heartbeat = Heartbeat {
+            drone: self.config.id.clone(),
+            executor: self.shared.context.executor.kind(),
+            capacity: self.config.capacity,
+            load: self.shared.backends().len() as u32,
+            draining: false,
+            proxy_scheme: self.config.proxy_scheme.clone(),
+            proxy_port: self.config.proxy_port,
+            at: now_millis(),
+        };
+        if let Err(error) = self.bus.publish_json(&self.subjects.heartbeats(), &heartbeat).await {
+            warn!(%error, "heartbeat not sent");
+        }
+    }
+
+    async fn on_command(&self, msg: &Message, reports: &Reports) {
+        let ack = match msg.decode::<DroneCommand>() {
+            Ok(DroneCommand::Spawn { backend, spec }) => self.spawn(backend, spec, reports),
+            Ok(DroneCommand::Terminate { backend }) => {
+                if let Some(handle) = self.shared.backends().get(&backend) {
+                    handle.request_stop(TerminationReason::Terminated);
+                }
+                Ack::Accepted
+            }
+            Err(error) => {
+                warn!(%error, "refusing malformed command");
+                Ack::Rejected {
+                    error: error.to_string(),
+                }
+            }
+        };
+        if let Err(error) = self.bus.respond_json(msg, &ack).await {
+            debug!(%error, "could not answer command");
+        }
+    }
+
+    /// Starts a backend's lifecycle unless it is known already (then the spawn is a re-send).
+    fn spawn(&self, backend: BackendId, spec: BackendSpec, reports: &Reports) -> Ack {
+        let mut backends = self.shared.backends();
+        if backends.contains_key(&backend) {
+            return Ack::Accepted;
+        }
+        {
+            let mut ended = self.shared.ended();
+            ended.retain(|_, at| at.elapsed() < ENDED_MEMORY);
+            if ended.contains_key(&backend) {
+                return Ack::Accepted;
+            }
+        }
+        if backends.len() >= self.config.capacity as usize {
+            return Ack::Rejected {
+                error: format!("drone {} is full ({} backends)", self.config.id, backends.len()),
+            };
+        }
+        let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
+        backends.insert(backend.clone(), handle.clone());
+        drop(backends);
+        let shared = self.shared.clone();
+        let reports = BackendReports::new(reports.clone(), backend.clone(), self.config.id.clone());
+        info!(backend = %backend, command = ?spec.executable.command, "spawning backend");
+        tokio::spawn(async move {
+            lifecycle::run(&shared.context, backend.clone(), spec, handle, stop, reports).await;
+            shared.backends().remove(&backend);
+            shared.ended().insert(backend, Instant::now());
+            shared.backend_ended.notify_waiters();
+        });
+        Ack::Accepted
+    }
+
+    /// Stops every backend and waits until all have ended.
+    async fn stop_all(&self) {
+        let count = {
+            let backends = self.shared.backends();
+            for handle in backends.values() {
+                handle.request_stop(TerminationReason::Terminated);
+            }
+            backends.len()
+        };
+        if count > 0 {
+            info!(count, "stopping every backend");
+        }
+        loop {
+            let ended = self.shared.backend_ended.notified();
+            if self.shared.backends().is_empty() {
+                return;
+            }
+            ended.await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! What every executor (`process`, later `docker`) offers the lifecycle: start a backend, learn
+//! its address, wait for its exit, stop it. The lifecycle never knows which one it drives.
+
+use futures::future::BoxFuture;
+use plane_protocol::ids::BackendId;
+use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a backend could not be started (it ends `terminated/error_loading`).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("the command is empty")]
+    EmptyCommand,
+    #[error("no free port for the backend: {0}")]
+    NoPort(std::io::Error),
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+}
+
+/// Everything needed to start one backend.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub backend: BackendId,
+    pub spec: BackendSpec,
+    /// The complete environment Plane gives it (`PORT`, `PLANE_*`, then the spec's `env`).
+    pub env: Vec<(String, String)>,
+    /// The port it must listen on (also in `env` as `PORT`).
+    pub port: u16,
+}
+
+/// How a backend ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Its exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// A short human description, e.g. `exit code 3` or `killed by signal 9`.
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => "ended".to_string(),
+        }
+    }
+}
+
+/// A way of running backends.
+pub trait Executor: Send + Sync + 'static {
+    fn kind(&self) -> ExecutorKind;
+
+    /// Starts the backend. An error means it could not be loaded at all.
+    fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>>;
+}
+
+/// A started backend. Dropping it kills whatever is left of it.
+pub trait Running: Send {
+    /// Where the proxy reaches it.
+    fn address(&self) -> SocketAddr;
+
+    /// Resolves when it has exited by itself. Cancel safe.
+    fn wait(&mut self) -> BoxFuture<'_, Exit>;
+
+    /// Stops it (a polite signal, then a kill after `grace`) and resolves once nothing of it is
+    /// left running.
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit>;
+}

@@ -1,0 +1,13 @@
+//! The drone's agent: it takes commands from the controller, runs each backend through an
+//! executor, drives it through its lifecycle, routes it in the proxy once ready, sweeps it when
+//! idle, and reports every state change until the controller acknowledges it.
+
+pub mod drone;
+pub mod executor;
+mod lifecycle;
+pub mod limits;
+pub mod process;
+mod reporter;
+mod sweeper;
+
+pub use drone::{Drone, DroneConfig};

@@ -1,0 +1,255 @@
+//! One backend's life on the drone, as one task:
+//!
+//! ```text
+//! loading ──launch fails──────────────────────────────▶ terminated/error_loading
+//!    │
+//! starting ─exits──────────────────────────────────────▶ terminated/error_starting
+//!    │     ─no connection within the ready timeout─────▶ terminating ▶ terminated/timed_out
+//! ready ───exits (0 / non-zero)────────────────────────▶ terminated/exited | failed
+//!    │     ─stop requested (API, sweeper, controller)──▶ terminating ▶ terminated/{reason}
+//! ```
+//! A stop request is honoured in every state, and the task returns only once nothing of the
+//! backend runs any more and its route is gone.
+
+use crate::executor::{Executor, Exit, Launch, Running};
+use crate::limits::{READY_PROBE_MAX, READY_PROBE_MIN};
+use crate::reporter::BackendReports;
+use plane_dataplane::{Route, RouteTable};
+use plane_protocol::ids::BackendId;
+use plane_protocol::messages::{BackendSpec, BackendState, TerminationReason};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+/// What the drone keeps of a running backend: how to stop it and what the sweeper reads.
+pub(crate) struct BackendHandle {
+    stop: watch::Sender<Option<TerminationReason>>,
+    /// Set once the backend is ready and routed.
+    route: Mutex<Option<Arc<Route>>>,
+    max_idle_secs: AtomicU64,
+}
+
+impl BackendHandle {
+    pub(crate) fn new(max_idle_secs: u64) -> (Arc<Self>, watch::Receiver<Option<TerminationReason>>) {
+        let (stop, stopped) = watch::channel(None);
+        let handle = BackendHandle {
+            stop,
+            route: Mutex::new(None),
+            max_idle_secs: AtomicU64::new(max_idle_secs),
+        };
+        (Arc::new(handle), stopped)
+    }
+
+    /// Asks the backend to stop; the first reason given wins.
+    pub(crate) fn request_stop(&self, reason: TerminationReason) {
+        self.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub(crate) fn route(&self) -> Option<Arc<Route>> {
+        self.route.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn set_route(&self, route: Arc<Route>) {
+        if let Ok(mut slot) = self.route.lock() {
+            *slot = Some(route);
+        }
+    }
+
+    pub(crate) fn max_idle(&self) -> Duration {
+        Duration::from_secs(self.max_idle_secs.load(Ordering::Relaxed))
+    }
+}
+
+/// What a lifecycle needs from its drone.
+pub(crate) struct Context {
+    pub executor: Arc<dyn Executor>,
+    pub table: RouteTable,
+    pub cluster: String,
+    pub ready_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+/// Drives one backend from `loading` to `terminated`.
+pub(crate) async fn run(
+    ctx: &Context,
+    backend: BackendId,
+    spec: BackendSpec,
+    handle: Arc<BackendHandle>,
+    mut stop: watch::Receiver<Option<TerminationReason>>,
+    mut reports: BackendReports,
+) {
+    reports.state(BackendState::Loading);
+    // Requests that arrive while it starts are held by the proxy rather than refused.
+    ctx.table.insert_starting(backend.as_str());
+    let outcome = drive(ctx, &backend, spec, &handle, &mut stop, &mut reports).await;
+    ctx.table.remove(backend.as_str());
+    info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
+    reports.terminated(outcome.reason, outcome.exit_code, outcome.message);
+}
+
+struct Outcome {
+    reason: TerminationReason,
+    exit_code: Option<i32>,
+    message: Option<String>,
+}
+
+impl Outcome {
+    fn new(reason: TerminationReason, exit: Option<Exit>, message: Option<String>) -> Self {
+        Outcome {
+            reason,
+            exit_code: exit.and_then(|e| e.code),
+            message,
+        }
+    }
+}
+
+async fn drive(
+    ctx: &Context,
+    backend: &BackendId,
+    spec: BackendSpec,
+    handle: &BackendHandle,
+    stop: &mut watch::Receiver<Option<TerminationReason>>,
+    reports: &mut BackendReports,
+) -> Outcome {
+    let port = match free_port() {
+        Ok(port) => port,
+        Err(e) => {
+            return Outcome::new(
+                TerminationReason::ErrorLoading,
+                None,
+                Some(format!("no free port for the backend: {e}")),
+            )
+        }
+    };
+    let launch = Launch {
+        env: environment(backend, &ctx.cluster, port, &spec),
+        backend: backend.clone(),
+        spec,
+        port,
+    };
+    let mut running = match ctx.executor.launch(launch).await {
+        Ok(running) => running,
+        Err(e) => {
+            return Outcome::new(TerminationReason::ErrorLoading, None, Some(e.to_string()))
+        }
+    };
+    let stopped_early = *stop.borrow();
+    if let Some(reason) = stopped_early {
+        return stop_now(ctx, backend, running.as_mut(), reason, reports).await;
+    }
+    reports.state(BackendState::Starting);
+    let address = running.address();
+    let ready = tokio::select! {
+        () = accepting(address) => true,
+        () = tokio::time::sleep(ctx.ready_timeout) => false,
+        exit = running.wait() => {
+            return Outcome::new(
+                TerminationReason::ErrorStarting,
+                Some(exit),
+                Some(format!("exited before accepting connections ({})", exit.describe())),
+            );
+        }
+        reason = stop_requested(stop) => return stop_now(ctx, backend, running.as_mut(), reason, reports).await,
+    };
+    if !ready {
+        let message = format!(
+            "did not accept connections on port {} within {:?}",
+            address.port(),
+            ctx.ready_timeout
+        );
+        let mut outcome =
+            stop_now(ctx, backend, running.as_mut(), TerminationReason::TimedOut, reports).await;
+        outcome.message = Some(message);
+        return outcome;
+    }
+    handle.set_route(ctx.table.set_ready(backend.as_str(), address));
+    reports.state(BackendState::Ready);
+    info!(backend = %backend, %address, "backend ready");
+    tokio::select! {
+        exit = running.wait() => {
+            let reason = if exit.success() { TerminationReason::Exited } else { TerminationReason::Failed };
+            Outcome::new(reason, Some(exit), (!exit.success()).then(|| exit.describe()))
+        }
+        reason = stop_requested(stop) => stop_now(ctx, backend, running.as_mut(), reason, reports).await,
+    }
+}
+
+/// Takes the backend out of the proxy, then stops it.
+async fn stop_now(
+    ctx: &Context,
+    backend: &BackendId,
+    running: &mut dyn Running,
+    reason: TerminationReason,
+    reports: &mut BackendReports,
+) -> Outcome {
+    reports.state(BackendState::Terminating);
+    ctx.table.remove(backend.as_str());
+    let exit = running.stop(ctx.stop_grace).await;
+    debug!(%reason, exit = %exit.describe(), "backend stopped");
+    Outcome::new(reason, Some(exit), None)
+}
+
+/// Resolves with the first stop reason. Cancel safe.
+async fn stop_requested(stop: &mut watch::Receiver<Option<TerminationReason>>) -> TerminationReason {
+    loop {
+        if let Some(reason) = *stop.borrow_and_update() {
+            return reason;
+        }
+        if stop.changed().await.is_err() {
+            // The drone dropped the handle: it is going away.
+            return TerminationReason::Terminated;
+        }
+    }
+}
+
+/// Resolves once something accepts TCP connections at `address`. There is no event for "a
+/// process started listening", so this probes, backing off up to [`READY_PROBE_MAX`].
+async fn accepting(address: SocketAddr) {
+    let mut pause = READY_PROBE_MIN;
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(READY_PROBE_MAX);
+    }
+}
+
+/// A port free on loopback a moment ago. The backend binds it itself; a race with another
+/// process shows up as a backend that never becomes ready.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The backend's environment (**contract**): `PORT`, `PLANE_BACKEND_ID`, `PLANE_CLUSTER`, then
+/// the spawn's own variables (which may not override these; the API refuses that).
+fn environment(
+    backend: &BackendId,
+    cluster: &str,
+    port: u16,
+    spec: &BackendSpec,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PORT".to_string(), port.to_string()),
+        ("PLANE_BACKEND_ID".to_string(), backend.to_string()),
+        ("PLANE_CLUSTER".to_string(), cluster.to_string()),
+    ];
+    env.extend(
+        spec.env
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "PORT" | "PLANE_BACKEND_ID" | "PLANE_CLUSTER"))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env
+}

@@ -1,0 +1,38 @@
+//! Every default and bound of the agent, in one place.
+
+use std::time::Duration;
+
+/// How often a drone tells the controller it is alive.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a backend gets to accept connections on its port.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Between SIGTERM (or a container stop) and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Backends a drone runs at once unless told otherwise.
+pub const DEFAULT_CAPACITY: u32 = 256;
+
+/// How often the sweeper looks for idle backends; bounds the sweep's lateness.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Readiness probe backoff: first and longest pause between connection attempts.
+pub const READY_PROBE_MIN: Duration = Duration::from_millis(20);
+pub const READY_PROBE_MAX: Duration = Duration::from_millis(250);
+
+/// How long a state report waits for the controller's acknowledgement before it is re-sent.
+pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause between re-sends of an unacknowledged report: first and longest.
+pub const REPORT_RETRY_MIN: Duration = Duration::from_millis(100);
+pub const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// On shutdown, how long pending reports may take to reach the controller.
+pub const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An ended backend's id is remembered this long, so a re-sent spawn does not start it again.
+pub const ENDED_MEMORY: Duration = Duration::from_secs(600);
+
+/// The longest line of a backend's output that is logged whole.
+pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;

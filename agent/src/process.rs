@@ -1,0 +1,226 @@
+//! The `process` executor: each backend is a local command, run directly (no shell), in its
+//! own process group so that stopping it reaches everything it started.
+//!
+//! Children are started from one long-lived thread with `PR_SET_PDEATHSIG`, so that a drone
+//! killed outright (SIGKILL, OOM) takes its backends with it: the signal follows the death of
+//! the thread that forked, and this thread lives exactly as long as the executor.
+
+use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
+use crate::limits::MAX_LOG_LINE_BYTES;
+use futures::future::BoxFuture;
+use plane_protocol::ids::BackendId;
+use plane_protocol::messages::ExecutorKind;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+type SpawnReply = oneshot::Sender<std::io::Result<tokio::process::Child>>;
+
+/// Runs backends as local processes listening on `127.0.0.1:$PORT`.
+pub struct ProcessExecutor {
+    spawner: std_mpsc::Sender<(std::process::Command, SpawnReply)>,
+}
+
+impl ProcessExecutor {
+    /// Starts the spawner thread; must be called within a tokio runtime, which the thread
+    /// uses to register the children it starts.
+    pub fn new() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (tx, rx) = std_mpsc::channel::<(std::process::Command, SpawnReply)>();
+        std::thread::Builder::new()
+            .name("plane-spawner".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                for (command, reply) in rx {
+                    let mut command = tokio::process::Command::from(command);
+                    // Should the launching task be gone, the child must not outlive its handle.
+                    command.kill_on_drop(true);
+                    let _ = reply.send(command.spawn());
+                }
+            })?;
+        Ok(ProcessExecutor { spawner: tx })
+    }
+
+    fn command(launch: &Launch) -> Result<std::process::Command, LaunchError> {
+        let argv = &launch.spec.executable.command;
+        let program = argv.first().ok_or(LaunchError::EmptyCommand)?;
+        let mut command = std::process::Command::new(program);
+        command
+            .args(&argv[1..])
+            // A backend sees Plane's variables and its own, not the drone's secrets; PATH is
+            // kept so that the command and what it starts can be found.
+            .env_clear()
+            .envs(std::env::var_os("PATH").map(|p| (std::ffi::OsString::from("PATH"), p)))
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates or locks.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The drone may have died between fork and prctl.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other("the drone exited during spawn"));
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Process
+    }
+
+    fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {
+        Box::pin(async move {
+            let command = Self::command(&launch)?;
+            let program = launch.spec.executable.command[0].clone();
+            let (reply, answer) = oneshot::channel();
+            self.spawner
+                .send((command, reply))
+                .map_err(|_| LaunchError::ShuttingDown)?;
+            let mut child = answer
+                .await
+                .map_err(|_| LaunchError::ShuttingDown)?
+                .map_err(|source| LaunchError::Spawn { program, source })?;
+            let Some(pid) = child.id() else {
+                return Err(LaunchError::ShuttingDown);
+            };
+            if let Some(out) = child.stdout.take() {
+                tokio::spawn(forward_output(launch.backend.clone(), "stdout", out));
+            }
+            if let Some(err) = child.stderr.take() {
+                tokio::spawn(forward_output(launch.backend.clone(), "stderr", err));
+            }
+            info!(backend = %launch.backend, pid, port = launch.port, "process started");
+            Ok(Box::new(ProcessBackend {
+                backend: launch.backend,
+                child,
+                pgid: pid as libc::pid_t,
+                address: SocketAddr::from((Ipv4Addr::LOCALHOST, launch.port)),
+                exit: None,
+            }) as Box<dyn Running>)
+        })
+    }
+}
+
+/// One running backend process and its process group.
+struct ProcessBackend {
+    backend: BackendId,
+    child: tokio::process::Child,
+    pgid: libc::pid_t,
+    address: SocketAddr,
+    exit: Option<Exit>,
+}
+
+impl ProcessBackend {
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: killpg has no memory-safety preconditions. ESRCH (group already empty) is fine.
+        let rc = unsafe { libc::killpg(self.pgid, signal) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ESRCH) {
+                warn!(backend = %self.backend, pgid = self.pgid, %error, "killpg failed");
+            }
+        }
+    }
+
+    /// Records the leader's exit and kills whatever it left behind in its group.
+    fn reaped(&mut self, status: std::io::Result<ExitStatus>) -> Exit {
+        let exit = match status {
+            Ok(status) => Exit {
+                code: status.code(),
+                signal: status.signal(),
+            },
+            Err(error) => {
+                warn!(backend = %self.backend, %error, "waiting for backend process failed");
+                Exit {
+                    code: None,
+                    signal: None,
+                }
+            }
+        };
+        self.signal_group(libc::SIGKILL);
+        debug!(backend = %self.backend, exit = %exit.describe(), "process ended");
+        self.exit = Some(exit);
+        exit
+    }
+}
+
+impl Running for ProcessBackend {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            if let Some(exit) = self.exit {
+                return exit;
+            }
+            let status = self.child.wait().await;
+            self.reaped(status)
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            if let Some(exit) = self.exit {
+                return exit;
+            }
+            self.signal_group(libc::SIGTERM);
+            let status = match tokio::time::timeout(grace, self.child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    warn!(backend = %self.backend, ?grace, "backend ignored SIGTERM; killing it");
+                    self.signal_group(libc::SIGKILL);
+                    self.child.wait().await
+                }
+            };
+            self.reaped(status)
+        })
+    }
+}
+
+impl Drop for ProcessBackend {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.signal_group(libc::SIGKILL);
+        }
+    }
+}
+
+/// Logs a backend's output line by line, cutting overlong lines.
+async fn forward_output(backend: BackendId, stream: &'static str, output: impl AsyncRead + Unpin) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LOG_LINE_BYTES as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                info!(backend = %backend, stream, "{}", text.trim_end());
+            }
+            Err(error) => {
+                debug!(backend = %backend, stream, %error, "output closed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Benchmarks of Plane's hot paths. The benches live in `benches/`; this library holds the code
+//! paths they measure, written once so a bench cannot drift from what the proxy does.
+
+use std::sync::Arc;
+
+use plane_dataplane::{backend_label, Route, RouteTable};
+
+/// The proxy's per-request routing decision: parse the backend label out of `host`, then look it
+/// up (lowercased on the stack) in the current route snapshot.
+#[inline]
+pub fn route(table: &RouteTable, host: &str) -> Option<Arc<Route>> {
+    let label = backend_label(host, table.cluster()).ok()?;
+    table.lookup(label)
+}

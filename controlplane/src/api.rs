@@ -1,0 +1,243 @@
+//! The HTTP API (**contract**: paths and JSON shapes). Handlers translate between HTTP and
+//! [`Controller`] methods; every error is JSON `{"error": "..."}` with a status that says whose
+//! fault it is (4xx: the caller's, 5xx: ours or a drone's).
+
+use crate::controller::{ControlError, Controller};
+use crate::limits::MAX_API_BODY_BYTES;
+use crate::records::{BackendRecord, DroneView};
+use crate::spawn_request::SpawnRequest;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::Stream;
+use plane_protocol::bus::{KvChange, KvWatch};
+use plane_protocol::ids::BackendId;
+use plane_protocol::messages::BackendState;
+use serde_json::json;
+use std::convert::Infallible;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+/// An API error: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::NoDrone(_)
+            | ControlError::NoDroneAccepted(_)
+            | ControlError::DroneUnreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::DroneRefused { .. } => StatusCode::BAD_GATEWAY,
+            ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            warn!(error = %e, "API request failed");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
+    BackendId::new(raw)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {raw:?}: {e}")))
+}
+
+/// The API's routes over `controller`.
+pub fn router(controller: Controller) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/backends", get(list_backends).post(spawn_backend))
+        .route("/v1/backends/{id}", get(get_backend).delete(terminate_backend))
+        .route("/v1/backends/{id}/events", get(backend_events))
+        .route("/v1/drones", get(list_drones))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .with_state(controller)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    controller: Controller,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(controller))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn spawn_backend(
+    State(controller): State<Controller>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
+    let spec = SpawnRequest::from_json(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid spawn request: {e}"))
+    })?;
+    let record = controller.spawn(spec).await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn list_backends(
+    State(controller): State<Controller>,
+) -> Result<Json<Vec<BackendRecord>>, ApiError> {
+    Ok(Json(controller.backends().await?))
+}
+
+async fn get_backend(
+    State(controller): State<Controller>,
+    Path(id): Path<String>,
+) -> Result<Json<BackendRecord>, ApiError> {
+    Ok(Json(controller.backend(&backend_id(&id)?).await?))
+}
+
+async fn terminate_backend(
+    State(controller): State<Controller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
+    let record = controller.terminate(&backend_id(&id)?).await?;
+    let status = if record.is_terminated() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(record)))
+}
+
+async fn list_drones(
+    State(controller): State<Controller>,
+) -> Result<Json<Vec<DroneView>>, ApiError> {
+    let drones = controller.drones().await?;
+    Ok(Json(
+        drones
+            .into_iter()
+            .map(|(drone, live)| DroneView { drone, live })
+            .collect(),
+    ))
+}
+
+/// One `state` event per state change of the backend, ending after `terminated`.
+async fn backend_events(
+    State(controller): State<Controller>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = backend_id(&id)?;
+    let kv = controller.state().backends_kv().clone();
+    // Watch before reading, so that no change falls between the read and the watch.
+    let watch = kv
+        .watch(id.as_str())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let current = controller.backend(&id).await?;
+    let revision = kv
+        .get(id.as_str())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.revision)
+        .unwrap_or_default();
+    let events = EventStream {
+        watch,
+        last_revision: revision,
+        last_state: None,
+        pending: Some(current),
+        done: false,
+    };
+    let stream = futures::stream::unfold(events, |mut s| async move {
+        let record = s.next_record().await?;
+        Some((Ok(state_event(&record)), s))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+struct EventStream {
+    watch: KvWatch,
+    last_revision: u64,
+    last_state: Option<BackendState>,
+    pending: Option<BackendRecord>,
+    done: bool,
+}
+
+impl EventStream {
+    /// The next record whose state differs from the last one sent; `None` after `terminated`.
+    async fn next_record(&mut self) -> Option<BackendRecord> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let record = match self.pending.take() {
+                Some(record) => record,
+                None => match self.watch.next().await? {
+                    KvChange::Put(entry) if entry.revision > self.last_revision => {
+                        self.last_revision = entry.revision;
+                        match serde_json::from_slice::<BackendRecord>(&entry.value) {
+                            Ok(record) => record,
+                            Err(error) => {
+                                warn!(%error, key = %entry.key, "undecodable backend record");
+                                continue;
+                            }
+                        }
+                    }
+                    KvChange::Put(_) => continue,
+                    KvChange::Delete { .. } => return None,
+                },
+            };
+            if self.last_state == Some(record.state) {
+                continue;
+            }
+            self.last_state = Some(record.state);
+            self.done = record.is_terminated();
+            return Some(record);
+        }
+    }
+}
+
+fn state_event(record: &BackendRecord) -> Event {
+    Event::default()
+        .event("state")
+        .json_data(record)
+        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+}

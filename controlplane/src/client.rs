@@ -1,0 +1,251 @@
+//! A typed client of the HTTP API, used by the `plane` CLI (and usable by apps written in Rust).
+
+use crate::records::{BackendRecord, DroneView};
+use crate::spawn_request::SpawnRequest;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use plane_protocol::ids::BackendId;
+use serde::de::DeserializeOwned;
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid API address {url:?}: {reason}")]
+    BadAddress { url: String, reason: String },
+    #[error("invalid backend id {id:?}: {source}")]
+    BadId {
+        id: String,
+        source: plane_protocol::ids::IdError,
+    },
+    #[error("could not reach the Plane API at {url}: {source}")]
+    Unreachable {
+        url: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("reading the API's answer: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("the API answered {status}: {message}")]
+    Api { status: StatusCode, message: String },
+    #[error("the API's answer did not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A client of one Plane API, e.g. `http://127.0.0.1:9080`.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let uri: http::Uri = base.parse().map_err(|e: http::uri::InvalidUri| {
+            ClientError::BadAddress {
+                url: base.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ClientError::BadAddress {
+                url: base,
+                reason: "expected http://HOST:PORT".into(),
+            });
+        }
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Ok(ApiClient { base, http })
+    }
+
+    pub async fn spawn(&self, request: &SpawnRequest) -> Result<BackendRecord, ClientError> {
+        let body = serde_json::to_vec(request)?;
+        self.json(Method::POST, "/v1/backends", Some(body)).await
+    }
+
+    pub async fn backend(&self, id: &str) -> Result<BackendRecord, ClientError> {
+        let id = parse_id(id)?;
+        self.json(Method::GET, &format!("/v1/backends/{id}"), None).await
+    }
+
+    pub async fn backends(&self) -> Result<Vec<BackendRecord>, ClientError> {
+        self.json(Method::GET, "/v1/backends", None).await
+    }
+
+    pub async fn terminate(&self, id: &str) -> Result<BackendRecord, ClientError> {
+        let id = parse_id(id)?;
+        self.json(Method::DELETE, &format!("/v1/backends/{id}"), None)
+            .await
+    }
+
+    pub async fn drones(&self) -> Result<Vec<DroneView>, ClientError> {
+        self.json(Method::GET, "/v1/drones", None).await
+    }
+
+    /// Follows the backend's event stream: one record per state change, ending after
+    /// `terminated`.
+    pub async fn events(&self, id: &str) -> Result<EventStream, ClientError> {
+        let id = parse_id(id)?;
+        let response = self
+            .send(Method::GET, &format!("/v1/backends/{id}/events"), None)
+            .await?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        Ok(EventStream {
+            body: response.into_body(),
+            buffer: BytesMut::new(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::BadAddress {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        self.http
+            .request(request)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, path, body).await?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+fn parse_id(id: &str) -> Result<BackendId, ClientError> {
+    BackendId::new(id).map_err(|source| ClientError::BadId {
+        id: id.to_string(),
+        source,
+    })
+}
+
+async fn api_error(response: hyper::Response<Incoming>) -> ClientError {
+    let status = response.status();
+    let message = match response.into_body().collect().await {
+        Ok(body) => {
+            let bytes = body.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Err(e) => format!("(unreadable body: {e})"),
+    };
+    ClientError::Api { status, message }
+}
+
+/// A server-sent event stream of backend records.
+pub struct EventStream {
+    body: Incoming,
+    buffer: BytesMut,
+}
+
+impl EventStream {
+    /// The next state change; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<BackendRecord, ClientError>> {
+        loop {
+            if let Some(event) = take_event(&mut self.buffer) {
+                if let Some(data) = state_data(&event) {
+                    return Some(serde_json::from_str(&data).map_err(ClientError::from));
+                }
+                continue;
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(data.chunk());
+                    }
+                }
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// Removes one complete event (up to a blank line) from the buffer.
+fn take_event(buffer: &mut BytesMut) -> Option<String> {
+    let text = std::str::from_utf8(buffer).ok()?;
+    let normalised_end = text.find("\n\n").map(|i| (i, 2));
+    let crlf_end = text.find("\r\n\r\n").map(|i| (i, 4));
+    let (at, len) = match (normalised_end, crlf_end) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    let event = text[..at].to_string();
+    buffer.advance(at + len);
+    Some(event)
+}
+
+/// The data of a `state` event; `None` for comments, keep-alives and other events.
+fn state_data(event: &str) -> Option<String> {
+    let mut name = "message";
+    let mut data: Vec<&str> = Vec::new();
+    for line in event.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    (name == "state" && !data.is_empty()).then(|| data.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_anywhere() {
+        let stream = b": keep-alive\n\nevent: state\ndata: {\"a\":1}\n\nevent: state\ndata: 2\n\n";
+        for split in 0..stream.len() {
+            let mut buffer = BytesMut::new();
+            let mut found = Vec::new();
+            for part in [&stream[..split], &stream[split..]] {
+                buffer.extend_from_slice(part);
+                while let Some(event) = take_event(&mut buffer) {
+                    if let Some(data) = state_data(&event) {
+                        found.push(data);
+                    }
+                }
+            }
+            assert_eq!(found, ["{\"a\":1}", "2"], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn rejects_non_http_addresses() {
+        assert!(ApiClient::new("ftp://x").is_err());
+        assert!(ApiClient::new("not a url").is_err());
+        assert!(ApiClient::new("http://127.0.0.1:9080/").is_ok());
+    }
+}

@@ -1,0 +1,258 @@
+//! The records the controller keeps in the cluster's KV buckets. They are also what the API
+//! returns, so their field names are part of the API contract.
+
+use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::messages::{
+    BackendSpec, BackendState, ExecutorKind, Heartbeat, StateReport, TerminationReason, UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+
+/// One backend, from scheduling to termination (bucket `plane_{cluster}_backends`, key = id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    pub id: BackendId,
+    /// Where clients reach it: `{scheme}://{id}.{cluster}[:port]/`.
+    pub url: String,
+    pub state: BackendState,
+    /// Set once `state` is `terminated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<TerminationReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Detail from the drone, e.g. why loading failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub drone: DroneId,
+    pub max_idle_secs: u64,
+    pub spec: BackendSpec,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// Sequence number of the last drone report applied (0: none yet).
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+/// What applying a drone's report to a record did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The record changed; write it.
+    Applied,
+    /// Seen before (a re-sent report); acknowledge, write nothing.
+    Duplicate,
+    /// The report cannot apply; tell the drone why so it stops the backend.
+    Refused(String),
+}
+
+impl BackendRecord {
+    pub fn is_terminated(&self) -> bool {
+        self.state == BackendState::Terminated
+    }
+
+    /// Applies `report` if it is new and comes from the drone this backend was given to.
+    pub fn apply(&mut self, report: &StateReport) -> ReportOutcome {
+        if report.drone != self.drone {
+            return ReportOutcome::Refused(format!(
+                "backend {} is assigned to drone {}, not {}",
+                self.id, self.drone, report.drone
+            ));
+        }
+        if report.seq <= self.last_seq {
+            return ReportOutcome::Duplicate;
+        }
+        if self.is_terminated() {
+            // The controller ended it (e.g. declared its drone lost): the drone must stop it.
+            return if report.state == BackendState::Terminated {
+                self.last_seq = report.seq;
+                ReportOutcome::Duplicate
+            } else {
+                ReportOutcome::Refused(format!(
+                    "backend {} is already terminated ({})",
+                    self.id,
+                    self.reason.map(|r| r.as_str()).unwrap_or("unknown")
+                ))
+            };
+        }
+        self.last_seq = report.seq;
+        self.state = report.state;
+        self.reason = report.reason;
+        self.exit_code = report.exit_code;
+        if report.message.is_some() {
+            self.message.clone_from(&report.message);
+        }
+        self.updated_at = report.at.max(self.updated_at);
+        ReportOutcome::Applied
+    }
+
+    /// Ends the backend from the controller's side (its drone is gone).
+    pub fn terminate_here(&mut self, reason: TerminationReason, message: String, at: UnixMillis) {
+        self.state = BackendState::Terminated;
+        self.reason = Some(reason);
+        self.message = Some(message);
+        self.updated_at = at;
+    }
+}
+
+/// One drone as last heard from (bucket `plane_{cluster}_drones`, key = id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroneRecord {
+    pub id: DroneId,
+    pub executor: ExecutorKind,
+    pub capacity: u32,
+    pub load: u32,
+    pub draining: bool,
+    pub proxy_scheme: String,
+    pub proxy_port: u16,
+    pub last_heartbeat: UnixMillis,
+    /// Set when the drone stopped beating for longer than the grace period.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+impl DroneRecord {
+    pub fn from_heartbeat(hb: &Heartbeat, received_at: UnixMillis) -> Self {
+        DroneRecord {
+            id: hb.drone.clone(),
+            executor: hb.executor,
+            capacity: hb.capacity,
+            load: hb.load,
+            draining: hb.draining,
+            proxy_scheme: hb.proxy_scheme.clone(),
+            proxy_port: hb.proxy_port,
+            last_heartbeat: received_at,
+            lost: false,
+        }
+    }
+
+    /// Whether the drone beat within `grace_ms` of `now`.
+    pub fn is_live(&self, now: UnixMillis, grace_ms: u64) -> bool {
+        !self.lost && now.saturating_sub(self.last_heartbeat) <= grace_ms
+    }
+
+    /// The URL of a backend on this drone.
+    pub fn backend_url(&self, backend: &BackendId, cluster: &str) -> String {
+        let default_port = match self.proxy_scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        };
+        if self.proxy_port == default_port {
+            format!("{}://{}.{}/", self.proxy_scheme, backend, cluster)
+        } else {
+            format!(
+                "{}://{}.{}:{}/",
+                self.proxy_scheme, backend, cluster, self.proxy_port
+            )
+        }
+    }
+}
+
+/// A drone as the API shows it: its record and whether it is live now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroneView {
+    #[serde(flatten)]
+    pub drone: DroneRecord,
+    pub live: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plane_protocol::messages::Executable;
+
+    fn record() -> BackendRecord {
+        BackendRecord {
+            id: BackendId::new("b1").expect("valid"),
+            url: "http://b1.c/".into(),
+            state: BackendState::Scheduled,
+            reason: None,
+            exit_code: None,
+            message: None,
+            drone: DroneId::new("d1").expect("valid"),
+            max_idle_secs: 5,
+            spec: BackendSpec {
+                executable: Executable {
+                    command: vec!["x".into()],
+                },
+                max_idle_secs: 5,
+                env: Default::default(),
+            },
+            created_at: 1,
+            updated_at: 1,
+            last_seq: 0,
+        }
+    }
+
+    fn report(seq: u64, state: BackendState, drone: &str) -> StateReport {
+        StateReport {
+            backend: BackendId::new("b1").expect("valid"),
+            drone: DroneId::new(drone).expect("valid"),
+            seq,
+            state,
+            reason: None,
+            exit_code: None,
+            message: None,
+            at: 10,
+        }
+    }
+
+    #[test]
+    fn reports_apply_once_and_in_order() {
+        let mut r = record();
+        assert_eq!(
+            r.apply(&report(1, BackendState::Loading, "d1")),
+            ReportOutcome::Applied
+        );
+        assert_eq!(
+            r.apply(&report(1, BackendState::Loading, "d1")),
+            ReportOutcome::Duplicate
+        );
+        assert_eq!(
+            r.apply(&report(2, BackendState::Ready, "d1")),
+            ReportOutcome::Applied
+        );
+        assert_eq!(r.state, BackendState::Ready);
+        assert_eq!(r.last_seq, 2);
+    }
+
+    #[test]
+    fn reports_from_another_drone_are_refused() {
+        let mut r = record();
+        assert!(matches!(
+            r.apply(&report(1, BackendState::Loading, "d2")),
+            ReportOutcome::Refused(_)
+        ));
+        assert_eq!(r.state, BackendState::Scheduled);
+    }
+
+    #[test]
+    fn a_lost_backend_refuses_life_but_accepts_its_end() {
+        let mut r = record();
+        r.terminate_here(TerminationReason::Lost, "drone lost".into(), 5);
+        assert!(matches!(
+            r.apply(&report(1, BackendState::Ready, "d1")),
+            ReportOutcome::Refused(_)
+        ));
+        let mut end = report(2, BackendState::Terminated, "d1");
+        end.reason = Some(TerminationReason::Swept);
+        assert_eq!(r.apply(&end), ReportOutcome::Duplicate);
+        assert_eq!(r.reason, Some(TerminationReason::Lost));
+    }
+
+    #[test]
+    fn urls_omit_default_ports() {
+        let mut d = DroneRecord {
+            id: DroneId::new("d1").expect("valid"),
+            executor: ExecutorKind::Process,
+            capacity: 1,
+            load: 0,
+            draining: false,
+            proxy_scheme: "http".into(),
+            proxy_port: 80,
+            last_heartbeat: 0,
+            lost: false,
+        };
+        let b = BackendId::new("b1").expect("valid");
+        assert_eq!(d.backend_url(&b, "c.dev"), "http://b1.c.dev/");
+        d.proxy_port = 9090;
+        assert_eq!(d.backend_url(&b, "c.dev"), "http://b1.c.dev:9090/");
+    }
+}

@@ -1,0 +1,62 @@
+//! How a proxy listener behaves: forwarding scheme, waits and limits.
+//!
+//! Every field has a default from [`crate::limits`], so callers override only what they mean to:
+//! `ProxyConfig { starting_wait: Duration::from_secs(5), ..ProxyConfig::default() }`.
+
+use std::time::Duration;
+
+use http::uri::Scheme;
+
+use crate::limits;
+
+/// Settings for [`serve`](crate::serve).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Scheme clients used to reach this listener, sent to backends as `X-Forwarded-Proto`.
+    /// Default: `http`.
+    pub scheme: Scheme,
+    /// How long a request for a starting backend is held before 503. Default:
+    /// [`limits::STARTING_WAIT`].
+    pub starting_wait: Duration,
+    /// `Retry-After` seconds on that 503. Default: [`limits::RETRY_AFTER_SECS`].
+    pub retry_after_secs: u32,
+    /// Deadline for a complete request head, and so also for an idle keep-alive connection.
+    /// Default: [`limits::HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// Request heads larger than this get 431. Default: [`limits::MAX_REQUEST_HEADER_BYTES`].
+    pub max_request_header_bytes: usize,
+    /// Requests with more header fields get 431. Default: [`limits::MAX_REQUEST_HEADERS`].
+    pub max_request_headers: usize,
+    /// Client connections served at once; more wait to be accepted. Default:
+    /// [`limits::MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Deadline for opening a connection to a backend before 502. Default:
+    /// [`limits::BACKEND_CONNECT_TIMEOUT`].
+    pub backend_connect_timeout: Duration,
+    /// Idle pooled backend connections are closed after this. Default:
+    /// [`limits::BACKEND_POOL_IDLE_TIMEOUT`].
+    pub backend_pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per backend. Default: [`limits::BACKEND_POOL_MAX_IDLE`].
+    pub backend_pool_max_idle: usize,
+    /// After shutdown, how long in-flight requests and upgraded connections may still run.
+    /// Default: [`limits::SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            scheme: Scheme::HTTP,
+            starting_wait: limits::STARTING_WAIT,
+            retry_after_secs: limits::RETRY_AFTER_SECS,
+            header_read_timeout: limits::HEADER_READ_TIMEOUT,
+            max_request_header_bytes: limits::MAX_REQUEST_HEADER_BYTES,
+            max_request_headers: limits::MAX_REQUEST_HEADERS,
+            max_connections: limits::MAX_CONNECTIONS,
+            backend_connect_timeout: limits::BACKEND_CONNECT_TIMEOUT,
+            backend_pool_idle_timeout: limits::BACKEND_POOL_IDLE_TIMEOUT,
+            backend_pool_max_idle: limits::BACKEND_POOL_MAX_IDLE,
+            shutdown_grace: limits::SHUTDOWN_GRACE,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Proxy errors, each knowing whose fault it is and what the client is told.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::host::HostError;
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something unroutable or malformed.
+    Client,
+    /// The backend could not be reached or failed mid-exchange.
+    Backend,
+    /// The proxy itself (listener, runtime).
+    Proxy,
+}
+
+/// Everything that can go wrong while proxying. Request-level errors become a response with
+/// [`status`](Self::status) and a one-line plain-text body; they never end the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request cannot be proxied as sent (CONNECT, an invalid request target).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request has no `Host` (and no absolute-form URI authority).
+    #[error("missing Host header")]
+    MissingHost,
+    /// The `Host` is not a backend of this cluster.
+    #[error("invalid Host: {0}")]
+    BadHost(#[from] HostError),
+    /// No route for the backend (never existed or removed).
+    #[error("no such backend: {backend}")]
+    UnknownBackend {
+        /// The (lowercased) label asked for.
+        backend: Box<str>,
+    },
+    /// The backend stayed in *starting* for the whole wait.
+    #[error("backend {backend} is still starting after {waited:?}")]
+    StillStarting {
+        /// The backend waited for.
+        backend: Box<str>,
+        /// How long the request was held.
+        waited: Duration,
+    },
+    /// The TCP connection to the backend was refused or timed out.
+    #[error("could not connect to backend {backend}")]
+    BackendConnect {
+        /// The backend dialled.
+        backend: Box<str>,
+        /// What the connector reported.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The backend closed or reset the connection, or sent an invalid response.
+    #[error("backend {backend} failed to answer")]
+    BackendRequest {
+        /// The backend asked.
+        backend: Box<str>,
+        /// What the client reported.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The backend answered in a way the proxy cannot pass on.
+    #[error("backend {backend} sent an invalid response: {reason}")]
+    BackendProtocol {
+        /// The backend asked.
+        backend: Box<str>,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The listener failed in a way that accepting again cannot fix.
+    #[error("listener failed")]
+    Listener(#[source] std::io::Error),
+}
+
+impl ProxyError {
+    /// Whose fault the error is.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::MissingHost
+            | ProxyError::BadHost(_)
+            | ProxyError::UnknownBackend { .. } => Side::Client,
+            ProxyError::StillStarting { .. }
+            | ProxyError::BackendConnect { .. }
+            | ProxyError::BackendProtocol { .. }
+            | ProxyError::BackendRequest { .. } => Side::Backend,
+            ProxyError::Listener(_) => Side::Proxy,
+        }
+    }
+
+    /// Whether the client may safely send the same request again (the backend never saw it).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::StillStarting { .. } | ProxyError::BackendConnect { .. }
+        )
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::MissingHost | ProxyError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownBackend { .. } => StatusCode::NOT_FOUND,
+            ProxyError::StillStarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BackendConnect { .. }
+            | ProxyError::BackendRequest { .. }
+            | ProxyError::BackendProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_sides() {
+        let unknown = ProxyError::UnknownBackend { backend: "b".into() };
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        assert_eq!(unknown.side(), Side::Client);
+        assert_eq!(unknown.to_string(), "no such backend: b");
+
+        let host = ProxyError::from(HostError::NestedLabel);
+        assert_eq!(host.status(), StatusCode::BAD_REQUEST);
+        assert!(!host.retryable());
+
+        let starting = ProxyError::StillStarting {
+            backend: "b".into(),
+            waited: Duration::from_secs(1),
+        };
+        assert_eq!(starting.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(starting.side(), Side::Backend);
+        assert!(starting.retryable());
+    }
+}

@@ -1,0 +1,48 @@
+//! Every limit and default of the data plane, in one place.
+//!
+//! [`ProxyConfig`](crate::ProxyConfig) takes its defaults from here, so a reader can see what a
+//! proxy started with `ProxyConfig::default()` tolerates without reading the serving code.
+
+use std::time::Duration;
+
+/// Longest backend label (the part of the host before `.{cluster}`): one DNS label.
+pub const MAX_LABEL_BYTES: usize = 63;
+
+/// Requests whose head (request line and headers) exceeds this get 431.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// Requests with more header fields than this get 431. hyper parses up to 100 headers into a
+/// stack array; more would cost a heap allocation per request.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
+/// A client must send a complete request head within this time (slowloris defence).
+///
+/// hyper starts this timer whenever a connection begins waiting for a request head, which
+/// includes the wait between requests on a keep-alive connection: it is therefore also the
+/// keep-alive idle timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Client connections served at once per listener; further connections wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a request for a backend that is still starting is held before 503.
+pub const STARTING_WAIT: Duration = Duration::from_secs(30);
+
+/// `Retry-After` (seconds) sent with the 503 for a backend that did not become ready in time.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Time allowed to open a TCP connection to a backend before 502.
+pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle pooled connections to backends are closed after this.
+pub const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle pooled connections kept per backend.
+pub const BACKEND_POOL_MAX_IDLE: usize = 32;
+
+/// After shutdown, in-flight requests and upgraded connections get this long to finish before
+/// they are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Pause after an accept error such as EMFILE, so a full file table does not spin the loop.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);

@@ -1,0 +1,320 @@
+//! The request path, independent of the client protocol: route by host, hold for a starting
+//! backend, rewrite headers, forward over the pooled HTTP/1.1 client, count until the body ends.
+//!
+//! `http1.rs` feeds it requests today; an HTTP/2 front end will feed it the same
+//! `Request<Incoming>` with the host taken from `:authority`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::{debug, warn};
+
+use crate::counting::ActiveGuard;
+use crate::drain;
+use crate::error::{ProxyError, Side};
+use crate::headers;
+use crate::host::backend_label;
+use crate::route_table::{Route, RouteTable, Upstream};
+use crate::upgrade;
+use crate::ProxyConfig;
+
+/// The client connection a request came in on.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// `X-Forwarded-For` value, formatted once per connection.
+    pub(crate) ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip }
+    }
+}
+
+/// State shared by every connection of one listener.
+pub(crate) struct Proxy {
+    table: RouteTable,
+    client: Client<HttpConnector, Incoming>,
+    config: ProxyConfig,
+    proto: HeaderValue,
+    retry_after: HeaderValue,
+    drain: drain::Watch,
+}
+
+impl Proxy {
+    pub(crate) fn new(table: RouteTable, config: ProxyConfig, drain: drain::Watch) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.backend_connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.backend_pool_idle_timeout)
+            .pool_max_idle_per_host(config.backend_pool_max_idle)
+            // Every request already carries the client's Host; never invent one from the address.
+            .set_host(false)
+            .build(connector);
+        let proto = HeaderValue::from_str(config.scheme.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let retry_after = HeaderValue::from(config.retry_after_secs);
+        Proxy {
+            table,
+            client,
+            config,
+            proto,
+            retry_after,
+            drain,
+        }
+    }
+
+    /// Answers one request: the backend's response, or an error response saying who failed.
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        match self.forward(req, peer).await {
+            Ok(response) => response,
+            Err(error) => {
+                match error.side() {
+                    Side::Client => debug!(%error, peer = %peer.addr, "request refused"),
+                    Side::Backend | Side::Proxy => warn!(%error, peer = %peer.addr, "request failed"),
+                }
+                self.error_response(&error)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+        }
+        // An absolute-form URI's authority overrides Host (RFC 9112 §3.2.2); the backend then
+        // gets it as Host too.
+        let host = match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            None => req.headers().get(HOST).cloned().ok_or(ProxyError::MissingHost)?,
+        };
+        let host_str = host.to_str().map_err(|_| ProxyError::MissingHost)?;
+        let label = backend_label(host_str, self.table.cluster())?;
+        let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
+        // Counted from the request head on, including while held for a starting backend.
+        let mut guard = route.track();
+
+        let upstream = match route.upstream() {
+            Some(upstream) => upstream,
+            None => {
+                let (ready, upstream) = self.wait_ready(label, peer).await?;
+                if !Arc::ptr_eq(&ready, guard.route()) {
+                    // Removed and added again while we waited: count against the live route.
+                    guard = ready.track();
+                }
+                upstream
+            }
+        };
+
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        headers::remove_hop_by_hop(req.headers_mut(), upgrade);
+        headers::set_forwarded(
+            req.headers_mut(),
+            peer.ip.clone(),
+            self.proto.clone(),
+            Some(host.clone()),
+        );
+        req.headers_mut().insert(HOST, host);
+        *req.uri_mut() = upstream_uri(std::mem::take(req.uri_mut()), &upstream)?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let route = Arc::clone(guard.route());
+        let backend = route.backend();
+        let mut response = match self.client.request(req).await {
+            Ok(response) => response,
+            Err(source) if source.is_connect() => {
+                // The backend never saw this request: it must not count as activity.
+                guard.cancel();
+                return Err(ProxyError::BackendConnect {
+                    backend: backend.into(),
+                    source,
+                });
+            }
+            Err(source) => {
+                return Err(ProxyError::BackendRequest {
+                    backend: backend.into(),
+                    source,
+                })
+            }
+        };
+        debug!(backend = %backend, peer = %peer.addr, status = %response.status(), "routed");
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::BackendProtocol {
+                    backend: backend.into(),
+                    reason: "101 to a request that did not ask to upgrade",
+                });
+            };
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            headers::remove_hop_by_hop(response.headers_mut(), true);
+            tokio::spawn(upgrade::relay(
+                client_upgrade,
+                backend_upgrade,
+                guard,
+                self.drain.clone(),
+            ));
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+
+        headers::remove_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(|body| ProxyBody::upstream(body, guard)))
+    }
+
+    /// Holds a request until the backend is ready, removed, or `starting_wait` passes.
+    ///
+    /// Cancel safe: dropping it only drops a `watch` receiver.
+    async fn wait_ready(
+        &self,
+        label: &str,
+        peer: &Peer,
+    ) -> Result<(Arc<Route>, Arc<Upstream>), ProxyError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.config.starting_wait);
+        // Subscribe before looking, so a change between the look and the wait is not missed.
+        let mut changes = self.table.subscribe();
+        debug!(backend = %label, peer = %peer.addr, "holding request for starting backend");
+        loop {
+            let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
+            if let Some(upstream) = route.upstream() {
+                return Ok((route, upstream));
+            }
+            let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(ProxyError::StillStarting {
+                    backend: route.backend().into(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    fn error_response(&self, error: &ProxyError) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(Bytes::from(format!("{error}\n"))));
+        *response.status_mut() = error.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, self.retry_after.clone());
+        }
+        response
+    }
+}
+
+fn unknown(label: &str) -> ProxyError {
+    ProxyError::UnknownBackend {
+        backend: label.to_ascii_lowercase().into_boxed_str(),
+    }
+}
+
+/// The request URI pointed at the backend: `http://{backend address}{path and query}`. Only the
+/// route's address ever becomes the authority, whatever the client sent.
+fn upstream_uri(uri: Uri, upstream: &Upstream) -> Result<Uri, ProxyError> {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(upstream.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
+}
+
+/// The body of every response the proxy sends: a backend's body, counted until it ends or is
+/// dropped, or a small body of the proxy's own.
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Upstream {
+        body: Incoming,
+        /// Dropped at the end of the body (or with it): the request stops counting.
+        guard: Option<ActiveGuard>,
+    },
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn upstream(body: Incoming, guard: ActiveGuard) -> ProxyBody {
+        let guard = (!body.is_end_stream()).then_some(guard);
+        ProxyBody {
+            kind: Kind::Upstream { body, guard },
+        }
+    }
+
+    fn full(data: Bytes) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(Some(data)),
+        }
+    }
+
+    fn empty() -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(None),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Upstream { body, guard } => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                if !matches!(frame, Some(Ok(_))) || body.is_end_stream() {
+                    guard.take();
+                }
+                Poll::Ready(frame)
+            }
+            Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Full(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+/// `service_fn` needs an error type; the proxy answers every request, so it is uninhabited.
+pub(crate) type Never = Infallible;

@@ -1,0 +1,327 @@
+//! The route table: backend label → [`Route`], shared by the proxy and the agent.
+//!
+//! Readers (every request) load an immutable snapshot through `ArcSwap` and look it up with a
+//! stack-lowercased key: no lock, no allocation. Writers (backend start/stop, rare) copy the map
+//! under a mutex, swap it in and bump a `watch` channel so held requests re-check. The copy is
+//! O(routes) per change; [`RouteTable::set_ready_many`] loads many routes with one copy.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::uri::Authority;
+use tokio::sync::watch;
+
+use crate::counting::{ActiveGuard, Activity};
+use crate::host::LabelKey;
+
+type Routes = HashMap<Arc<str>, Arc<Route>>;
+
+/// Where requests for a ready backend go, with the URI authority prebuilt so that forwarding does
+/// not format the address per request.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) authority: Authority,
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Upstream {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .expect("a formatted socket address is a valid URI authority");
+        Upstream { addr, authority }
+    }
+}
+
+/// One backend as the proxy sees it: where it listens (once ready) and how busy it is.
+///
+/// States: *starting* (`address() == None`: requests are held) → *ready* (`address() == Some`).
+/// Removal from the table ends routing but not the `Route`: upgraded connections still hold it
+/// and keep counting until they close.
+pub struct Route {
+    backend: Box<str>,
+    upstream: ArcSwapOption<Upstream>,
+    activity: Activity,
+}
+
+impl Route {
+    fn new(backend: Box<str>, upstream: Option<Upstream>) -> Route {
+        Route {
+            backend,
+            upstream: ArcSwapOption::new(upstream.map(Arc::new)),
+            activity: Activity::new(),
+        }
+    }
+
+    /// The backend's id as stored (lowercased).
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The backend's address; `None` while it is starting.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.upstream.load().as_ref().map(|upstream| upstream.addr)
+    }
+
+    /// In-flight requests (from request head until the response body ends or is dropped, so
+    /// streaming responses, SSE and long polls count) plus open upgraded (WebSocket) connections.
+    pub fn active(&self) -> u64 {
+        self.activity.active()
+    }
+
+    /// `None` while active; otherwise the instant it last became inactive (or was made ready).
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.activity.idle_since()
+    }
+
+    /// Counts work against this route until the returned guard is dropped. The proxy does this
+    /// for every request; it is public so that other front ends (and tests) count the same way.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        ActiveGuard::new(Arc::clone(self))
+    }
+
+    pub(crate) fn upstream(&self) -> Option<Arc<Upstream>> {
+        self.upstream.load_full()
+    }
+
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("backend", &self.backend)
+            .field("address", &self.address())
+            .field("active", &self.active())
+            .finish()
+    }
+}
+
+/// The routes of one cluster. Cheap to clone (an `Arc`); all clones see the same routes.
+#[derive(Clone)]
+pub struct RouteTable {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Box<str>,
+    routes: ArcSwap<Routes>,
+    /// Serialises writers so that two concurrent copy-and-swap updates cannot lose one another.
+    writer: Mutex<()>,
+    /// Bumped after every change; requests held for a starting backend wait on it.
+    changed: watch::Sender<()>,
+}
+
+impl RouteTable {
+    /// An empty table for `cluster` (matched case-insensitively; stored lowercased).
+    pub fn new(cluster: &str) -> RouteTable {
+        RouteTable {
+            inner: Arc::new(Inner {
+                cluster: cluster.to_ascii_lowercase().into_boxed_str(),
+                routes: ArcSwap::from_pointee(Routes::new()),
+                writer: Mutex::new(()),
+                changed: watch::Sender::new(()),
+            }),
+        }
+    }
+
+    /// The cluster domain, lowercased.
+    pub fn cluster(&self) -> &str {
+        &self.inner.cluster
+    }
+
+    /// Registers a backend that is starting: requests for it are held until it becomes ready
+    /// (bounded by `ProxyConfig::starting_wait`, then 503 with `Retry-After`). An existing route
+    /// goes back to starting and keeps its counters.
+    pub fn insert_starting(&self, backend: &str) -> Arc<Route> {
+        let _writer = self.lock_writer();
+        let key = backend.to_ascii_lowercase();
+        if let Some(route) = self.inner.routes.load().get(key.as_str()) {
+            route.upstream.store(None);
+            self.notify();
+            return Arc::clone(route);
+        }
+        let route = Arc::new(Route::new(key.into_boxed_str(), None));
+        self.insert_locked([Arc::clone(&route)]);
+        route
+    }
+
+    /// Makes the backend routable at `addr`, creating the route if absent, and resets its idle
+    /// time to now.
+    pub fn set_ready(&self, backend: &str, addr: SocketAddr) -> Arc<Route> {
+        let _writer = self.lock_writer();
+        let route = self.ready_locked(backend, addr);
+        self.notify();
+        route
+    }
+
+    /// [`set_ready`](Self::set_ready) for many backends with a single copy of the table: for
+    /// loading a drone's backends at start-up (and benchmarks with 100,000 routes).
+    pub fn set_ready_many<'a>(&self, routes: impl IntoIterator<Item = (&'a str, SocketAddr)>) {
+        let _writer = self.lock_writer();
+        let mut map = Routes::clone(&self.inner.routes.load());
+        for (backend, addr) in routes {
+            let key = backend.to_ascii_lowercase();
+            match map.get(key.as_str()) {
+                Some(route) => {
+                    route.upstream.store(Some(Arc::new(Upstream::new(addr))));
+                    route.activity.reset_idle();
+                }
+                None => {
+                    let key: Arc<str> = key.into();
+                    let route = Route::new(Box::from(&*key), Some(Upstream::new(addr)));
+                    map.insert(key, Arc::new(route));
+                }
+            }
+        }
+        self.inner.routes.store(Arc::new(map));
+        self.notify();
+    }
+
+    /// Removes the route: new requests get 404; open upgraded connections may finish.
+    pub fn remove(&self, backend: &str) {
+        let _writer = self.lock_writer();
+        let key = backend.to_ascii_lowercase();
+        let current = self.inner.routes.load();
+        if !current.contains_key(key.as_str()) {
+            return;
+        }
+        let mut map = Routes::clone(&current);
+        map.remove(key.as_str());
+        self.inner.routes.store(Arc::new(map));
+        self.notify();
+    }
+
+    /// The route for `backend` (any case), if present.
+    pub fn get(&self, backend: &str) -> Option<Arc<Route>> {
+        self.lookup(backend)
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.inner.routes.load().len()
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The per-request lookup: lowercases `label` on the stack and reads the current snapshot.
+    /// Never allocates or locks.
+    pub fn lookup(&self, label: &str) -> Option<Arc<Route>> {
+        let key = LabelKey::new(label)?;
+        self.inner.routes.load().get(key.as_str()).cloned()
+    }
+
+    /// A receiver that sees every later change to the table (subscribe *before* checking the
+    /// state you wait for, so no change is missed).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
+        self.inner.changed.subscribe()
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        // The mutex guards no data, so a panic in another writer leaves nothing inconsistent.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ready_locked(&self, backend: &str, addr: SocketAddr) -> Arc<Route> {
+        let key = backend.to_ascii_lowercase();
+        if let Some(route) = self.inner.routes.load().get(key.as_str()) {
+            route.upstream.store(Some(Arc::new(Upstream::new(addr))));
+            route.activity.reset_idle();
+            return Arc::clone(route);
+        }
+        let route = Arc::new(Route::new(key.into_boxed_str(), Some(Upstream::new(addr))));
+        self.insert_locked([Arc::clone(&route)]);
+        route
+    }
+
+    fn insert_locked(&self, routes: impl IntoIterator<Item = Arc<Route>>) {
+        let mut map = Routes::clone(&self.inner.routes.load());
+        for route in routes {
+            map.insert(Arc::from(route.backend()), route);
+        }
+        self.inner.routes.store(Arc::new(map));
+        self.notify();
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_replace(());
+    }
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("cluster", &self.inner.cluster)
+            .field("routes", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive() {
+        let table = RouteTable::new("Plane.Localhost");
+        assert_eq!(table.cluster(), "plane.localhost");
+        table.set_ready("AbC", addr(1));
+        assert_eq!(table.get("abc").and_then(|r| r.address()), Some(addr(1)));
+        assert_eq!(table.lookup("ABC").map(|r| r.backend().to_owned()), Some("abc".into()));
+        assert!(table.lookup("abd").is_none());
+        assert!(table.lookup(&"a".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn starting_then_ready_keeps_the_same_route() {
+        let table = RouteTable::new("c");
+        let starting = table.insert_starting("b");
+        assert_eq!(starting.address(), None);
+        let changes = table.subscribe();
+        let ready = table.set_ready("b", addr(2));
+        assert!(Arc::ptr_eq(&starting, &ready));
+        assert_eq!(starting.address(), Some(addr(2)));
+        assert!(changes.has_changed().expect("sender alive"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn remove_ends_routing_but_not_the_route() {
+        let table = RouteTable::new("c");
+        let route = table.set_ready("b", addr(3));
+        let guard = route.track();
+        table.remove("B");
+        assert!(table.get("b").is_none());
+        assert!(table.is_empty());
+        assert_eq!(route.active(), 1);
+        drop(guard);
+        assert_eq!(route.active(), 0);
+        table.remove("b"); // removing twice is fine
+    }
+
+    #[test]
+    fn set_ready_many_loads_and_updates() {
+        let table = RouteTable::new("c");
+        let existing = table.insert_starting("b0");
+        let names: Vec<String> = (0..1000).map(|i| format!("B{i}")).collect();
+        table.set_ready_many(names.iter().map(|n| (n.as_str(), addr(4))));
+        assert_eq!(table.len(), 1000);
+        assert_eq!(existing.address(), Some(addr(4)));
+        assert_eq!(table.get("b999").and_then(|r| r.address()), Some(addr(4)));
+    }
+}

@@ -1,0 +1,104 @@
+//! WebSockets through the proxy: the handshake passes, bytes are relayed both ways, and the
+//! backend counts as active exactly while the connection is open.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use plane_dataplane::ProxyConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo server on 127.0.0.1:0.
+async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn echoes_and_counts(connection_header: Option<&'static str>) {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let (backend, server) = echo_server().await;
+    let route = proxy.table.set_ready("ws", backend);
+
+    let mut request = "ws://ws.plane.localhost:9090/socket"
+        .into_client_request()
+        .expect("request");
+    if let Some(value) = connection_header {
+        request
+            .headers_mut()
+            .insert("connection", value.parse().expect("header value"));
+    }
+    let stream = within(TcpStream::connect(proxy.addr)).await.expect("connect");
+    let (mut ws, response) = within(tokio_tungstenite::client_async(request, stream))
+        .await
+        .expect("handshake through the proxy");
+    assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(route.active(), 1, "open WebSocket counts");
+
+    for text in ["hello", "world"] {
+        within(ws.send(Message::text(text))).await.expect("send");
+        let echoed = within(ws.next())
+            .await
+            .expect("a message")
+            .expect("ok message");
+        assert_eq!(echoed, Message::text(text));
+    }
+    assert_eq!(route.active(), 1);
+
+    within(ws.close(None)).await.expect("close");
+    while let Some(Ok(_)) = within(ws.next()).await {}
+    eventually("the relay to end", || route.active() == 0).await;
+    assert!(route.idle_since().is_some());
+    server.abort();
+}
+
+#[tokio::test]
+async fn websocket_echoes_and_counts_while_open() {
+    echoes_and_counts(None).await;
+}
+
+#[tokio::test]
+async fn firefox_connection_header_is_an_upgrade() {
+    echoes_and_counts(Some("keep-alive, Upgrade")).await;
+}
+
+#[tokio::test]
+async fn removed_route_lets_open_websocket_finish() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let (backend, server) = echo_server().await;
+    let route = proxy.table.set_ready("ws", backend);
+    let stream = within(TcpStream::connect(proxy.addr)).await.expect("connect");
+    let (mut ws, _) = within(tokio_tungstenite::client_async(
+        "ws://ws.plane.localhost/",
+        stream,
+    ))
+    .await
+    .expect("handshake");
+
+    proxy.table.remove("ws");
+    within(ws.send(Message::text("still here"))).await.expect("send");
+    let echoed = within(ws.next()).await.expect("message").expect("ok");
+    assert_eq!(echoed, Message::text("still here"));
+    assert_eq!(route.active(), 1);
+    drop(ws);
+    eventually("the relay to end", || route.active() == 0).await;
+    server.abort();
+}

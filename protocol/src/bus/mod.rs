@@ -1,0 +1,249 @@
+//! The bus that carries the controller <-> drone protocol: NATS in production, an in-memory twin
+//! for `plane dev` and unit tests, with the same semantics (checked by one contract test suite
+//! against both, `protocol/tests/bus_contract.rs`). Dispatch is a plain enum: two known
+//! implementations need no trait objects, and async fns stay zero-cost.
+//!
+//! Names (subjects, queue groups, buckets, keys) are validated here before dispatch, so both
+//! buses reject the same ones with the same error.
+
+mod error;
+mod kv;
+mod memory;
+mod memory_kv;
+mod nats;
+mod nats_kv;
+mod subject;
+
+pub use error::{BusError, KvError, Source};
+pub use kv::{Kv, KvChange, KvEntry, KvWatch};
+
+use bytes::Bytes;
+use memory::{MemoryBus, MemorySubscription};
+use nats::{NatsBus, NatsSubscription};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection to the bus; clones share it (and, in memory, the subscribers and buckets).
+#[derive(Clone)]
+pub struct Bus {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory(MemoryBus),
+    // Behind an Arc: the client and JetStream context are a few hundred bytes to clone.
+    Nats(Arc<NatsBus>),
+}
+
+/// A message received from a subscription.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub subject: String,
+    pub payload: Bytes,
+    /// Where a requester waits for the answer; see [`Bus::respond`].
+    pub reply: Option<String>,
+}
+
+impl Message {
+    /// The payload as the JSON message `T`; [`BusError::Decode`] (never a panic) on anything else.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
+        serde_json::from_slice(&self.payload).map_err(|source| BusError::Decode {
+            subject: self.subject.clone(),
+            source,
+        })
+    }
+}
+
+/// The messages of one subscription, in the order each publisher sent them. Dropping it
+/// unsubscribes.
+pub struct Subscription {
+    inner: SubscriptionInner,
+}
+
+enum SubscriptionInner {
+    Memory(MemorySubscription),
+    Nats(NatsSubscription),
+}
+
+impl Subscription {
+    /// The next message; `None` once the bus is closed. Cancel safe.
+    pub async fn next(&mut self) -> Option<Message> {
+        match &mut self.inner {
+            SubscriptionInner::Memory(m) => m.next().await,
+            SubscriptionInner::Nats(n) => n.next().await,
+        }
+    }
+}
+
+fn invalid_subject(subject: &str) -> BusError {
+    BusError::InvalidSubject {
+        subject: subject.to_owned(),
+    }
+}
+
+impl Bus {
+    /// A bus in this process, empty; clones share it.
+    pub fn in_memory() -> Bus {
+        Bus {
+            backend: Backend::Memory(MemoryBus::new()),
+        }
+    }
+
+    /// Connects to NATS; async-nats reconnects (and resubscribes) by itself afterwards. Fails if
+    /// the first connection fails.
+    pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        Ok(Bus {
+            backend: Backend::Nats(Arc::new(NatsBus::connect(url).await?)),
+        })
+    }
+
+    /// Sends a message to every subscriber of `subject` (and one member of each queue group).
+    /// Nobody listening is not an error.
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        if !subject::valid_publish(subject) {
+            return Err(invalid_subject(subject));
+        }
+        match &self.backend {
+            Backend::Memory(m) => m.publish(subject, payload),
+            Backend::Nats(n) => n.publish(subject, payload).await,
+        }
+    }
+
+    /// Receives every message on subjects matching `subject`, where `*` matches one token and
+    /// `>` the remaining ones (at least one). The subscription is in place when this returns.
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        self.subscribe_inner(subject, None).await
+    }
+
+    /// Like [`Bus::subscribe`], but each message goes to only one member of `group` (among all
+    /// subscriptions with that group name whose subject matches).
+    pub async fn queue_subscribe(
+        &self,
+        subject: &str,
+        group: &str,
+    ) -> Result<Subscription, BusError> {
+        if !subject::valid_queue_group(group) {
+            return Err(BusError::InvalidQueueGroup {
+                subject: subject.to_owned(),
+                group: group.to_owned(),
+            });
+        }
+        self.subscribe_inner(subject, Some(group)).await
+    }
+
+    async fn subscribe_inner(
+        &self,
+        subject: &str,
+        group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
+        if !subject::valid_pattern(subject) {
+            return Err(invalid_subject(subject));
+        }
+        let inner = match &self.backend {
+            Backend::Memory(m) => SubscriptionInner::Memory(m.subscribe(subject, group)?),
+            Backend::Nats(n) => SubscriptionInner::Nats(n.subscribe(subject, group).await?),
+        };
+        Ok(Subscription { inner })
+    }
+
+    /// Sends a request and waits for the first answer. [`BusError::NoResponders`] at once when
+    /// nobody listens on `subject`, [`BusError::Timeout`] after `timeout`. Cancel safe.
+    pub async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        if !subject::valid_publish(subject) {
+            return Err(invalid_subject(subject));
+        }
+        match &self.backend {
+            Backend::Memory(m) => m.request(subject, payload, timeout).await,
+            Backend::Nats(n) => n.request(subject, payload, timeout).await,
+        }
+    }
+
+    /// Answers a request; [`BusError::NoReplySubject`] if `msg` was published, not requested.
+    pub async fn respond(&self, msg: &Message, payload: Bytes) -> Result<(), BusError> {
+        let Some(reply) = msg.reply.as_deref() else {
+            return Err(BusError::NoReplySubject {
+                subject: msg.subject.clone(),
+            });
+        };
+        self.publish(reply, payload).await
+    }
+
+    /// Waits until the server has processed everything sent so far.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        match &self.backend {
+            Backend::Memory(m) => m.flush(),
+            Backend::Nats(n) => n.flush().await,
+        }
+    }
+
+    /// Closes the bus for every clone: subscriptions and KV watches deliver what they already
+    /// hold, then end (`None`); on NATS, pending messages are flushed first (drain).
+    pub async fn close(&self) -> Result<(), BusError> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.close();
+                Ok(())
+            }
+            Backend::Nats(n) => n.close().await,
+        }
+    }
+
+    /// Opens the KV bucket, creating it if absent (in memory: a named bucket shared by all
+    /// clones of this bus).
+    pub async fn kv(&self, bucket: &str) -> Result<Kv, BusError> {
+        if !subject::valid_bucket(bucket) {
+            return Err(KvError::InvalidBucket {
+                bucket: bucket.to_owned(),
+            }
+            .into());
+        }
+        Ok(match &self.backend {
+            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?),
+            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?),
+        })
+    }
+
+    /// [`Bus::publish`] of a message encoded as JSON.
+    pub async fn publish_json<T: Serialize>(&self, subject: &str, msg: &T) -> Result<(), BusError> {
+        self.publish(subject, encode(subject, msg)?).await
+    }
+
+    /// [`Bus::request`] with both sides encoded as JSON; [`BusError::Decode`] if the answer is
+    /// not an `A`.
+    pub async fn request_json<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        subject: &str,
+        msg: &Q,
+        timeout: Duration,
+    ) -> Result<A, BusError> {
+        let answer = self
+            .request(subject, encode(subject, msg)?, timeout)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|source| BusError::Decode {
+            subject: subject.to_owned(),
+            source,
+        })
+    }
+
+    /// [`Bus::respond`] with an answer encoded as JSON.
+    pub async fn respond_json<T: Serialize>(&self, msg: &Message, reply: &T) -> Result<(), BusError> {
+        self.respond(msg, encode(&msg.subject, reply)?).await
+    }
+}
+
+fn encode<T: Serialize>(subject: &str, msg: &T) -> Result<Bytes, BusError> {
+    serde_json::to_vec(msg)
+        .map(Bytes::from)
+        .map_err(|source| BusError::Encode {
+            subject: subject.to_owned(),
+            source,
+        })
+}

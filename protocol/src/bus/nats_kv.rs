@@ -1,0 +1,183 @@
+//! A JetStream KV bucket behind [`super::Kv`]: maps async-nats' entries (which include delete
+//! and purge markers) to live values and changes, and its error kinds to [`KvError`] variants.
+
+use super::kv::{KvChange, KvEntry};
+use super::KvError;
+use async_nats::jetstream::kv::{
+    CreateErrorKind, Entry, Operation, Store, UpdateErrorKind, Watch,
+};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tracing::warn;
+
+/// How many `get`s `entries` keeps in flight while reading a bucket.
+const ENTRIES_CONCURRENCY: usize = 32;
+
+/// Consecutive watcher errors after which a watch is considered dead rather than recovering
+/// (the ordered consumer recreates itself after transient failures, yielding one error each).
+const MAX_CONSECUTIVE_WATCH_ERRORS: u32 = 16;
+
+pub(crate) struct NatsKv {
+    bucket: String,
+    store: Store,
+}
+
+impl NatsKv {
+    pub(crate) fn new(bucket: &str, store: Store) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            store,
+        }
+    }
+
+    fn failed(
+        &self,
+        op: &'static str,
+        key: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> KvError {
+        KvError::Store {
+            op,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|err| self.failed("get", key, err))?;
+        Ok(entry.and_then(live))
+    }
+
+    pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        // async-nats' create retries with the delete marker's revision when the key was deleted,
+        // and maps a lost race (on either attempt) to AlreadyExists.
+        self.store.create(key, value).await.map_err(|err| match err.kind() {
+            CreateErrorKind::AlreadyExists => KvError::AlreadyExists {
+                key: key.to_owned(),
+            },
+            _ => self.failed("create", key, err),
+        })
+    }
+
+    pub(crate) async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, KvError> {
+        self.store
+            .update(key, value, revision)
+            .await
+            .map_err(|err| match err.kind() {
+                UpdateErrorKind::WrongLastRevision => KvError::WrongRevision {
+                    key: key.to_owned(),
+                },
+                _ => self.failed("update", key, err),
+            })
+    }
+
+    pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        self.store
+            .put(key, value)
+            .await
+            .map_err(|err| self.failed("put", key, err))
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.store
+            .delete(key)
+            .await
+            .map_err(|err| self.failed("delete", key, err))
+    }
+
+    /// Lists the keys with a live value, then reads each one. A key deleted in between is left
+    /// out, so every entry returned was live at some moment during the call.
+    pub(crate) async fn entries(&self) -> Result<Vec<KvEntry>, KvError> {
+        let keys: Vec<String> = self
+            .store
+            .keys()
+            .await
+            .map_err(|err| self.failed("listing keys", ">", err))?
+            .try_collect()
+            .await
+            .map_err(|err| self.failed("listing keys", ">", err))?;
+        let mut entries: Vec<KvEntry> = futures::stream::iter(keys)
+            .map(|key| async move { self.get(&key).await })
+            .buffer_unordered(ENTRIES_CONCURRENCY)
+            .try_filter_map(|entry| async move { Ok(entry) })
+            .try_collect()
+            .await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    pub(crate) async fn watch(&self, key: &str) -> Result<NatsWatch, KvError> {
+        let watch = self
+            .store
+            .watch(key)
+            .await
+            .map_err(|err| self.failed("watch", key, err))?;
+        Ok(NatsWatch {
+            watch,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// The live value of an entry, `None` for a delete or purge marker.
+fn live(entry: Entry) -> Option<KvEntry> {
+    match entry.operation {
+        Operation::Put => Some(KvEntry {
+            key: entry.key,
+            value: entry.value,
+            revision: entry.revision,
+        }),
+        Operation::Delete | Operation::Purge => None,
+    }
+}
+
+/// A JetStream ordered consumer delivering the changes to some keys.
+pub(crate) struct NatsWatch {
+    watch: Watch,
+    bucket: String,
+    key: String,
+}
+
+impl NatsWatch {
+    /// Skips (and logs) the errors the ordered consumer recovers from; ends when the connection
+    /// is closed or the consumer keeps failing.
+    pub(crate) async fn next(&mut self) -> Option<KvChange> {
+        let mut errors = 0;
+        loop {
+            match self.watch.next().await? {
+                Ok(entry) => {
+                    return Some(match entry.operation {
+                        Operation::Put => KvChange::Put(KvEntry {
+                            key: entry.key,
+                            value: entry.value,
+                            revision: entry.revision,
+                        }),
+                        Operation::Delete | Operation::Purge => KvChange::Delete {
+                            key: entry.key,
+                            revision: entry.revision,
+                        },
+                    })
+                }
+                Err(error) => {
+                    errors += 1;
+                    warn!(%error, bucket = %self.bucket, key = %self.key, "KV watch error");
+                    if errors >= MAX_CONSECUTIVE_WATCH_ERRORS {
+                        warn!(bucket = %self.bucket, key = %self.key, "KV watch gave up");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

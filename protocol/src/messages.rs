@@ -1,0 +1,242 @@
+//! The typed JSON messages of the controller–drone protocol. Unknown fields are ignored so that
+//! either side can be upgraded first; a message that does not parse is logged and dropped by the
+//! receiver (or answered with an error when a reply is expected).
+
+use crate::ids::{BackendId, DroneId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Milliseconds since the Unix epoch, as carried on the wire.
+pub type UnixMillis = u64;
+
+/// The current wall-clock time in [`UnixMillis`].
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A backend's lifecycle (**contract**: these names are part of the API).
+///
+/// `scheduled → loading → starting → ready → terminating → terminated`; any state may jump to
+/// `terminating` or `terminated`, and `terminated` is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// The controller picked a drone and asked it to run the backend.
+    Scheduled,
+    /// The drone is preparing the executable (pulling an image, resolving a command).
+    Loading,
+    /// The executable runs; the drone waits for it to accept connections.
+    Starting,
+    /// The backend accepts connections and the proxy routes to it.
+    Ready,
+    /// The backend is being stopped.
+    Terminating,
+    /// The backend has ended; see [`TerminationReason`].
+    Terminated,
+}
+
+impl BackendState {
+    /// Position in the lifecycle; a report never moves a backend backwards.
+    pub fn rank(self) -> u8 {
+        match self {
+            BackendState::Scheduled => 0,
+            BackendState::Loading => 1,
+            BackendState::Starting => 2,
+            BackendState::Ready => 3,
+            BackendState::Terminating => 4,
+            BackendState::Terminated => 5,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Scheduled => "scheduled",
+            BackendState::Loading => "loading",
+            BackendState::Starting => "starting",
+            BackendState::Ready => "ready",
+            BackendState::Terminating => "terminating",
+            BackendState::Terminated => "terminated",
+        }
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a backend ended (**contract**).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// Idle for longer than its `max_idle_secs`.
+    Swept,
+    /// Exited by itself with code 0.
+    Exited,
+    /// Exited with a non-zero code or was killed by a signal.
+    Failed,
+    /// The image or command could not be started.
+    ErrorLoading,
+    /// Died before it became ready.
+    ErrorStarting,
+    /// Did not become ready within the ready timeout.
+    TimedOut,
+    /// Terminated on request.
+    Terminated,
+    /// Its drone vanished.
+    Lost,
+}
+
+impl TerminationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::Swept => "swept",
+            TerminationReason::Exited => "exited",
+            TerminationReason::Failed => "failed",
+            TerminationReason::ErrorLoading => "error_loading",
+            TerminationReason::ErrorStarting => "error_starting",
+            TerminationReason::TimedOut => "timed_out",
+            TerminationReason::Terminated => "terminated",
+            TerminationReason::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for TerminationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a drone runs backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// A local process per backend.
+    #[default]
+    Process,
+    /// A Docker container per backend.
+    Docker,
+}
+
+impl ExecutorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Process => "process",
+            ExecutorKind::Docker => "docker",
+        }
+    }
+}
+
+impl fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to run for a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Executable {
+    /// Program and arguments, run directly (no shell) by the `process` executor.
+    pub command: Vec<String>,
+}
+
+/// Everything a drone needs to run one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub executable: Executable,
+    /// Seconds with no active connection after which the backend is swept.
+    pub max_idle_secs: u64,
+    /// Extra environment, on top of Plane's own variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Controller → drone, as a request on [`crate::subjects::Subjects::drone_commands`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum DroneCommand {
+    /// Run a backend. Idempotent: a backend id the drone already knows is acknowledged again.
+    Spawn {
+        backend: BackendId,
+        spec: BackendSpec,
+    },
+    /// Stop a backend. Idempotent: an unknown or ended backend is acknowledged.
+    Terminate { backend: BackendId },
+}
+
+/// The reply to every request of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Ack {
+    Accepted,
+    Rejected { error: String },
+}
+
+/// Drone → controller: one state change of one backend, re-sent until acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReport {
+    pub backend: BackendId,
+    pub drone: DroneId,
+    /// Increases by one per report of this backend, so a re-sent or late report is recognised.
+    pub seq: u64,
+    pub state: BackendState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<TerminationReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A human-readable detail, e.g. why loading failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub at: UnixMillis,
+}
+
+/// Drone → controller, published periodically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub drone: DroneId,
+    pub executor: ExecutorKind,
+    /// How many backends the drone accepts at once.
+    pub capacity: u32,
+    /// How many backends it runs now.
+    pub load: u32,
+    #[serde(default)]
+    pub draining: bool,
+    /// Scheme of the drone's proxy as seen by clients (`http` or `https`).
+    pub proxy_scheme: String,
+    /// Port of the drone's proxy as seen by clients.
+    pub proxy_port: u16,
+    pub at: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trips_and_ignores_unknown_fields() {
+        let cmd = DroneCommand::Terminate {
+            backend: BackendId::new("abc").expect("valid id"),
+        };
+        let json = serde_json::to_string(&cmd).expect("serialises");
+        assert_eq!(json, r#"{"command":"terminate","backend":"abc"}"#);
+        let back: DroneCommand =
+            serde_json::from_str(r#"{"command":"terminate","backend":"abc","future":1}"#)
+                .expect("unknown fields are ignored");
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn states_serialise_to_contract_names() {
+        let json = serde_json::to_string(&TerminationReason::ErrorLoading).expect("serialises");
+        assert_eq!(json, "\"error_loading\"");
+        assert_eq!(BackendState::Terminated.as_str(), "terminated");
+        assert!(BackendState::Ready.rank() < BackendState::Terminating.rank());
+    }
+}

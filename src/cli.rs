@@ -1,0 +1,167 @@
+//! The command line (**contract**: command and flag names are used by scripts and the README).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+
+#[derive(Parser, Debug)]
+#[command(name = "plane", version, about = "Session backends for web applications.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a whole cluster in this process (controller, drone, in-memory bus).
+    Dev(DevArgs),
+    /// Run a controller (scheduler and HTTP API) against NATS.
+    Controller(ControllerArgs),
+    /// Run a drone (agent and proxy) against NATS.
+    Drone(DroneArgs),
+    /// Start a backend.
+    Spawn(SpawnArgs),
+    /// Show one backend.
+    Status(BackendArgs),
+    /// List backends.
+    List(ClientArgs),
+    /// Stop a backend.
+    Terminate(BackendArgs),
+    /// Follow a backend's state changes until it is terminated.
+    Watch(BackendArgs),
+    /// List drones.
+    Drones(ClientArgs),
+}
+
+impl Command {
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Dev(_) | Command::Controller(_) | Command::Drone(_)
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorArg {
+    /// Each backend is a local process.
+    Process,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the HTTP API listens.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    pub api: SocketAddr,
+    /// Where the proxy listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http: SocketAddr,
+    /// The cluster domain; `*.localhost` resolves to loopback without any DNS set-up.
+    #[arg(long, default_value = "plane.localhost")]
+    pub cluster: String,
+    #[arg(long, value_enum, default_value = "process")]
+    pub executor: ExecutorArg,
+    #[command(flatten)]
+    pub drone: DroneTuning,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// NATS server URL.
+    #[arg(long, env = "PLANE_NATS")]
+    pub nats: String,
+    /// The cluster domain.
+    #[arg(long)]
+    pub cluster: String,
+    /// Where the HTTP API listens.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    pub api: SocketAddr,
+    /// Seconds without a heartbeat after which a drone and its backends are lost.
+    #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_DRONE_GRACE.as_secs_f64())]
+    pub drone_grace_secs: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct DroneArgs {
+    /// NATS server URL.
+    #[arg(long, env = "PLANE_NATS")]
+    pub nats: String,
+    /// The cluster domain.
+    #[arg(long)]
+    pub cluster: String,
+    /// Where the proxy listens.
+    #[arg(long)]
+    pub http: SocketAddr,
+    #[arg(long, value_enum, default_value = "process")]
+    pub executor: ExecutorArg,
+    /// This drone's id (default: a random one).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The proxy's port as clients see it, when a load balancer or NAT changes it.
+    #[arg(long)]
+    pub public_port: Option<u16>,
+    #[command(flatten)]
+    pub drone: DroneTuning,
+}
+
+#[derive(Args, Debug)]
+pub struct DroneTuning {
+    /// Backends this drone runs at once.
+    #[arg(long, default_value_t = plane_agent::limits::DEFAULT_CAPACITY)]
+    pub capacity: u32,
+    /// Seconds a backend gets to accept connections on its port.
+    #[arg(long, default_value_t = plane_agent::limits::DEFAULT_READY_TIMEOUT.as_secs_f64())]
+    pub ready_timeout_secs: f64,
+    /// Seconds between SIGTERM and SIGKILL when stopping a backend.
+    #[arg(long, default_value_t = plane_agent::limits::DEFAULT_STOP_GRACE.as_secs_f64())]
+    pub stop_grace_secs: f64,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = plane_agent::limits::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
+    pub heartbeat_secs: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The Plane API.
+    #[arg(long, env = "PLANE_API", default_value = "http://127.0.0.1:9080")]
+    pub api: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackendArgs {
+    /// The backend's id.
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SpawnArgs {
+    /// The command to run, split like a shell would (quotes work; no variables or globs).
+    #[arg(long)]
+    pub command: String,
+    /// Seconds without connections before the backend is swept.
+    #[arg(long)]
+    pub idle: Option<u64>,
+    /// Extra environment, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Return once the backend is ready (or fail if it ends first).
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

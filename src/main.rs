@@ -1,0 +1,54 @@
+//! `plane`: the one binary. It parses arguments and wires the crates together; behaviour lives
+//! in `plane-controlplane`, `plane-agent` and `plane-dataplane`.
+
+mod cli;
+mod client_commands;
+mod serve;
+mod shutdown;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => serve::dev(args).await,
+            Command::Controller(args) => serve::controller(args).await,
+            Command::Drone(args) => serve::drone(args).await,
+            Command::Spawn(args) => client_commands::spawn(args).await,
+            Command::Status(args) => client_commands::status(args).await,
+            Command::List(args) => client_commands::list(args).await,
+            Command::Terminate(args) => client_commands::terminate(args).await,
+            Command::Watch(args) => client_commands::watch(args).await,
+            Command::Drones(args) => client_commands::drones(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Servers log at `info`, client commands only at `warn`, unless `RUST_LOG` says otherwise.
+fn init_logging(cli: &Cli) {
+    let default = if cli.command.is_server() { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

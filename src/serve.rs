@@ -1,0 +1,197 @@
+//! The long-running commands: `plane dev`, `plane controller`, `plane drone`. Each binds its
+//! listeners first (so a busy port is an immediate, clear error), then runs until SIGINT or
+//! SIGTERM, and stops in order: the drone stops its backends and delivers their last reports
+//! while the controller still listens; only then do the controller and the proxy stop.
+
+use crate::cli::{ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg};
+use crate::shutdown::{self, Shutdown};
+use anyhow::Context as _;
+use plane_agent::executor::Executor;
+use plane_agent::process::ProcessExecutor;
+use plane_agent::{Drone, DroneConfig};
+use plane_controlplane::{api, Controller, ControllerConfig};
+use plane_dataplane::{ProxyConfig, RouteTable};
+use plane_protocol::bus::Bus;
+use plane_protocol::ids::DroneId;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::info;
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{flag}: {value} is not a valid number of seconds"))
+}
+
+fn executor(kind: ExecutorArg) -> anyhow::Result<Arc<dyn Executor>> {
+    match kind {
+        ExecutorArg::Process => Ok(Arc::new(
+            ProcessExecutor::new().context("starting the process executor")?,
+        )),
+    }
+}
+
+fn drone_config(
+    id: DroneId,
+    cluster: &str,
+    proxy_port: u16,
+    tuning: &DroneTuning,
+) -> anyhow::Result<DroneConfig> {
+    Ok(DroneConfig {
+        id,
+        cluster: cluster.to_ascii_lowercase(),
+        capacity: tuning.capacity,
+        heartbeat_interval: seconds(tuning.heartbeat_secs, "heartbeat-secs")?,
+        ready_timeout: seconds(tuning.ready_timeout_secs, "ready-timeout-secs")?,
+        stop_grace: seconds(tuning.stop_grace_secs, "stop-grace-secs")?,
+        proxy_scheme: "http".into(),
+        proxy_port,
+    })
+}
+
+fn check_cluster(cluster: &str) -> anyhow::Result<String> {
+    let cluster = cluster.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !cluster.is_empty()
+        && cluster.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    anyhow::ensure!(valid, "--cluster {cluster:?} is not a DNS domain name");
+    Ok(cluster)
+}
+
+/// Fires `trigger` on SIGINT/SIGTERM.
+fn on_signal(trigger: shutdown::Trigger) {
+    tokio::spawn(async move {
+        match shutdown::signal().await {
+            Ok(name) => info!(signal = name, "shutting down"),
+            Err(error) => tracing::error!(%error, "cannot listen for signals; shutting down"),
+        }
+        trigger.fire();
+    });
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let cluster = check_cluster(&args.cluster)?;
+    let api_listener = bind(args.api, "API").await?;
+    let proxy_listener = bind(args.http, "proxy").await?;
+    let proxy_port = proxy_listener.local_addr()?.port();
+    let bus = Bus::in_memory();
+    let controller = Controller::new(
+        bus.clone(),
+        ControllerConfig {
+            cluster: cluster.clone(),
+            drone_grace: plane_controlplane::limits::DEFAULT_DRONE_GRACE,
+        },
+    )
+    .await
+    .context("opening cluster state")?;
+    let table = RouteTable::new(&cluster);
+    let drone_id = DroneId::generate();
+    let drone = Drone::new(
+        drone_config(drone_id.clone(), &cluster, proxy_port, &args.drone)?,
+        bus,
+        table.clone(),
+        executor(args.executor)?,
+    );
+
+    let api_addr = api_listener.local_addr()?;
+    println!(
+        "Plane dev is running.\n\
+         \x20 API      http://{api_addr}\n\
+         \x20 proxy    http://{{backend}}.{cluster}:{proxy_port}/\n\
+         \x20 drone    {drone_id} (process executor)\n\n\
+         Spawn a first backend (in another terminal):\n\
+         \x20 cargo run --release -- spawn --wait --command \"sh -c 'exec python3 -m http.server --bind 127.0.0.1 \\$PORT'\"\n\
+         Then open the URL it prints. Ctrl-C stops Plane and every backend it started."
+    );
+
+    let (stop_drone, drone_shutdown) = shutdown::channel();
+    let (stop_rest, rest_shutdown) = shutdown::channel();
+    on_signal(stop_drone);
+    let controller_task = {
+        let controller = controller.clone();
+        let rest = rest_shutdown.clone();
+        tokio::spawn(async move { controller.run(rest.wait()).await })
+    };
+    let api_task = tokio::spawn(api::serve(api_listener, controller, rest_shutdown.clone().wait()));
+    let proxy_task = tokio::spawn(plane_dataplane::serve(
+        proxy_listener,
+        table,
+        ProxyConfig::default(),
+        rest_shutdown.wait(),
+    ));
+    let drone_result = drone.run(drone_shutdown.wait()).await;
+    stop_rest.fire();
+    drone_result.context("drone")?;
+    controller_task.await?.context("controller")?;
+    api_task.await?.context("API server")?;
+    proxy_task.await?.context("proxy")?;
+    Ok(())
+}
+
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let cluster = check_cluster(&args.cluster)?;
+    let api_listener = bind(args.api, "API").await?;
+    let bus = Bus::connect(&args.nats)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats))?;
+    let controller = Controller::new(
+        bus,
+        ControllerConfig {
+            cluster: cluster.clone(),
+            drone_grace: seconds(args.drone_grace_secs, "drone-grace-secs")?,
+        },
+    )
+    .await
+    .context("opening cluster state")?;
+    info!(api = %api_listener.local_addr()?, %cluster, "controller started");
+    let (trigger, shutdown): (_, Shutdown) = shutdown::channel();
+    on_signal(trigger);
+    let api_task = tokio::spawn(api::serve(api_listener, controller.clone(), shutdown.clone().wait()));
+    controller.run(shutdown.wait()).await.context("controller")?;
+    api_task.await?.context("API server")?;
+    Ok(())
+}
+
+pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
+    let cluster = check_cluster(&args.cluster)?;
+    let id = match &args.id {
+        Some(id) => DroneId::new(id.as_str()).with_context(|| format!("--id {id:?}"))?,
+        None => DroneId::generate(),
+    };
+    let proxy_listener = bind(args.http, "proxy").await?;
+    let proxy_port = args.public_port.unwrap_or(proxy_listener.local_addr()?.port());
+    let bus = Bus::connect(&args.nats)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats))?;
+    let table = RouteTable::new(&cluster);
+    let drone = Drone::new(
+        drone_config(id.clone(), &cluster, proxy_port, &args.drone)?,
+        bus,
+        table.clone(),
+        executor(args.executor)?,
+    );
+    info!(drone = %id, proxy = %proxy_listener.local_addr()?, %cluster, "drone started");
+    let (stop_drone, drone_shutdown) = shutdown::channel();
+    let (stop_proxy, proxy_shutdown) = shutdown::channel();
+    on_signal(stop_drone);
+    let proxy_task = tokio::spawn(plane_dataplane::serve(
+        proxy_listener,
+        table,
+        ProxyConfig::default(),
+        proxy_shutdown.wait(),
+    ));
+    let result = drone.run(drone_shutdown.wait()).await;
+    stop_proxy.fire();
+    result.context("drone")?;
+    proxy_task.await?.context("proxy")?;
+    Ok(())
+}

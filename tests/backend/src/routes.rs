@@ -1,0 +1,176 @@
+//! The HTTP endpoints. Each request is logged to stdout as one line (`PEER METHOD URI`) so tests
+//! can see what reached the backend; bad query values get 400, never a panic.
+
+use bytes::Bytes;
+use futures::stream;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Chunks sent by `/stream` without `chunks=`.
+pub const DEFAULT_STREAM_CHUNKS: u32 = 5;
+/// Pause between `/stream` chunks without `interval_ms=`.
+pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 200;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// What a request handler knows about its connection.
+#[derive(Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub backend_id: Arc<str>,
+    /// Set by `/exit`; the connection task exits the process with it once the connection ends.
+    pub exit_code: Arc<OnceLock<u8>>,
+}
+
+/// Routes one request. Never fails: every problem is an HTTP status.
+pub async fn handle(request: Request<Incoming>, conn: Conn) -> Result<Response<Body>, Infallible> {
+    println!("{} {} {}", conn.peer, request.method(), request.uri());
+    let query = request.uri().query();
+    let response = match (request.method(), request.uri().path()) {
+        // `/info` answers any method: reporting the method is part of its job.
+        (_, "/info") => info(&request, conn.peer),
+        (&Method::GET, "/") => text(StatusCode::OK, format!("hello from {}\n", conn.backend_id)),
+        (&Method::GET, "/stream") => stream_chunks(query),
+        (&Method::GET, "/exit") => exit(query, &conn.exit_code),
+        (&Method::GET, "/ws") => crate::ws::upgrade(request),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn info(request: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let mut headers = BTreeMap::<String, String>::new();
+    for (name, value) in request.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .map(|(key, value)| {
+            (
+                key.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "headers": headers,
+        "env": env,
+        "peer": peer.to_string(),
+    });
+    let mut response = text(StatusCode::OK, format!("{body}\n"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn stream_chunks(query: Option<&str>) -> Response<Body> {
+    let parsed = query_param(query, "chunks", DEFAULT_STREAM_CHUNKS).and_then(|chunks| {
+        Ok((
+            chunks,
+            query_param(query, "interval_ms", DEFAULT_STREAM_INTERVAL_MS)?,
+        ))
+    });
+    let (chunks, interval_ms) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return text(StatusCode::BAD_REQUEST, error),
+    };
+    let interval = Duration::from_millis(interval_ms);
+    // No length is known, so hyper sends the body chunked, one chunk per frame as it is produced.
+    let frames = stream::unfold(0, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
+        Some((Ok(frame), i + 1))
+    });
+    let mut response = Response::new(StreamBody::new(frames).boxed());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn exit(query: Option<&str>, exit_code: &OnceLock<u8>) -> Response<Body> {
+    let code = match query_param(query, "code", 0u8) {
+        Ok(code) => code,
+        Err(error) => return text(StatusCode::BAD_REQUEST, error),
+    };
+    let _ = exit_code.set(code);
+    let mut response = text(StatusCode::OK, format!("exiting with {code}\n"));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The value of `name` in a query string, parsed; `default` when absent, an error message (for a
+/// 400) when present but malformed.
+fn query_param<T: std::str::FromStr>(
+    query: Option<&str>,
+    name: &str,
+    default: T,
+) -> Result<T, String> {
+    let pairs = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty());
+    match pairs
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+    {
+        Some((_, value)) => value
+            .parse()
+            .map_err(|_| format!("invalid {name}={value:?}\n")),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param(None, "chunks", 5u32), Ok(5));
+        assert_eq!(query_param(Some(""), "chunks", 5u32), Ok(5));
+        assert_eq!(
+            query_param(Some("interval_ms=3&chunks=7"), "chunks", 5u32),
+            Ok(7)
+        );
+        assert_eq!(query_param(Some("chunks=7&&x"), "interval_ms", 9u64), Ok(9));
+        assert!(query_param(Some("chunks=seven"), "chunks", 5u32).is_err());
+        assert!(query_param(Some("chunks"), "chunks", 5u32).is_err());
+        assert!(query_param(Some("code=300"), "code", 0u8).is_err());
+    }
+}
