@@ -50,7 +50,10 @@ impl Drain {
             debug!("all connections finished");
             return;
         }
-        warn!(?grace, "connections still open after the shutdown grace; closing them");
+        warn!(
+            ?grace,
+            "connections still open after the shutdown grace; closing them"
+        );
         self.phase.send_replace(Phase::Cut);
         // Cut tasks return at their next poll; this only bounds a task stuck in a blocking call.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.done.recv()).await;
@@ -82,7 +85,10 @@ mod tests {
         let stubborn = tokio::spawn(async move { stubborn.cut().await });
         let started = tokio::time::Instant::now();
         drain.drain(Duration::from_secs(10)).await;
-        assert!(started.elapsed() >= Duration::from_secs(10), "waited the grace");
+        assert!(
+            started.elapsed() >= Duration::from_secs(10),
+            "waited the grace"
+        );
         assert!(quick.await.is_ok());
         assert!(stubborn.await.is_ok());
     }

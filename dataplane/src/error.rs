@@ -109,9 +109,7 @@ impl ProxyError {
             ProxyError::StillStarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect { .. }
             | ProxyError::BackendRequest { .. }
-            | ProxyError::BackendProtocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            | ProxyError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +121,9 @@ mod tests {
 
     #[test]
     fn statuses_and_sides() {
-        let unknown = ProxyError::UnknownBackend { backend: "b".into() };
+        let unknown = ProxyError::UnknownBackend {
+            backend: "b".into(),
+        };
         assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
         assert_eq!(unknown.side(), Side::Client);
         assert_eq!(unknown.to_string(), "no such backend: b");

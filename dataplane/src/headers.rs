@@ -152,8 +152,14 @@ mod tests {
         ]);
         assert!(is_upgrade(&headers));
         remove_hop_by_hop(&mut headers, true);
-        assert_eq!(headers.get(CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
-        assert_eq!(headers.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(
+            headers.get(CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            headers.get(UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
         assert!(headers.get(KEEP_ALIVE).is_none());
         assert!(headers.contains_key("sec-websocket-key"));
 
@@ -164,7 +170,10 @@ mod tests {
 
     #[test]
     fn upgrade_needs_both_headers() {
-        assert!(is_upgrade(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])));
+        assert!(is_upgrade(&map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
         assert!(is_upgrade(&map(&[
             ("connection", "keep-alive"),
             ("connection", " upgrade "),
@@ -172,7 +181,10 @@ mod tests {
         ])));
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade(&map(&[("connection", "upgrade")])));
-        assert!(!is_upgrade(&map(&[("connection", "upgraded"), ("upgrade", "websocket")])));
+        assert!(!is_upgrade(&map(&[
+            ("connection", "upgraded"),
+            ("upgrade", "websocket")
+        ])));
 
         // Without an `Upgrade` header, keep_upgrade keeps nothing.
         let mut headers = map(&[("connection", "upgrade")]);
@@ -194,7 +206,8 @@ mod tests {
             HeaderValue::from_static("http"),
             Some(HeaderValue::from_static("a.c")),
         );
-        let all = |name| -> Vec<&[u8]> { headers.get_all(name).iter().map(|v| v.as_bytes()).collect() };
+        let all =
+            |name| -> Vec<&[u8]> { headers.get_all(name).iter().map(|v| v.as_bytes()).collect() };
         assert_eq!(all(X_FORWARDED_FOR), [&b"127.0.0.1"[..]]);
         assert_eq!(all(X_FORWARDED_PROTO), [&b"http"[..]]);
         assert_eq!(all(X_FORWARDED_HOST), [&b"a.c"[..]]);

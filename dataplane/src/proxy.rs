@@ -88,7 +88,9 @@ impl Proxy {
             Err(error) => {
                 match error.side() {
                     Side::Client => debug!(%error, peer = %peer.addr, "request refused"),
-                    Side::Backend | Side::Proxy => warn!(%error, peer = %peer.addr, "request failed"),
+                    Side::Backend | Side::Proxy => {
+                        warn!(%error, peer = %peer.addr, "request failed")
+                    }
                 }
                 self.error_response(&error)
             }
@@ -108,7 +110,11 @@ impl Proxy {
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-            None => req.headers().get(HOST).cloned().ok_or(ProxyError::MissingHost)?,
+            None => req
+                .headers()
+                .get(HOST)
+                .cloned()
+                .ok_or(ProxyError::MissingHost)?,
         };
         let host_str = host.to_str().map_err(|_| ProxyError::MissingHost)?;
         let label = backend_label(host_str, self.table.cluster())?;

@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(table.cluster(), "plane.localhost");
         table.set_ready("AbC", addr(1));
         assert_eq!(table.get("abc").and_then(|r| r.address()), Some(addr(1)));
-        assert_eq!(table.lookup("ABC").map(|r| r.backend().to_owned()), Some("abc".into()));
+        assert_eq!(
+            table.lookup("ABC").map(|r| r.backend().to_owned()),
+            Some("abc".into())
+        );
         assert!(table.lookup("abd").is_none());
         assert!(table.lookup(&"a".repeat(64)).is_none());
     }

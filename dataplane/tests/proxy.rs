@@ -70,9 +70,18 @@ async fn replaces_forwarded_headers_and_strips_hop_by_hop() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(echoed(&body, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed(&body, "x-forwarded-proto"), ["http"]);
-    assert_eq!(echoed(&body, "x-forwarded-host"), ["a.plane.localhost:9090"]);
+    assert_eq!(
+        echoed(&body, "x-forwarded-host"),
+        ["a.plane.localhost:9090"]
+    );
     assert_eq!(echoed(&body, "x-client-public"), ["1"]);
-    for gone in ["x-client-private", "keep-alive", "proxy-connection", "te", "upgrade"] {
+    for gone in [
+        "x-client-private",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
         assert!(echoed(&body, gone).is_empty(), "{gone} forwarded:\n{body}");
     }
     assert!(headers.get("x-backend-private").is_none());
@@ -150,7 +159,11 @@ async fn refused_backend_is_502_and_not_counted() {
         Some(&b"text/plain; charset=utf-8"[..])
     );
     assert_eq!(route.active(), 0);
-    assert_eq!(route.idle_since(), idle_before, "a refused dial is no activity");
+    assert_eq!(
+        route.idle_since(),
+        idle_before,
+        "a refused dial is no activity"
+    );
 }
 
 #[tokio::test]
@@ -252,7 +265,9 @@ async fn streaming_response_counts_until_the_body_ends() {
         .body(empty())
         .expect("request");
     let response = client.send(req).await;
-    let mut tx = within(body_senders.recv()).await.expect("backend got request");
+    let mut tx = within(body_senders.recv())
+        .await
+        .expect("backend got request");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(route.active(), 1);
     assert_eq!(route.idle_since(), None);
@@ -261,12 +276,18 @@ async fn streaming_response_counts_until_the_body_ends() {
     within(tx.send_data(Bytes::from_static(b"data: 1\n\n")))
         .await
         .expect("send chunk");
-    let frame = within(body.frame()).await.expect("a frame").expect("ok frame");
+    let frame = within(body.frame())
+        .await
+        .expect("a frame")
+        .expect("ok frame");
     assert_eq!(frame.into_data().expect("data"), &b"data: 1\n\n"[..]);
     assert_eq!(route.active(), 1, "still streaming");
 
     drop(tx); // the backend ends the body
-    let rest = within(body.collect()).await.expect("rest of body").to_bytes();
+    let rest = within(body.collect())
+        .await
+        .expect("rest of body")
+        .to_bytes();
     assert!(rest.is_empty());
     eventually("the stream to stop counting", || route.active() == 0).await;
     assert!(route.idle_since().is_some());
@@ -284,11 +305,16 @@ async fn client_dropping_a_stream_stops_the_count() {
         .body(empty())
         .expect("request");
     let response = client.send(req).await;
-    let _tx = within(body_senders.recv()).await.expect("backend got request");
+    let _tx = within(body_senders.recv())
+        .await
+        .expect("backend got request");
     assert_eq!(route.active(), 1);
     drop(response);
     drop(client); // closes the client connection mid-body
-    eventually("the abandoned stream to stop counting", || route.active() == 0).await;
+    eventually("the abandoned stream to stop counting", || {
+        route.active() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -380,7 +406,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .body(empty())
         .expect("request");
     let response = client.send(req).await;
-    let mut tx = within(body_senders.recv()).await.expect("backend got request");
+    let mut tx = within(body_senders.recv())
+        .await
+        .expect("backend got request");
 
     let serving = proxy.shutdown();
     // New connections are refused once the listener is gone.

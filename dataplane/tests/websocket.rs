@@ -21,10 +21,9 @@ async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
                     }
                 }
             });
@@ -46,7 +45,9 @@ async fn echoes_and_counts(connection_header: Option<&'static str>) {
             .headers_mut()
             .insert("connection", value.parse().expect("header value"));
     }
-    let stream = within(TcpStream::connect(proxy.addr)).await.expect("connect");
+    let stream = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
     let (mut ws, response) = within(tokio_tungstenite::client_async(request, stream))
         .await
         .expect("handshake through the proxy");
@@ -65,6 +66,8 @@ async fn echoes_and_counts(connection_header: Option<&'static str>) {
 
     within(ws.close(None)).await.expect("close");
     while let Some(Ok(_)) = within(ws.next()).await {}
+    // The close handshake is done; the client now closes its TCP side, as browsers do.
+    drop(ws);
     eventually("the relay to end", || route.active() == 0).await;
     assert!(route.idle_since().is_some());
     server.abort();
@@ -85,7 +88,9 @@ async fn removed_route_lets_open_websocket_finish() {
     let proxy = TestProxy::start(ProxyConfig::default()).await;
     let (backend, server) = echo_server().await;
     let route = proxy.table.set_ready("ws", backend);
-    let stream = within(TcpStream::connect(proxy.addr)).await.expect("connect");
+    let stream = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
     let (mut ws, _) = within(tokio_tungstenite::client_async(
         "ws://ws.plane.localhost/",
         stream,
@@ -94,7 +99,9 @@ async fn removed_route_lets_open_websocket_finish() {
     .expect("handshake");
 
     proxy.table.remove("ws");
-    within(ws.send(Message::text("still here"))).await.expect("send");
+    within(ws.send(Message::text("still here")))
+        .await
+        .expect("send");
     let echoed = within(ws.next()).await.expect("message").expect("ok");
     assert_eq!(echoed, Message::text("still here"));
     assert_eq!(route.active(), 1);

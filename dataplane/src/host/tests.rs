@@ -8,7 +8,10 @@ fn label(host: &str) -> Result<&str, HostError> {
 
 /// The invariants of any accepted host: what the fuzz target also checks.
 fn check_ok(host: &str, cluster: &str, label: &str) {
-    assert!(!label.is_empty() && label.len() <= MAX_LABEL_BYTES, "{host:?}");
+    assert!(
+        !label.is_empty() && label.len() <= MAX_LABEL_BYTES,
+        "{host:?}"
+    );
     let rest = host.get(label.len()..).expect("label is a prefix of host");
     assert_eq!(&host[..label.len()], label);
     let rest = rest.strip_prefix('.').expect("a dot after the label");
@@ -37,13 +40,22 @@ fn rejects_hosts_outside_cluster() {
     assert_eq!(label(""), Err(HostError::Empty));
     assert_eq!(label("abc.example.com"), Err(HostError::OutsideCluster));
     assert_eq!(label("abcplane.localhost"), Err(HostError::OutsideCluster));
-    assert_eq!(label("abc.plane.localhost."), Err(HostError::OutsideCluster));
-    assert_eq!(label("abc.plane.localhost.evil.com"), Err(HostError::OutsideCluster));
+    assert_eq!(
+        label("abc.plane.localhost."),
+        Err(HostError::OutsideCluster)
+    );
+    assert_eq!(
+        label("abc.plane.localhost.evil.com"),
+        Err(HostError::OutsideCluster)
+    );
     assert_eq!(label("127.0.0.1:9090"), Err(HostError::OutsideCluster));
     assert_eq!(label("[::1]:9090"), Err(HostError::OutsideCluster));
     assert_eq!(label("[::1]"), Err(HostError::OutsideCluster));
     assert_eq!(label("localhost"), Err(HostError::OutsideCluster));
-    assert_eq!(backend_label("abc.plane.localhost", ""), Err(HostError::OutsideCluster));
+    assert_eq!(
+        backend_label("abc.plane.localhost", ""),
+        Err(HostError::OutsideCluster)
+    );
     // Non-ASCII look-alikes of the cluster do not match ('ſ' uppercases to 'S' in Unicode).
     assert_eq!(label("abc.plane.localhoſt"), Err(HostError::OutsideCluster));
 }

@@ -3,13 +3,20 @@
 //! errors into [`BusError`]s; names are validated before they get here.
 
 use super::nats_kv::NatsKv;
-use super::{BusError, KvError, Message};
-use async_nats::jetstream;
+use super::{BusError, KvError, Message, Source};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, Event, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// Values kept per KV key: only the latest (a delete marker counts), as Plane never reads
+/// history.
+const KV_HISTORY: i64 = 1;
+
+/// How long [`NatsBus::sync`] waits for the server to echo its probe.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct NatsBus {
     client: Client,
@@ -41,7 +48,8 @@ impl NatsBus {
     }
 
     /// Subscribes and waits until the server has registered the interest, so that a message
-    /// published by anyone after this returns is delivered (as on the in-memory bus).
+    /// published by anyone after this returns is delivered (as on the in-memory bus, and
+    /// unlike a bare async-nats subscribe, which returns before the server has seen it).
     pub(crate) async fn subscribe(
         &self,
         subject: &str,
@@ -59,13 +67,10 @@ impl NatsBus {
             subject: subject.to_owned(),
             source: Box::new(err),
         })?;
-        self.client
-            .flush()
-            .await
-            .map_err(|err| BusError::Subscribe {
-                subject: subject.to_owned(),
-                source: Box::new(err),
-            })?;
+        self.sync().await.map_err(|source| BusError::Subscribe {
+            subject: subject.to_owned(),
+            source,
+        })?;
         Ok(NatsSubscription { subscriber })
     }
 
@@ -96,12 +101,24 @@ impl NatsBus {
     }
 
     pub(crate) async fn flush(&self) -> Result<(), BusError> {
-        self.client
-            .flush()
+        self.sync()
             .await
-            .map_err(|err| BusError::Flush {
-                source: Box::new(err),
-            })
+            .map_err(|source| BusError::Flush { source })
+    }
+
+    /// Returns once the server has processed everything this connection sent before the call.
+    /// async-nats' `flush` only writes the socket, and it has no public PING, so this sends a
+    /// probe to a fresh inbox it subscribes to: the server handles a connection's operations in
+    /// order, so the probe's echo means all earlier ones (a SUB in particular) are in effect.
+    async fn sync(&self) -> Result<(), Source> {
+        let inbox = self.client.new_inbox();
+        let mut probe = self.client.subscribe(inbox.clone()).await?;
+        self.client.publish(inbox, Bytes::new()).await?;
+        match tokio::time::timeout(SYNC_TIMEOUT, probe.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("connection closed".into()),
+            Err(_) => Err(format!("server did not answer within {SYNC_TIMEOUT:?}").into()),
+        }
     }
 
     /// Drains: subscriptions deliver what they hold, then end; the connection closes.
@@ -114,26 +131,36 @@ impl NatsBus {
             })
     }
 
-    /// Opens the bucket, creating it if absent. Creation is idempotent on the server (same
-    /// config), so two controllers racing to create it both succeed.
+    /// Opens the bucket, creating it if absent. The bucket's stream is created directly, with
+    /// the configuration async-nats' `create_key_value` would use, because that call first
+    /// queries the account in a format servers before 2.10 do not answer. Creating a stream that
+    /// exists with the same configuration succeeds, so controllers racing here all succeed.
     pub(crate) async fn kv(&self, bucket: &str) -> Result<NatsKv, KvError> {
-        let store = match self.jetstream.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => self
-                .jetstream
-                .create_key_value(jetstream::kv::Config {
-                    bucket: bucket.to_owned(),
-                    description: "Plane cluster state".to_owned(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| KvError::Open {
-                    bucket: bucket.to_owned(),
-                    source: Box::new(err),
-                })?,
+        let open_failed = |source: Source| KvError::Open {
+            bucket: bucket.to_owned(),
+            source,
         };
+        self.jetstream
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some("Plane cluster state".to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: KV_HISTORY,
+                storage: stream::StorageType::File,
+                num_replicas: 1,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| open_failed(Box::new(err)))?;
+        let store = self
+            .jetstream
+            .get_key_value(bucket)
+            .await
+            .map_err(|err| open_failed(Box::new(err)))?;
         Ok(NatsKv::new(bucket, store))
     }
 }

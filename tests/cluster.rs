@@ -1,0 +1,77 @@
+//! End-to-end over a real nats-server: `plane controller` and `plane drone` as separate
+//! processes, driven by the `plane` CLI, curl and a WebSocket client.
+
+mod common;
+
+use common::flows;
+use common::{bounded, id_of, no_process_left, Cluster};
+
+macro_rules! flow_test {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> anyhow::Result<()> {
+            bounded(async {
+                let cluster = Cluster::over_nats().await?;
+                flows::run(stringify!($name), flows::$name(&cluster)).await
+            })
+            .await
+        }
+    };
+}
+
+flow_test!(route_headers_env_and_delete);
+flow_test!(websocket_keeps_backend_alive);
+flow_test!(streaming_response_keeps_backend_alive);
+flow_test!(idle_backend_is_swept);
+flow_test!(exit_code_is_reported);
+flow_test!(missing_command_is_error_loading);
+flow_test!(unknown_hosts_are_refused);
+flow_test!(bad_api_input_is_refused);
+
+/// Killing the drone outright (SIGKILL) leaves no backend process running, and the controller
+/// declares its backends lost once its heartbeats stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let a = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
+        let b = id_of(&cluster.spawn_ready("--ignore-sigterm", &["--idle", "60"]).await?)?;
+        for id in [&a, &b] {
+            anyhow::ensure!(
+                !plane_test_support::processes_with_env("PLANE_BACKEND_ID", id).is_empty(),
+                "backend {id} runs before the drone is killed"
+            );
+        }
+        let drone = cluster.drone.take().expect("the cluster has a drone");
+        drone.signal(libc::SIGKILL)?;
+        for id in [&a, &b] {
+            no_process_left(id).await?;
+        }
+        for id in [&a, &b] {
+            let events = cluster.watch_until_terminated(id).await?;
+            let last = events.last().expect("watch returns at least the final event");
+            anyhow::ensure!(last["reason"] == "lost", "{last}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A drone stopped politely (SIGTERM) stops its backends and reports them terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_drone_terminates_its_backends() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let id = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
+        let drone = cluster.drone.take().expect("the cluster has a drone");
+        drone.signal(libc::SIGTERM)?;
+        let status = tokio::task::spawn_blocking(move || drone.wait_exit(common::STATE_TIMEOUT)).await??;
+        anyhow::ensure!(status.success(), "drone exit: {status}");
+        no_process_left(&id).await?;
+        let record = cluster.status(&id).await?;
+        anyhow::ensure!(record["state"] == "terminated", "{record}");
+        anyhow::ensure!(record["reason"] == "terminated", "{record}");
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,192 @@
+//! The end-to-end flows, each against any [`Cluster`]: the NATS cluster runs each as its own
+//! test, `plane dev` runs them all once.
+
+use super::{id_of, no_process_left, Cluster, STATE_TIMEOUT};
+use anyhow::{ensure, Context};
+use futures::{SinkExt, StreamExt};
+use plane_test_support::curl;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Spawn → ready → a GET through the proxy reaches the backend, which sees its `Host`, the
+/// forwarding headers (a client's own `X-Forwarded-For` replaced) and its environment; then
+/// `DELETE` ends in `terminated/terminated` with no process left.
+pub async fn route_headers_env_and_delete(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--env", "GREETING=hi there", "--idle", "60"]).await?;
+    let id = id_of(&record)?;
+    ensure!(
+        record["url"].as_str().is_some_and(|u| u.contains(&c.host(&id))),
+        "url names the backend: {record}"
+    );
+
+    let hello = c.get(&c.host(&id), "/", &[])?;
+    ensure!(hello.status == 200, "GET /: {hello:?}");
+    ensure!(hello.body.trim() == format!("hello from {id}"), "GET /: {hello:?}");
+
+    let info = c
+        .get(&c.host(&id).to_uppercase(), "/info", &["-H", "X-Forwarded-For: 203.0.113.9"])?
+        .json()?;
+    ensure!(
+        info["headers"]["host"] == c.host(&id).to_uppercase(),
+        "Host kept as sent: {info}"
+    );
+    ensure!(info["headers"]["x-forwarded-for"] == "127.0.0.1", "XFF: {info}");
+    ensure!(info["headers"]["x-forwarded-proto"] == "http", "XFP: {info}");
+    let env = &info["env"];
+    ensure!(env["PLANE_BACKEND_ID"] == id.as_str(), "env: {env}");
+    ensure!(env["PLANE_CLUSTER"] == c.cluster.as_str(), "env: {env}");
+    ensure!(env["GREETING"] == "hi there", "env: {env}");
+    let port = env["PORT"].as_str().context("PORT set")?;
+    ensure!(port.parse::<u16>().is_ok(), "PORT is a port: {port}");
+
+    let terminated = c.plane_json(&["terminate", &id]).await?;
+    ensure!(terminated["id"] == id.as_str(), "{terminated}");
+    let events = c.watch_until_terminated(&id).await?;
+    let last = events.last().context("events")?;
+    ensure!(last["reason"] == "terminated", "reason: {last}");
+    no_process_left(&id).await?;
+    let gone = c.get(&c.host(&id), "/", &[])?;
+    ensure!(gone.status == 404, "a terminated backend is not routed: {gone:?}");
+    Ok(())
+}
+
+/// An open WebSocket keeps a backend alive past its idle timeout; once closed, it is swept.
+pub async fn websocket_keeps_backend_alive(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--idle", "1"]).await?;
+    let id = id_of(&record)?;
+    let url = format!("ws://{}:{}/ws", c.host(&id), c.proxy_port);
+    let request = url.as_str().into_client_request()?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port)).await?;
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .context("WebSocket handshake through the proxy")?;
+    ensure!(response.status() == 101, "handshake: {response:?}");
+    ws.send(Message::text("first")).await?;
+    let echo = ws.next().await.context("echo")??;
+    ensure!(echo == Message::text("first"), "echo: {echo:?}");
+
+    // Three idle timeouts with the connection open and silent: nothing may sweep it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = c.status(&id).await?;
+    ensure!(status["state"] == "ready", "swept while a WebSocket was open: {status}");
+    ws.send(Message::text("second")).await?;
+    let echo = ws.next().await.context("echo")??;
+    ensure!(echo == Message::text("second"), "echo: {echo:?}");
+
+    ws.close(None).await?;
+    drop(ws);
+    let events = c.watch_until_terminated(&id).await?;
+    let last = events.last().context("events")?;
+    ensure!(last["reason"] == "swept", "swept after close: {last}");
+    Ok(())
+}
+
+/// A long streaming response keeps its backend alive until it ends.
+pub async fn streaming_response_keeps_backend_alive(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--idle", "1"]).await?;
+    let id = id_of(&record)?;
+    // 8 chunks 400 ms apart: 3.2 s of response, over three idle timeouts.
+    let stream = c.get(&c.host(&id), "/stream?chunks=8&interval_ms=400", &[])?;
+    ensure!(stream.status == 200, "stream: {stream:?}");
+    ensure!(stream.body.lines().count() == 8, "all chunks arrived: {stream:?}");
+    let status = c.status(&id).await?;
+    ensure!(status["state"] == "ready", "swept during a streaming response: {status}");
+    let events = c.watch_until_terminated(&id).await?;
+    ensure!(events.last().is_some_and(|e| e["reason"] == "swept"), "{events:?}");
+    Ok(())
+}
+
+/// An untouched backend is swept once its idle timeout has passed, not before.
+pub async fn idle_backend_is_swept(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--idle", "1"]).await?;
+    let id = id_of(&record)?;
+    let events = c.watch_until_terminated(&id).await?;
+    let ready = events
+        .iter()
+        .find(|e| e["state"] == "ready")
+        .context("a ready event")?;
+    let last = events.last().context("events")?;
+    ensure!(last["reason"] == "swept", "{last}");
+    let idle_ms = last["updated_at"].as_u64().unwrap_or(0) - ready["updated_at"].as_u64().unwrap_or(0);
+    ensure!(idle_ms >= 1000, "swept after {idle_ms} ms, before its 1 s idle timeout");
+    no_process_left(&id).await?;
+    Ok(())
+}
+
+/// A backend that exits with code 3 ends `terminated/failed` with `exit_code: 3`.
+pub async fn exit_code_is_reported(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--idle", "60"]).await?;
+    let id = id_of(&record)?;
+    let exit = c.get(&c.host(&id), "/exit?code=3", &[])?;
+    ensure!(exit.status == 200, "{exit:?}");
+    let events = c.watch_until_terminated(&id).await?;
+    let last = events.last().context("events")?;
+    ensure!(last["reason"] == "failed", "{last}");
+    ensure!(last["exit_code"] == 3, "{last}");
+    Ok(())
+}
+
+/// A command that does not exist ends `terminated/error_loading`, and `spawn --wait` says so.
+pub async fn missing_command_is_error_loading(c: &Cluster) -> anyhow::Result<()> {
+    let output = c
+        .plane(&["spawn", "--wait", "--command", "/nonexistent/plane-no-such-program"])
+        .await?;
+    ensure!(!output.status.success(), "spawn --wait must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(stderr.contains("error_loading"), "stderr: {stderr}");
+    let list = c.plane_json(&["list"]).await?;
+    let record = list
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|r| {
+                r["spec"]["executable"]["command"][0] == "/nonexistent/plane-no-such-program"
+            })
+        })
+        .context("the failed backend is listed")?;
+    ensure!(record["state"] == "terminated", "{record}");
+    ensure!(record["reason"] == "error_loading", "{record}");
+    Ok(())
+}
+
+/// Unknown backends get 404, hosts outside the cluster 400: nothing is forwarded.
+pub async fn unknown_hosts_are_refused(c: &Cluster) -> anyhow::Result<()> {
+    let unknown = c.get(&c.host("nosuchbackend"), "/", &[])?;
+    ensure!(unknown.status == 404, "{unknown:?}");
+    ensure!(unknown.body.contains("nosuchbackend"), "404 names it: {unknown:?}");
+    let outside = c.get("example.com", "/", &[])?;
+    ensure!(outside.status == 400, "{outside:?}");
+    Ok(())
+}
+
+/// Bad API input gets a 4xx JSON error that names the problem.
+pub async fn bad_api_input_is_refused(c: &Cluster) -> anyhow::Result<()> {
+    let url = format!("{}/v1/backends", c.api);
+    let bad = curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"executable": {"command": []}}"#, &url])?;
+    ensure!(bad.status == 400, "{bad:?}");
+    let error = bad.json()?;
+    ensure!(
+        error["error"].as_str().is_some_and(|e| e.contains("executable.command")),
+        "names the field: {error}"
+    );
+    let typed = curl(&["-X", "POST", "-d", r#"{"executable": {"command": ["x"]}, "max_idle_secs": "soon"}"#, &url])?;
+    ensure!(typed.status == 400, "{typed:?}");
+    ensure!(typed.body.contains("max_idle_secs"), "names the field: {typed:?}");
+    let garbage = curl(&["-X", "POST", "-d", "{not json", &url])?;
+    ensure!(garbage.status == 400, "{garbage:?}");
+    let missing = curl(&[&format!("{}/v1/backends/nosuchbackend", c.api)])?;
+    ensure!(missing.status == 404, "{missing:?}");
+    ensure!(missing.json()?["error"].is_string(), "{missing:?}");
+    Ok(())
+}
+
+/// Runs a flow, naming it in the error.
+pub async fn run(
+    name: &str,
+    flow: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(STATE_TIMEOUT * 3, flow)
+        .await
+        .with_context(|| format!("{name} timed out"))?
+        .with_context(|| format!("flow {name}"))
+}

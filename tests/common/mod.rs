@@ -1,0 +1,247 @@
+//! A Plane cluster for end-to-end tests: the real `plane` binary as separate controller and
+//! drone processes over a real `nats-server`, or as one `plane dev` process, plus the clients
+//! the tests drive it with (the `plane` CLI, curl, a WebSocket client).
+
+#![allow(dead_code)] // Each test file uses its own part of the harness.
+
+pub mod flows;
+
+use anyhow::{bail, Context};
+use plane_test_support::{curl, eventually, free_port, ChildGuard, CurlResponse, NatsServer};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Every test's overall bound.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a backend may take to get from spawn to a given state in these tests.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Heartbeats are fast and the grace short, so that a killed drone is noticed quickly.
+const HEARTBEAT_SECS: &str = "0.2";
+const DRONE_GRACE_SECS: &str = "2";
+const STOP_GRACE_SECS: &str = "2";
+
+pub fn plane_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_plane"))
+}
+
+pub fn backend_bin() -> String {
+    plane_test_support::test_backend_path()
+        .expect("the test backend must be built (cargo build --workspace --bins)")
+        .display()
+        .to_string()
+}
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn bounded<F: std::future::Future<Output = anyhow::Result<()>>>(
+    body: F,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .context("test timed out")?
+}
+
+/// A running cluster and how to reach it.
+pub struct Cluster {
+    pub cluster: String,
+    pub api: String,
+    pub proxy_port: u16,
+    /// The drone (or the `plane dev` process): killed by the drone-loss test.
+    pub drone: Option<ChildGuard>,
+    controller: Option<ChildGuard>,
+    nats: Option<NatsServer>,
+}
+
+impl Cluster {
+    /// nats-server, `plane controller` and `plane drone` as three processes.
+    pub async fn over_nats() -> anyhow::Result<Cluster> {
+        let nats = NatsServer::start()?;
+        let cluster = "plane.test".to_string();
+        let api_port = free_port()?;
+        let proxy_port = free_port()?;
+        let mut controller = Command::new(plane_bin());
+        controller.args([
+            "controller",
+            "--nats",
+            &nats.url(),
+            "--cluster",
+            &cluster,
+            "--api",
+            &format!("127.0.0.1:{api_port}"),
+            "--drone-grace-secs",
+            DRONE_GRACE_SECS,
+        ]);
+        let controller = ChildGuard::spawn("controller", controller)?;
+        let mut drone = Command::new(plane_bin());
+        drone.args([
+            "drone",
+            "--nats",
+            &nats.url(),
+            "--cluster",
+            &cluster,
+            "--http",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--executor",
+            "process",
+            "--heartbeat-secs",
+            HEARTBEAT_SECS,
+            "--stop-grace-secs",
+            STOP_GRACE_SECS,
+        ]);
+        let drone = ChildGuard::spawn("drone", drone)?;
+        let cluster = Cluster {
+            cluster,
+            api: format!("http://127.0.0.1:{api_port}"),
+            proxy_port,
+            drone: Some(drone),
+            controller: Some(controller),
+            nats: Some(nats),
+        };
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
+    /// One `plane dev` process.
+    pub async fn dev() -> anyhow::Result<Cluster> {
+        let api_port = free_port()?;
+        let proxy_port = free_port()?;
+        let mut dev = Command::new(plane_bin());
+        dev.args([
+            "dev",
+            "--api",
+            &format!("127.0.0.1:{api_port}"),
+            "--http",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--stop-grace-secs",
+            STOP_GRACE_SECS,
+        ]);
+        let dev = ChildGuard::spawn("dev", dev)?;
+        let cluster = Cluster {
+            cluster: "plane.localhost".to_string(),
+            api: format!("http://127.0.0.1:{api_port}"),
+            proxy_port,
+            drone: Some(dev),
+            controller: None,
+            nats: None,
+        };
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_for_live_drone(&self) -> anyhow::Result<()> {
+        eventually(STATE_TIMEOUT, "a live drone in `plane drones`", || async {
+            let drones = self.plane_json(&["drones"]).await?;
+            let live = drones
+                .as_array()
+                .is_some_and(|all| all.iter().any(|d| d["live"] == true));
+            Ok(live.then_some(()))
+        })
+        .await
+    }
+
+    /// Runs the `plane` CLI against this cluster's API.
+    pub async fn plane(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut command = tokio::process::Command::new(plane_bin());
+        command
+            .args(args)
+            .args(["--api", &self.api])
+            .kill_on_drop(true);
+        tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .with_context(|| format!("plane {args:?} hung"))?
+            .with_context(|| format!("running plane {args:?}"))
+    }
+
+    /// Runs `plane ARGS --json` and parses its output; fails if the command fails.
+    pub async fn plane_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let output = self.plane(&with_json).await?;
+        if !output.status.success() {
+            bail!(
+                "plane {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "plane {args:?} printed no JSON: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// Spawns the test backend with `backend_args` and waits until it is ready.
+    pub async fn spawn_ready(&self, backend_args: &str, extra: &[&str]) -> anyhow::Result<Value> {
+        let command = format!("{} {backend_args}", backend_bin());
+        let mut args = vec!["spawn", "--wait", "--command", &command];
+        args.extend_from_slice(extra);
+        let record = self.plane_json(&args).await?;
+        anyhow::ensure!(record["state"] == "ready", "not ready: {record}");
+        Ok(record)
+    }
+
+    /// Follows `plane watch ID` until the backend is terminated; returns every event.
+    pub async fn watch_until_terminated(&self, id: &str) -> anyhow::Result<Vec<Value>> {
+        let mut command = Command::new(plane_bin());
+        command.args(["watch", id, "--json", "--api", &self.api]);
+        let watch = ChildGuard::spawn("watch", command)?;
+        let status = tokio::task::spawn_blocking(move || {
+            let status = watch.wait_exit(STATE_TIMEOUT);
+            (status, watch.output_so_far())
+        })
+        .await?;
+        let (status, output) = status;
+        let status = status.context("plane watch did not end")?;
+        anyhow::ensure!(status.success(), "plane watch failed: {output}");
+        // Only stdout lines that are JSON objects are events (stderr is interleaved).
+        let events: Vec<Value> = output
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v.is_object())
+            .collect();
+        let last = events.last().context("no events")?;
+        anyhow::ensure!(last["state"] == "terminated", "last event: {last}");
+        Ok(events)
+    }
+
+    /// The `Host` of a backend.
+    pub fn host(&self, id: &str) -> String {
+        format!("{id}.{}", self.cluster)
+    }
+
+    /// GET `path` on the proxy with `Host: {host}` (plus extra curl args).
+    pub fn get(&self, host: &str, path: &str, extra: &[&str]) -> anyhow::Result<CurlResponse> {
+        let url = format!("http://127.0.0.1:{}{path}", self.proxy_port);
+        let host_header = format!("Host: {host}");
+        let mut args = vec!["-H", &host_header];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    }
+
+    /// The state of a backend now.
+    pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
+        self.plane_json(&["status", id]).await
+    }
+}
+
+/// The backend's id from a record.
+pub fn id_of(record: &Value) -> anyhow::Result<String> {
+    record["id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("record without id: {record}"))
+}
+
+/// Waits until no process has `PLANE_BACKEND_ID={id}` in its environment.
+pub async fn no_process_left(id: &str) -> anyhow::Result<()> {
+    eventually(STATE_TIMEOUT, &format!("backend {id}'s process to end"), || async {
+        Ok(plane_test_support::processes_with_env("PLANE_BACKEND_ID", id)
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}

@@ -1,0 +1,44 @@
+//! End-to-end through `plane dev`: the same flows as over NATS, in one process with the
+//! in-memory bus, and Ctrl-C stopping every backend it started.
+
+mod common;
+
+use common::flows;
+use common::{bounded, id_of, no_process_left, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
+    bounded(async {
+        let c = Cluster::dev().await?;
+        flows::run("route", flows::route_headers_env_and_delete(&c)).await?;
+        flows::run("websocket", flows::websocket_keeps_backend_alive(&c)).await?;
+        flows::run("streaming", flows::streaming_response_keeps_backend_alive(&c)).await?;
+        flows::run("idle", flows::idle_backend_is_swept(&c)).await?;
+        flows::run("exit code", flows::exit_code_is_reported(&c)).await?;
+        flows::run("missing command", flows::missing_command_is_error_loading(&c)).await?;
+        flows::run("unknown hosts", flows::unknown_hosts_are_refused(&c)).await?;
+        flows::run("bad input", flows::bad_api_input_is_refused(&c)).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Ctrl-C (SIGINT) stops every backend `plane dev` started, even one that ignores SIGTERM,
+/// and `plane dev` exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_every_backend() -> anyhow::Result<()> {
+    bounded(async {
+        let mut c = Cluster::dev().await?;
+        let polite = id_of(&c.spawn_ready("", &["--idle", "60"]).await?)?;
+        let stubborn = id_of(&c.spawn_ready("--ignore-sigterm", &["--idle", "60"]).await?)?;
+        let dev = c.drone.take().expect("the dev process");
+        dev.signal(libc::SIGINT)?;
+        let status = tokio::task::spawn_blocking(move || dev.wait_exit(common::STATE_TIMEOUT)).await??;
+        anyhow::ensure!(status.success(), "plane dev exit: {status}");
+        for id in [&polite, &stubborn] {
+            no_process_left(id).await?;
+        }
+        Ok(())
+    })
+    .await
+}
