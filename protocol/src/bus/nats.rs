@@ -9,7 +9,7 @@ use async_nats::{Client, Event, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Values kept per KV key: only the latest (a delete marker counts), as Plane never reads
 /// history.
@@ -162,6 +162,23 @@ impl NatsBus {
             .await
             .map_err(|err| open_failed(Box::new(err)))?;
         Ok(NatsKv::new(bucket, store))
+    }
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        // async-nats closes the connection when its last handle goes, discarding writes it has
+        // not flushed yet. A message published just before the bus is dropped (typically a
+        // reply) must still go out, as it does in memory: a flush holds the connection open
+        // until it is written.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                if let Err(error) = client.flush().await {
+                    debug!(%error, "flushing a dropped NATS bus failed");
+                }
+            });
+        }
     }
 }
 
