@@ -106,11 +106,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "Plane dev is running.\n\
          \x20 API      http://{api_addr}\n\
-         \x20 proxy    http://{{backend}}.{cluster}:{proxy_port}/\n\
+         \x20 proxy    http://{{backend}}.{cluster}:{proxy_port}/ (listening on {})\n\
          \x20 drone    {drone_id} (process executor)\n\n\
          Spawn a first backend (in another terminal):\n\
          \x20 cargo run --release -- spawn --wait --command \"sh -c 'exec python3 -m http.server --bind 127.0.0.1 \\$PORT'\"\n\
-         Then open the URL it prints. Ctrl-C stops Plane and every backend it started."
+         Then open the URL it prints. Ctrl-C stops Plane and every backend it started.",
+        proxy_listener.local_addr()?
     );
 
     let (stop_drone, drone_shutdown) = shutdown::channel();
@@ -152,7 +153,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("opening cluster state")?;
-    info!(api = %api_listener.local_addr()?, %cluster, "controller started");
+    // On stdout, for whoever started us with port 0 to learn the real address.
+    println!("API listening on http://{}", api_listener.local_addr()?);
+    info!(%cluster, "controller started");
     let (trigger, shutdown): (_, Shutdown) = shutdown::channel();
     on_signal(trigger);
     let api_task = tokio::spawn(api::serve(api_listener, controller.clone(), shutdown.clone().wait()));
@@ -179,7 +182,9 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         table.clone(),
         executor(args.executor)?,
     );
-    info!(drone = %id, proxy = %proxy_listener.local_addr()?, %cluster, "drone started");
+    // On stdout, for whoever started us with port 0 to learn the real address.
+    println!("proxy listening on {}", proxy_listener.local_addr()?);
+    info!(drone = %id, %cluster, "drone started");
     let (stop_drone, drone_shutdown) = shutdown::channel();
     let (stop_proxy, proxy_shutdown) = shutdown::channel();
     on_signal(stop_drone);

@@ -116,7 +116,9 @@ impl Proxy {
                 .cloned()
                 .ok_or(ProxyError::MissingHost)?,
         };
-        let host_str = host.to_str().map_err(|_| ProxyError::MissingHost)?;
+        let host_str = host
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host is not visible ASCII"))?;
         let label = backend_label(host_str, self.table.cluster())?;
         let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
         // Counted from the request head on, including while held for a starting backend.

@@ -89,6 +89,8 @@ contract!(
     garbage_payload_is_a_decode_error,
     invalid_names_are_rejected,
     close_ends_subscriptions,
+    publish_then_drop_still_delivers,
+    payloads_over_the_limit_are_refused,
     kv_create_refuses_a_live_key,
     kv_update_is_compare_and_set,
     kv_deleted_key_reads_as_none_and_can_be_created_again,
@@ -144,7 +146,11 @@ async fn queue_group_delivers_each_message_to_one_member(world: World) -> anyhow
     let publisher = world.bus().await?;
     let mut members = [
         member_bus.queue_subscribe("work.*", "workers").await?,
-        world.bus().await?.queue_subscribe("work.*", "workers").await?,
+        world
+            .bus()
+            .await?
+            .queue_subscribe("work.*", "workers")
+            .await?,
     ];
     let mut watcher = member_bus.subscribe("work.*").await?;
     for i in 0..N {
@@ -178,10 +184,12 @@ async fn queue_group_delivers_each_message_to_one_member(world: World) -> anyhow
         // Drain what a fenced member still holds (only fences may follow its first one).
         for (i, member) in members.iter_mut().enumerate() {
             if fenced[i] {
-                while let Ok(Some(msg)) =
-                    tokio::time::timeout(Duration::ZERO, member.next()).await
+                while let Ok(Some(msg)) = tokio::time::timeout(Duration::ZERO, member.next()).await
                 {
-                    ensure!(msg.payload == "fence", "member {i} got data after its fence");
+                    ensure!(
+                        msg.payload == "fence",
+                        "member {i} got data after its fence"
+                    );
                 }
             }
         }
@@ -319,10 +327,7 @@ async fn garbage_payload_is_a_decode_error(world: World) -> anyhow::Result<()> {
         bus.request_json::<_, Ask>("svc.garbage", &Ask { n: 1 }, WAIT),
     )
     .await?;
-    assert!(
-        matches!(answer, Err(BusError::Decode { .. })),
-        "{answer:?}"
-    );
+    assert!(matches!(answer, Err(BusError::Decode { .. })), "{answer:?}");
     within("responder", serve).await???;
     Ok(())
 }
@@ -370,9 +375,62 @@ async fn close_ends_subscriptions(world: World) -> anyhow::Result<()> {
     let mut sub = bus.subscribe("closing").await?;
     bus.publish("closing", "last".into()).await?;
     bus.flush().await?;
+    let mut watch = bus.kv("closing").await?.watch(">").await?;
     bus.close().await?;
     assert_eq!(next(&mut sub).await?.payload, "last");
     assert!(within("end of subscription", sub.next()).await?.is_none());
+    assert!(within("end of KV watch", watch.next()).await?.is_none());
+    Ok(())
+}
+
+async fn publish_then_drop_still_delivers(world: World) -> anyhow::Result<()> {
+    let subscriber = world.bus().await?;
+    let mut sub = subscriber.subscribe("last.words").await?;
+    let publisher = world.bus().await?;
+    publisher.publish("last.words", "bye".into()).await?;
+    drop(publisher);
+    assert_eq!(next(&mut sub).await?.payload, "bye");
+    Ok(())
+}
+
+async fn payloads_over_the_limit_are_refused(world: World) -> anyhow::Result<()> {
+    let bus = world.bus().await?;
+    let max = bus.max_payload();
+    assert_eq!(max, 1024 * 1024, "both buses carry nats-server's default");
+    let mut sub = bus.subscribe("big").await?;
+    bus.publish("big", vec![b'x'; max].into()).await?;
+    assert_eq!(next(&mut sub).await?.payload.len(), max);
+    let too_big = Bytes::from(vec![b'x'; max + 1]);
+    match bus.publish("big", too_big.clone()).await {
+        Err(BusError::PayloadTooLarge { subject, size, .. }) => {
+            assert_eq!((&*subject, size), ("big", max + 1))
+        }
+        other => bail!("expected PayloadTooLarge, got {other:?}"),
+    }
+    let result = bus.request("big", too_big.clone(), WAIT).await;
+    assert!(
+        matches!(result, Err(BusError::PayloadTooLarge { .. })),
+        "{result:?}"
+    );
+    let kv = bus.kv("big").await?;
+    let result = kv.put("k", too_big).await;
+    assert!(
+        matches!(result, Err(KvError::ValueTooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(kv.get("k").await?, None);
+    Ok(())
+}
+
+/// A bus that cannot connect says so at once; reconnecting is only for established buses.
+#[tokio::test]
+async fn nats_connect_to_nothing_fails() -> anyhow::Result<()> {
+    let url = format!("nats://127.0.0.1:{}", plane_test_support::free_port()?);
+    match within("connect", Bus::connect(&url)).await? {
+        Err(BusError::Connect { url: failed, .. }) => assert_eq!(failed, url),
+        Err(other) => bail!("expected Connect, got {other:?}"),
+        Ok(_) => bail!("connected to nothing"),
+    }
     Ok(())
 }
 
@@ -404,13 +462,19 @@ async fn kv_update_is_compare_and_set(world: World) -> anyhow::Result<()> {
     );
     // Typed helpers carry the revision through.
     let revision = kv.put_json("k", &Ask { n: 7 }).await?;
-    assert_eq!(kv.get_json::<Ask>("k").await?, Some((Ask { n: 7 }, revision)));
+    assert_eq!(
+        kv.get_json::<Ask>("k").await?,
+        Some((Ask { n: 7 }, revision))
+    );
     let updated = kv.update_json("k", &Ask { n: 8 }, revision).await?;
     assert!(matches!(
         kv.update_json("k", &Ask { n: 9 }, revision).await,
         Err(KvError::WrongRevision { .. })
     ));
-    assert_eq!(kv.get_json::<Ask>("k").await?, Some((Ask { n: 8 }, updated)));
+    assert_eq!(
+        kv.get_json::<Ask>("k").await?,
+        Some((Ask { n: 8 }, updated))
+    );
     Ok(())
 }
 
@@ -506,9 +570,7 @@ async fn kv_watch_sees_later_puts_and_deletes(world: World) -> anyhow::Result<()
     writer.put("drone.fence", "f".into()).await?;
     assert_eq!(next_change(&mut drones).await?, changes[0]);
     assert_eq!(next_change(&mut drones).await?, changes[2]);
-    assert!(
-        matches!(next_change(&mut drones).await?, KvChange::Put(e) if e.key == "drone.fence")
-    );
+    assert!(matches!(next_change(&mut drones).await?, KvChange::Put(e) if e.key == "drone.fence"));
     Ok(())
 }
 
@@ -533,7 +595,10 @@ async fn kv_concurrent_creates_have_one_winner(world: World) -> anyhow::Result<(
             other => bail!("round {round}: expected exactly one winner, got {other:?}"),
         };
         let entry = a.get(&key).await?.context("the winner's value")?;
-        assert_eq!((entry.value, entry.revision), (Bytes::from(winner.0), winner.1));
+        assert_eq!(
+            (entry.value, entry.revision),
+            (Bytes::from(winner.0), winner.1)
+        );
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 pub mod flows;
 
 use anyhow::{bail, Context};
-use plane_test_support::{curl, eventually, free_port, ChildGuard, CurlResponse, NatsServer};
+use plane_test_support::{curl, eventually, ChildGuard, CurlResponse, NatsServer};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,8 +58,6 @@ impl Cluster {
     pub async fn over_nats() -> anyhow::Result<Cluster> {
         let nats = NatsServer::start()?;
         let cluster = "plane.test".to_string();
-        let api_port = free_port()?;
-        let proxy_port = free_port()?;
         let mut controller = Command::new(plane_bin());
         controller.args([
             "controller",
@@ -68,11 +66,12 @@ impl Cluster {
             "--cluster",
             &cluster,
             "--api",
-            &format!("127.0.0.1:{api_port}"),
+            "127.0.0.1:0",
             "--drone-grace-secs",
             DRONE_GRACE_SECS,
         ]);
         let controller = ChildGuard::spawn("controller", controller)?;
+        let api = after(&controller, "API listening on ")?;
         let mut drone = Command::new(plane_bin());
         drone.args([
             "drone",
@@ -81,7 +80,7 @@ impl Cluster {
             "--cluster",
             &cluster,
             "--http",
-            &format!("127.0.0.1:{proxy_port}"),
+            "127.0.0.1:0",
             "--executor",
             "process",
             "--heartbeat-secs",
@@ -90,9 +89,10 @@ impl Cluster {
             STOP_GRACE_SECS,
         ]);
         let drone = ChildGuard::spawn("drone", drone)?;
+        let proxy_port = port_of(&after(&drone, "proxy listening on ")?)?;
         let cluster = Cluster {
             cluster,
-            api: format!("http://127.0.0.1:{api_port}"),
+            api,
             proxy_port,
             drone: Some(drone),
             controller: Some(controller),
@@ -104,22 +104,23 @@ impl Cluster {
 
     /// One `plane dev` process.
     pub async fn dev() -> anyhow::Result<Cluster> {
-        let api_port = free_port()?;
-        let proxy_port = free_port()?;
         let mut dev = Command::new(plane_bin());
         dev.args([
             "dev",
             "--api",
-            &format!("127.0.0.1:{api_port}"),
+            "127.0.0.1:0",
             "--http",
-            &format!("127.0.0.1:{proxy_port}"),
+            "127.0.0.1:0",
             "--stop-grace-secs",
             STOP_GRACE_SECS,
         ]);
         let dev = ChildGuard::spawn("dev", dev)?;
+        let api = after(&dev, "API      ")?;
+        let proxy = after(&dev, "(listening on ")?;
+        let proxy_port = port_of(proxy.trim_end_matches(')'))?;
         let cluster = Cluster {
             cluster: "plane.localhost".to_string(),
-            api: format!("http://127.0.0.1:{api_port}"),
+            api,
             proxy_port,
             drone: Some(dev),
             controller: None,
@@ -226,6 +227,26 @@ impl Cluster {
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await
     }
+}
+
+/// How long a started process gets to print where it listens.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The rest of the first output line of `child` that contains `marker`. Processes listen on
+/// port 0 and print the address they got, so tests never race for a port.
+fn after(child: &ChildGuard, marker: &str) -> anyhow::Result<String> {
+    let line = child.wait_for_output(marker, STARTUP_TIMEOUT)?;
+    let (_, rest) = line
+        .split_once(marker)
+        .with_context(|| format!("{marker:?} not in {line:?}"))?;
+    Ok(rest.trim().to_string())
+}
+
+fn port_of(addr: &str) -> anyhow::Result<u16> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("not an address: {addr:?}"))?;
+    Ok(addr.port())
 }
 
 /// The backend's id from a record.

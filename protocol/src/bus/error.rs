@@ -35,6 +35,13 @@ pub enum BusError {
         #[source]
         source: Source,
     },
+    /// The payload is larger than the bus carries ([`crate::bus::Bus::max_payload`]).
+    #[error("payload of {size} bytes for {subject} exceeds the bus maximum of {max} bytes")]
+    PayloadTooLarge {
+        subject: String,
+        size: usize,
+        max: usize,
+    },
     /// Nobody subscribes to the subject of a request: reported at once, not after the timeout.
     #[error("no responders for request on {subject}")]
     NoResponders { subject: String },
@@ -102,6 +109,14 @@ pub enum KvError {
     /// `update` with a revision that is not the key's latest one.
     #[error("key {key} has changed since the revision given (compare-and-set failed)")]
     WrongRevision { key: String },
+    /// The value is larger than the bus carries ([`crate::bus::Bus::max_payload`]).
+    #[error("value of {size} bytes for key {key} in KV bucket {bucket} exceeds the maximum of {max} bytes")]
+    ValueTooLarge {
+        bucket: String,
+        key: String,
+        size: usize,
+        max: usize,
+    },
     /// The operation reached the store but failed there, or did not reach it.
     #[error("{op} of key {key} in KV bucket {bucket} failed")]
     Store {

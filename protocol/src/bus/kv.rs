@@ -14,6 +14,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Kv {
     bucket: String,
+    /// Values larger than this are refused before they reach the store.
+    max_value: usize,
     backend: Backend,
 }
 
@@ -40,16 +42,18 @@ pub enum KvChange {
 }
 
 impl Kv {
-    pub(crate) fn memory(bucket: &str, memory: Arc<MemoryBucket>) -> Self {
+    pub(crate) fn memory(bucket: &str, memory: Arc<MemoryBucket>, max_value: usize) -> Self {
         Self {
             bucket: bucket.to_owned(),
+            max_value,
             backend: Backend::Memory(memory),
         }
     }
 
-    pub(crate) fn nats(bucket: &str, nats: NatsKv) -> Self {
+    pub(crate) fn nats(bucket: &str, nats: NatsKv, max_value: usize) -> Self {
         Self {
             bucket: bucket.to_owned(),
+            max_value,
             backend: Backend::Nats(Arc::new(nats)),
         }
     }
@@ -70,6 +74,21 @@ impl Kv {
         }
     }
 
+    /// [`Kv::check_key`], and that the value fits (the limit is the same for both buses, where
+    /// JetStream would fail with a less telling error).
+    fn check_write(&self, key: &str, value: &Bytes) -> Result<(), KvError> {
+        self.check_key(key)?;
+        if value.len() > self.max_value {
+            return Err(KvError::ValueTooLarge {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                size: value.len(),
+                max: self.max_value,
+            });
+        }
+        Ok(())
+    }
+
     /// The key's live value, `None` if it was never written, or deleted.
     pub async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         self.check_key(key)?;
@@ -83,7 +102,7 @@ impl Kv {
     /// revision. Of concurrent creates of one key exactly one succeeds, the others get
     /// [`KvError::AlreadyExists`].
     pub async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        self.check_key(key)?;
+        self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::NotLive),
             Backend::Nats(n) => n.create(key, value).await,
@@ -93,7 +112,7 @@ impl Kv {
     /// Compare-and-set: writes the key only if its latest revision (a delete counts) is
     /// `revision`, else [`KvError::WrongRevision`]. Returns the new revision.
     pub async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
-        self.check_key(key)?;
+        self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::Revision(revision)),
             Backend::Nats(n) => n.update(key, value, revision).await,
@@ -102,7 +121,7 @@ impl Kv {
 
     /// Writes the key whatever its state; returns the new revision.
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        self.check_key(key)?;
+        self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::Any),
             Backend::Nats(n) => n.put(key, value).await,

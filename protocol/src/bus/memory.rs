@@ -17,6 +17,10 @@ use tracing::warn;
 /// subscription capacity, so that a slow consumer behaves the same on both buses).
 const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
 
+/// The largest payload the in-memory bus carries: nats-server's default `max_payload`, so that
+/// what works in `plane dev` fits in production.
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
 /// A bus living in this process; clones share subscribers and KV buckets.
 #[derive(Clone, Default)]
 pub(crate) struct MemoryBus {

@@ -115,12 +115,10 @@ impl MemoryBucket {
                 revision,
             },
         };
+        state.slots.insert(key.to_owned(), Slot { value, revision });
         state
-            .slots
-            .insert(key.to_owned(), Slot { value, revision });
-        state.watchers.retain(|w| {
-            !subject::matches(&w.pattern, key) || w.tx.send(change.clone()).is_ok()
-        });
+            .watchers
+            .retain(|w| !subject::matches(&w.pattern, key) || w.tx.send(change.clone()).is_ok());
         Ok(revision)
     }
 

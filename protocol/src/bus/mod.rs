@@ -100,12 +100,34 @@ impl Bus {
         })
     }
 
-    /// Sends a message to every subscriber of `subject` (and one member of each queue group).
-    /// Nobody listening is not an error.
-    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+    /// The largest payload (and KV value) this bus carries: the server's `max_payload` on NATS
+    /// (1 MiB by default), the same 1 MiB in memory.
+    pub fn max_payload(&self) -> usize {
+        match &self.backend {
+            Backend::Memory(_) => memory::MAX_PAYLOAD_BYTES,
+            Backend::Nats(n) => n.max_payload(),
+        }
+    }
+
+    fn check_outgoing(&self, subject: &str, payload: &Bytes) -> Result<(), BusError> {
         if !subject::valid_publish(subject) {
             return Err(invalid_subject(subject));
         }
+        let max = self.max_payload();
+        if payload.len() > max {
+            return Err(BusError::PayloadTooLarge {
+                subject: subject.to_owned(),
+                size: payload.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a message to every subscriber of `subject` (and one member of each queue group).
+    /// Nobody listening is not an error.
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        self.check_outgoing(subject, &payload)?;
         match &self.backend {
             Backend::Memory(m) => m.publish(subject, payload),
             Backend::Nats(n) => n.publish(subject, payload).await,
@@ -157,9 +179,7 @@ impl Bus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, BusError> {
-        if !subject::valid_publish(subject) {
-            return Err(invalid_subject(subject));
-        }
+        self.check_outgoing(subject, &payload)?;
         match &self.backend {
             Backend::Memory(m) => m.request(subject, payload, timeout).await,
             Backend::Nats(n) => n.request(subject, payload, timeout).await,
@@ -206,8 +226,8 @@ impl Bus {
             .into());
         }
         Ok(match &self.backend {
-            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?),
-            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?),
+            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?, self.max_payload()),
+            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?, self.max_payload()),
         })
     }
 
@@ -234,7 +254,11 @@ impl Bus {
     }
 
     /// [`Bus::respond`] with an answer encoded as JSON.
-    pub async fn respond_json<T: Serialize>(&self, msg: &Message, reply: &T) -> Result<(), BusError> {
+    pub async fn respond_json<T: Serialize>(
+        &self,
+        msg: &Message,
+        reply: &T,
+    ) -> Result<(), BusError> {
         self.respond(msg, encode(&msg.subject, reply)?).await
     }
 }

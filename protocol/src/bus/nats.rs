@@ -37,6 +37,11 @@ impl NatsBus {
         Ok(Self { client, jetstream })
     }
 
+    /// The server's `max_payload`, as announced when connecting.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
     pub(crate) async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         self.client
             .publish(subject.to_owned(), payload)
@@ -123,12 +128,9 @@ impl NatsBus {
 
     /// Drains: subscriptions deliver what they hold, then end; the connection closes.
     pub(crate) async fn close(&self) -> Result<(), BusError> {
-        self.client
-            .drain()
-            .await
-            .map_err(|err| BusError::Flush {
-                source: Box::new(err),
-            })
+        self.client.drain().await.map_err(|err| BusError::Flush {
+            source: Box::new(err),
+        })
     }
 
     /// Opens the bucket, creating it if absent. The bucket's stream is created directly, with

@@ -3,9 +3,7 @@
 
 use super::kv::{KvChange, KvEntry};
 use super::KvError;
-use async_nats::jetstream::kv::{
-    CreateErrorKind, Entry, Operation, Store, UpdateErrorKind, Watch,
-};
+use async_nats::jetstream::kv::{CreateErrorKind, Entry, Operation, Store, UpdateErrorKind, Watch};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::warn;
@@ -56,12 +54,15 @@ impl NatsKv {
     pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         // async-nats' create retries with the delete marker's revision when the key was deleted,
         // and maps a lost race (on either attempt) to AlreadyExists.
-        self.store.create(key, value).await.map_err(|err| match err.kind() {
-            CreateErrorKind::AlreadyExists => KvError::AlreadyExists {
-                key: key.to_owned(),
-            },
-            _ => self.failed("create", key, err),
-        })
+        self.store
+            .create(key, value)
+            .await
+            .map_err(|err| match err.kind() {
+                CreateErrorKind::AlreadyExists => KvError::AlreadyExists {
+                    key: key.to_owned(),
+                },
+                _ => self.failed("create", key, err),
+            })
     }
 
     pub(crate) async fn update(
