@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 
 #[derive(Parser, Debug)]
-#[command(name = "plane", version, about = "Session backends for web applications.")]
+#[command(
+    name = "plane",
+    version,
+    about = "Session backends for web applications."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

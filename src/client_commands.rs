@@ -159,8 +159,15 @@ fn print_backend(r: &BackendRecord) {
     println!("url       {}", r.url);
     println!("state     {}", describe_state(r));
     println!("drone     {}", r.drone);
-    println!("idle      swept after {}s without connections", r.max_idle_secs);
-    println!("command   {}", shlex::try_join(r.spec.executable.command.iter().map(String::as_str)).unwrap_or_else(|_| r.spec.executable.command.join(" ")));
+    println!(
+        "idle      swept after {}s without connections",
+        r.max_idle_secs
+    );
+    println!(
+        "command   {}",
+        shlex::try_join(r.spec.executable.command.iter().map(String::as_str))
+            .unwrap_or_else(|_| r.spec.executable.command.join(" "))
+    );
     println!("updated   {}", clock(r.updated_at));
 }
 

@@ -44,7 +44,11 @@ fn main() -> ExitCode {
 
 /// Servers log at `info`, client commands only at `warn`, unless `RUST_LOG` says otherwise.
 fn init_logging(cli: &Cli) {
-    let default = if cli.command.is_server() { "info" } else { "warn" };
+    let default = if cli.command.is_server() {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -26,7 +26,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("--{flag}: {value} is not a valid number of seconds"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag}: {value} is not a valid number of seconds"))
 }
 
 fn executor(kind: ExecutorArg) -> anyhow::Result<Arc<dyn Executor>> {
@@ -61,7 +62,9 @@ fn check_cluster(cluster: &str) -> anyhow::Result<String> {
         && cluster.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     anyhow::ensure!(valid, "--cluster {cluster:?} is not a DNS domain name");
     Ok(cluster)
@@ -122,7 +125,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let rest = rest_shutdown.clone();
         tokio::spawn(async move { controller.run(rest.wait()).await })
     };
-    let api_task = tokio::spawn(api::serve(api_listener, controller, rest_shutdown.clone().wait()));
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        controller,
+        rest_shutdown.clone().wait(),
+    ));
     let proxy_task = tokio::spawn(plane_dataplane::serve(
         proxy_listener,
         table,
@@ -158,8 +165,15 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     info!(%cluster, "controller started");
     let (trigger, shutdown): (_, Shutdown) = shutdown::channel();
     on_signal(trigger);
-    let api_task = tokio::spawn(api::serve(api_listener, controller.clone(), shutdown.clone().wait()));
-    controller.run(shutdown.wait()).await.context("controller")?;
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        controller.clone(),
+        shutdown.clone().wait(),
+    ));
+    controller
+        .run(shutdown.wait())
+        .await
+        .context("controller")?;
     api_task.await?.context("API server")?;
     Ok(())
 }
@@ -171,7 +185,9 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         None => DroneId::generate(),
     };
     let proxy_listener = bind(args.http, "proxy").await?;
-    let proxy_port = args.public_port.unwrap_or(proxy_listener.local_addr()?.port());
+    let proxy_port = args
+        .public_port
+        .unwrap_or(proxy_listener.local_addr()?.port());
     let bus = Bus::connect(&args.nats)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats))?;

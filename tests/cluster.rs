@@ -35,7 +35,11 @@ async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
     bounded(async {
         let mut cluster = Cluster::over_nats().await?;
         let a = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
-        let b = id_of(&cluster.spawn_ready("--ignore-sigterm", &["--idle", "60"]).await?)?;
+        let b = id_of(
+            &cluster
+                .spawn_ready("--ignore-sigterm", &["--idle", "60"])
+                .await?,
+        )?;
         for id in [&a, &b] {
             anyhow::ensure!(
                 !plane_test_support::processes_with_env("PLANE_BACKEND_ID", id).is_empty(),
@@ -49,7 +53,9 @@ async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
         }
         for id in [&a, &b] {
             let events = cluster.watch_until_terminated(id).await?;
-            let last = events.last().expect("watch returns at least the final event");
+            let last = events
+                .last()
+                .expect("watch returns at least the final event");
             anyhow::ensure!(last["reason"] == "lost", "{last}");
         }
         Ok(())
@@ -65,7 +71,8 @@ async fn stopped_drone_terminates_its_backends() -> anyhow::Result<()> {
         let id = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
         let drone = cluster.drone.take().expect("the cluster has a drone");
         drone.signal(libc::SIGTERM)?;
-        let status = tokio::task::spawn_blocking(move || drone.wait_exit(common::STATE_TIMEOUT)).await??;
+        let status =
+            tokio::task::spawn_blocking(move || drone.wait_exit(common::STATE_TIMEOUT)).await??;
         anyhow::ensure!(status.success(), "drone exit: {status}");
         no_process_left(&id).await?;
         let record = cluster.status(&id).await?;

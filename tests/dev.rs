@@ -12,10 +12,18 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         let c = Cluster::dev().await?;
         flows::run("route", flows::route_headers_env_and_delete(&c)).await?;
         flows::run("websocket", flows::websocket_keeps_backend_alive(&c)).await?;
-        flows::run("streaming", flows::streaming_response_keeps_backend_alive(&c)).await?;
+        flows::run(
+            "streaming",
+            flows::streaming_response_keeps_backend_alive(&c),
+        )
+        .await?;
         flows::run("idle", flows::idle_backend_is_swept(&c)).await?;
         flows::run("exit code", flows::exit_code_is_reported(&c)).await?;
-        flows::run("missing command", flows::missing_command_is_error_loading(&c)).await?;
+        flows::run(
+            "missing command",
+            flows::missing_command_is_error_loading(&c),
+        )
+        .await?;
         flows::run("unknown hosts", flows::unknown_hosts_are_refused(&c)).await?;
         flows::run("bad input", flows::bad_api_input_is_refused(&c)).await?;
         Ok(())
@@ -33,7 +41,8 @@ async fn ctrl_c_stops_every_backend() -> anyhow::Result<()> {
         let stubborn = id_of(&c.spawn_ready("--ignore-sigterm", &["--idle", "60"]).await?)?;
         let dev = c.drone.take().expect("the dev process");
         dev.signal(libc::SIGINT)?;
-        let status = tokio::task::spawn_blocking(move || dev.wait_exit(common::STATE_TIMEOUT)).await??;
+        let status =
+            tokio::task::spawn_blocking(move || dev.wait_exit(common::STATE_TIMEOUT)).await??;
         anyhow::ensure!(status.success(), "plane dev exit: {status}");
         for id in [&polite, &stubborn] {
             no_process_left(id).await?;

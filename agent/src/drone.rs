@@ -9,7 +9,9 @@ use crate::sweeper;
 use plane_dataplane::RouteTable;
 use plane_protocol::bus::{Bus, BusError, Message};
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::{now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason};
+use plane_protocol::messages::{
+    now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason,
+};
 use plane_protocol::subjects::Subjects;
 use std::collections::HashMap;
 use std::future::Future;
@@ -66,7 +68,12 @@ impl Shared {
 }
 
 impl Drone {
-    pub fn new(config: DroneConfig, bus: Bus, table: RouteTable, executor: Arc<dyn Executor>) -> Self {
+    pub fn new(
+        config: DroneConfig,
+        bus: Bus,
+        table: RouteTable,
+        executor: Arc<dyn Executor>,
+    ) -> Self {
         let subjects = Subjects::new(&config.cluster);
         let context = Context {
             executor,
@@ -124,7 +131,10 @@ impl Drone {
         };
         self.stop_all().await;
         drop(reports);
-        if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, reporter).await.is_err() {
+        if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, reporter)
+            .await
+            .is_err()
+        {
             warn!("controller unreachable; some final state reports were not delivered");
         }
         info!(drone = %self.config.id, "drone stopped");
@@ -142,7 +152,11 @@ impl Drone {
             proxy_port: self.config.proxy_port,
             at: now_millis(),
         };
-        if let Err(error) = self.bus.publish_json(&self.subjects.heartbeats(), &heartbeat).await {
+        if let Err(error) = self
+            .bus
+            .publish_json(&self.subjects.heartbeats(), &heartbeat)
+            .await
+        {
             warn!(%error, "heartbeat not sent");
         }
     }
@@ -183,7 +197,11 @@ impl Drone {
         }
         if backends.len() >= self.config.capacity as usize {
             return Ack::Rejected {
-                error: format!("drone {} is full ({} backends)", self.config.id, backends.len()),
+                error: format!(
+                    "drone {} is full ({} backends)",
+                    self.config.id,
+                    backends.len()
+                ),
             };
         }
         let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
@@ -193,7 +211,15 @@ impl Drone {
         let reports = BackendReports::new(reports.clone(), backend.clone(), self.config.id.clone());
         info!(backend = %backend, command = ?spec.executable.command, "spawning backend");
         tokio::spawn(async move {
-            lifecycle::run(&shared.context, backend.clone(), spec, handle, stop, reports).await;
+            lifecycle::run(
+                &shared.context,
+                backend.clone(),
+                spec,
+                handle,
+                stop,
+                reports,
+            )
+            .await;
             shared.backends().remove(&backend);
             shared.ended().insert(backend, Instant::now());
             shared.backend_ended.notify_waiters();

@@ -33,7 +33,9 @@ pub(crate) struct BackendHandle {
 }
 
 impl BackendHandle {
-    pub(crate) fn new(max_idle_secs: u64) -> (Arc<Self>, watch::Receiver<Option<TerminationReason>>) {
+    pub(crate) fn new(
+        max_idle_secs: u64,
+    ) -> (Arc<Self>, watch::Receiver<Option<TerminationReason>>) {
         let (stop, stopped) = watch::channel(None);
         let handle = BackendHandle {
             stop,
@@ -139,9 +141,7 @@ async fn drive(
     };
     let mut running = match ctx.executor.launch(launch).await {
         Ok(running) => running,
-        Err(e) => {
-            return Outcome::new(TerminationReason::ErrorLoading, None, Some(e.to_string()))
-        }
+        Err(e) => return Outcome::new(TerminationReason::ErrorLoading, None, Some(e.to_string())),
     };
     let stopped_early = *stop.borrow();
     if let Some(reason) = stopped_early {
@@ -167,8 +167,14 @@ async fn drive(
             address.port(),
             ctx.ready_timeout
         );
-        let mut outcome =
-            stop_now(ctx, backend, running.as_mut(), TerminationReason::TimedOut, reports).await;
+        let mut outcome = stop_now(
+            ctx,
+            backend,
+            running.as_mut(),
+            TerminationReason::TimedOut,
+            reports,
+        )
+        .await;
         outcome.message = Some(message);
         return outcome;
     }
@@ -200,7 +206,9 @@ async fn stop_now(
 }
 
 /// Resolves with the first stop reason. Cancel safe.
-async fn stop_requested(stop: &mut watch::Receiver<Option<TerminationReason>>) -> TerminationReason {
+async fn stop_requested(
+    stop: &mut watch::Receiver<Option<TerminationReason>>,
+) -> TerminationReason {
     loop {
         if let Some(reason) = *stop.borrow_and_update() {
             return reason;

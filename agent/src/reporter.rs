@@ -5,9 +5,7 @@
 use crate::limits::{REPORT_ACK_TIMEOUT, REPORT_RETRY_MAX, REPORT_RETRY_MIN};
 use plane_protocol::bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::{
-    now_millis, Ack, BackendState, StateReport, TerminationReason,
-};
+use plane_protocol::messages::{now_millis, Ack, BackendState, StateReport, TerminationReason};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 

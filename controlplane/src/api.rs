@@ -63,8 +63,12 @@ impl From<ControlError> for ApiError {
 }
 
 fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
-    BackendId::new(raw)
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {raw:?}: {e}")))
+    BackendId::new(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no backend named {raw:?}: {e}"),
+        )
+    })
 }
 
 /// The API's routes over `controller`.
@@ -72,7 +76,10 @@ pub fn router(controller: Controller) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/backends", get(list_backends).post(spawn_backend))
-        .route("/v1/backends/{id}", get(get_backend).delete(terminate_backend))
+        .route(
+            "/v1/backends/{id}",
+            get(get_backend).delete(terminate_backend),
+        )
         .route("/v1/backends/{id}/events", get(backend_events))
         .route("/v1/drones", get(list_drones))
         .fallback(not_found)
@@ -115,7 +122,10 @@ async fn spawn_backend(
     body: Bytes,
 ) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
     let spec = SpawnRequest::from_json(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid spawn request: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid spawn request: {e}"),
+        )
     })?;
     let record = controller.spawn(spec).await?;
     Ok((StatusCode::CREATED, Json(record)))

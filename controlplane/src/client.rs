@@ -45,12 +45,12 @@ pub struct ApiClient {
 impl ApiClient {
     pub fn new(base: &str) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        let uri: http::Uri = base.parse().map_err(|e: http::uri::InvalidUri| {
-            ClientError::BadAddress {
-                url: base.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let uri: http::Uri =
+            base.parse()
+                .map_err(|e: http::uri::InvalidUri| ClientError::BadAddress {
+                    url: base.clone(),
+                    reason: e.to_string(),
+                })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
             return Err(ClientError::BadAddress {
                 url: base,
@@ -68,7 +68,8 @@ impl ApiClient {
 
     pub async fn backend(&self, id: &str) -> Result<BackendRecord, ClientError> {
         let id = parse_id(id)?;
-        self.json(Method::GET, &format!("/v1/backends/{id}"), None).await
+        self.json(Method::GET, &format!("/v1/backends/{id}"), None)
+            .await
     }
 
     pub async fn backends(&self) -> Result<Vec<BackendRecord>, ClientError> {

@@ -9,8 +9,8 @@ use crate::state::{Change, ClusterState, StateError};
 use plane_protocol::bus::{Bus, BusError, Message};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, Heartbeat,
-    StateReport, TerminationReason,
+    now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, Heartbeat, StateReport,
+    TerminationReason,
 };
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
@@ -220,8 +220,12 @@ impl Controller {
         }
         for backend in state.backends().await? {
             if !backend.is_terminated() && lost.contains(&backend.drone) {
-                self.end_here(&backend.id, TerminationReason::Lost, "its drone stopped beating")
-                    .await?;
+                self.end_here(
+                    &backend.id,
+                    TerminationReason::Lost,
+                    "its drone stopped beating",
+                )
+                .await?;
             }
         }
         Ok(())
@@ -361,7 +365,9 @@ impl Controller {
             return Ok(record);
         }
         let subject = self.inner.subjects.drone_commands(&record.drone);
-        let command = DroneCommand::Terminate { backend: id.clone() };
+        let command = DroneCommand::Terminate {
+            backend: id.clone(),
+        };
         match self
             .inner
             .bus

@@ -46,7 +46,8 @@ pub fn candidates(
     // Stable sort keeps the shuffled order among equally loaded drones. Compare load/capacity
     // as cross products to stay in integers.
     usable.sort_by(|a, b| {
-        (u64::from(a.load) * u64::from(b.capacity)).cmp(&(u64::from(b.load) * u64::from(a.capacity)))
+        (u64::from(a.load) * u64::from(b.capacity))
+            .cmp(&(u64::from(b.load) * u64::from(a.capacity)))
     });
     Ok(usable)
 }
@@ -72,7 +73,11 @@ mod tests {
 
     #[test]
     fn least_loaded_first() {
-        let drones = [drone("a", 5, 10, 100), drone("b", 1, 10, 100), drone("c", 3, 4, 100)];
+        let drones = [
+            drone("a", 5, 10, 100),
+            drone("b", 1, 10, 100),
+            drone("c", 3, 4, 100),
+        ];
         let order: Vec<String> = candidates(&drones, ExecutorKind::Process, 100, 10)
             .expect("candidates")
             .into_iter()

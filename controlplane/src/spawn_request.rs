@@ -42,12 +42,15 @@ impl SpawnRequest {
     /// Parses and validates a JSON body. Errors name the field at fault.
     pub fn from_json(body: &[u8]) -> Result<BackendSpec, InvalidSpawn> {
         let mut de = serde_json::Deserializer::from_slice(body);
-        let request: SpawnRequest =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "body".to_string() } else { path };
-                invalid(field, e.inner().to_string())
-            })?;
+        let request: SpawnRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            invalid(field, e.inner().to_string())
+        })?;
         de.end()
             .map_err(|e| invalid("body", format!("trailing data after the JSON object: {e}")))?;
         request.validate()
@@ -57,10 +60,7 @@ impl SpawnRequest {
     pub fn validate(self) -> Result<BackendSpec, InvalidSpawn> {
         let command = &self.executable.command;
         if command.is_empty() {
-            return Err(invalid(
-                "executable.command",
-                "must name a program to run",
-            ));
+            return Err(invalid("executable.command", "must name a program to run"));
         }
         if command[0].is_empty() {
             return Err(invalid("executable.command[0]", "program name is empty"));
@@ -85,7 +85,10 @@ impl SpawnRequest {
             ));
         }
         if self.env.len() > MAX_ENV_VARS {
-            return Err(invalid("env", format!("more than {MAX_ENV_VARS} variables")));
+            return Err(invalid(
+                "env",
+                format!("more than {MAX_ENV_VARS} variables"),
+            ));
         }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -133,14 +136,17 @@ mod tests {
 
     #[test]
     fn defaults_the_idle_timeout() {
-        let spec = SpawnRequest::from_json(br#"{"executable": {"command": ["x"]}}"#)
-            .expect("valid body");
+        let spec =
+            SpawnRequest::from_json(br#"{"executable": {"command": ["x"]}}"#).expect("valid body");
         assert_eq!(spec.max_idle_secs, DEFAULT_MAX_IDLE_SECS);
     }
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(field_of(r#"{"executable": {"command": []}}"#), "executable.command");
+        assert_eq!(
+            field_of(r#"{"executable": {"command": []}}"#),
+            "executable.command"
+        );
         assert_eq!(
             field_of(r#"{"executable": {"command": ["x"]}, "max_idle_secs": "ten"}"#),
             "max_idle_secs"
@@ -158,7 +164,10 @@ mod tests {
             "body"
         );
         assert_eq!(field_of("not json"), "body");
-        assert_eq!(field_of(r#"{"executable": {"command": ["x"]}} trailing"#), "body");
+        assert_eq!(
+            field_of(r#"{"executable": {"command": ["x"]}} trailing"#),
+            "body"
+        );
         assert_eq!(
             field_of(r#"{"executable": {"command": [1]}}"#),
             "executable.command[0]"

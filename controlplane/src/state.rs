@@ -87,7 +87,10 @@ impl ClusterState {
         id: &BackendId,
         mut change: impl FnMut(&mut BackendRecord) -> Change<T>,
     ) -> Result<Option<T>, StateError> {
-        update(&self.backends, id.as_str(), |r: &mut BackendRecord| change(r)).await
+        update(&self.backends, id.as_str(), |r: &mut BackendRecord| {
+            change(r)
+        })
+        .await
     }
 
     /// As [`ClusterState::update_backend`], for a drone record.

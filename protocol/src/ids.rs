@@ -17,7 +17,9 @@ pub enum IdError {
     Empty,
     #[error("id is longer than {MAX_BACKEND_ID_LEN} characters")]
     TooLong,
-    #[error("id may contain only lowercase letters, digits and '-', and may not start or end with '-'")]
+    #[error(
+        "id may contain only lowercase letters, digits and '-', and may not start or end with '-'"
+    )]
     BadCharacter,
 }
 

@@ -13,26 +13,43 @@ use tokio_tungstenite::tungstenite::Message;
 /// forwarding headers (a client's own `X-Forwarded-For` replaced) and its environment; then
 /// `DELETE` ends in `terminated/terminated` with no process left.
 pub async fn route_headers_env_and_delete(c: &Cluster) -> anyhow::Result<()> {
-    let record = c.spawn_ready("", &["--env", "GREETING=hi there", "--idle", "60"]).await?;
+    let record = c
+        .spawn_ready("", &["--env", "GREETING=hi there", "--idle", "60"])
+        .await?;
     let id = id_of(&record)?;
     ensure!(
-        record["url"].as_str().is_some_and(|u| u.contains(&c.host(&id))),
+        record["url"]
+            .as_str()
+            .is_some_and(|u| u.contains(&c.host(&id))),
         "url names the backend: {record}"
     );
 
     let hello = c.get(&c.host(&id), "/", &[])?;
     ensure!(hello.status == 200, "GET /: {hello:?}");
-    ensure!(hello.body.trim() == format!("hello from {id}"), "GET /: {hello:?}");
+    ensure!(
+        hello.body.trim() == format!("hello from {id}"),
+        "GET /: {hello:?}"
+    );
 
     let info = c
-        .get(&c.host(&id).to_uppercase(), "/info", &["-H", "X-Forwarded-For: 203.0.113.9"])?
+        .get(
+            &c.host(&id).to_uppercase(),
+            "/info",
+            &["-H", "X-Forwarded-For: 203.0.113.9"],
+        )?
         .json()?;
     ensure!(
         info["headers"]["host"] == c.host(&id).to_uppercase(),
         "Host kept as sent: {info}"
     );
-    ensure!(info["headers"]["x-forwarded-for"] == "127.0.0.1", "XFF: {info}");
-    ensure!(info["headers"]["x-forwarded-proto"] == "http", "XFP: {info}");
+    ensure!(
+        info["headers"]["x-forwarded-for"] == "127.0.0.1",
+        "XFF: {info}"
+    );
+    ensure!(
+        info["headers"]["x-forwarded-proto"] == "http",
+        "XFP: {info}"
+    );
     let env = &info["env"];
     ensure!(env["PLANE_BACKEND_ID"] == id.as_str(), "env: {env}");
     ensure!(env["PLANE_CLUSTER"] == c.cluster.as_str(), "env: {env}");
@@ -47,7 +64,10 @@ pub async fn route_headers_env_and_delete(c: &Cluster) -> anyhow::Result<()> {
     ensure!(last["reason"] == "terminated", "reason: {last}");
     no_process_left(&id).await?;
     let gone = c.get(&c.host(&id), "/", &[])?;
-    ensure!(gone.status == 404, "a terminated backend is not routed: {gone:?}");
+    ensure!(
+        gone.status == 404,
+        "a terminated backend is not routed: {gone:?}"
+    );
     Ok(())
 }
 
@@ -69,7 +89,10 @@ pub async fn websocket_keeps_backend_alive(c: &Cluster) -> anyhow::Result<()> {
     // Three idle timeouts with the connection open and silent: nothing may sweep it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = c.status(&id).await?;
-    ensure!(status["state"] == "ready", "swept while a WebSocket was open: {status}");
+    ensure!(
+        status["state"] == "ready",
+        "swept while a WebSocket was open: {status}"
+    );
     ws.send(Message::text("second")).await?;
     let echo = ws.next().await.context("echo")??;
     ensure!(echo == Message::text("second"), "echo: {echo:?}");
@@ -89,11 +112,20 @@ pub async fn streaming_response_keeps_backend_alive(c: &Cluster) -> anyhow::Resu
     // 8 chunks 400 ms apart: 3.2 s of response, over three idle timeouts.
     let stream = c.get(&c.host(&id), "/stream?chunks=8&interval_ms=400", &[])?;
     ensure!(stream.status == 200, "stream: {stream:?}");
-    ensure!(stream.body.lines().count() == 8, "all chunks arrived: {stream:?}");
+    ensure!(
+        stream.body.lines().count() == 8,
+        "all chunks arrived: {stream:?}"
+    );
     let status = c.status(&id).await?;
-    ensure!(status["state"] == "ready", "swept during a streaming response: {status}");
+    ensure!(
+        status["state"] == "ready",
+        "swept during a streaming response: {status}"
+    );
     let events = c.watch_until_terminated(&id).await?;
-    ensure!(events.last().is_some_and(|e| e["reason"] == "swept"), "{events:?}");
+    ensure!(
+        events.last().is_some_and(|e| e["reason"] == "swept"),
+        "{events:?}"
+    );
     Ok(())
 }
 
@@ -108,8 +140,12 @@ pub async fn idle_backend_is_swept(c: &Cluster) -> anyhow::Result<()> {
         .context("a ready event")?;
     let last = events.last().context("events")?;
     ensure!(last["reason"] == "swept", "{last}");
-    let idle_ms = last["updated_at"].as_u64().unwrap_or(0) - ready["updated_at"].as_u64().unwrap_or(0);
-    ensure!(idle_ms >= 1000, "swept after {idle_ms} ms, before its 1 s idle timeout");
+    let idle_ms =
+        last["updated_at"].as_u64().unwrap_or(0) - ready["updated_at"].as_u64().unwrap_or(0);
+    ensure!(
+        idle_ms >= 1000,
+        "swept after {idle_ms} ms, before its 1 s idle timeout"
+    );
     no_process_left(&id).await?;
     Ok(())
 }
@@ -130,7 +166,12 @@ pub async fn exit_code_is_reported(c: &Cluster) -> anyhow::Result<()> {
 /// A command that does not exist ends `terminated/error_loading`, and `spawn --wait` says so.
 pub async fn missing_command_is_error_loading(c: &Cluster) -> anyhow::Result<()> {
     let output = c
-        .plane(&["spawn", "--wait", "--command", "/nonexistent/plane-no-such-program"])
+        .plane(&[
+            "spawn",
+            "--wait",
+            "--command",
+            "/nonexistent/plane-no-such-program",
+        ])
         .await?;
     ensure!(!output.status.success(), "spawn --wait must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -153,7 +194,10 @@ pub async fn missing_command_is_error_loading(c: &Cluster) -> anyhow::Result<()>
 pub async fn unknown_hosts_are_refused(c: &Cluster) -> anyhow::Result<()> {
     let unknown = c.get(&c.host("nosuchbackend"), "/", &[])?;
     ensure!(unknown.status == 404, "{unknown:?}");
-    ensure!(unknown.body.contains("nosuchbackend"), "404 names it: {unknown:?}");
+    ensure!(
+        unknown.body.contains("nosuchbackend"),
+        "404 names it: {unknown:?}"
+    );
     let outside = c.get("example.com", "/", &[])?;
     ensure!(outside.status == 400, "{outside:?}");
     Ok(())
@@ -162,16 +206,35 @@ pub async fn unknown_hosts_are_refused(c: &Cluster) -> anyhow::Result<()> {
 /// Bad API input gets a 4xx JSON error that names the problem.
 pub async fn bad_api_input_is_refused(c: &Cluster) -> anyhow::Result<()> {
     let url = format!("{}/v1/backends", c.api);
-    let bad = curl(&["-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"executable": {"command": []}}"#, &url])?;
+    let bad = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"executable": {"command": []}}"#,
+        &url,
+    ])?;
     ensure!(bad.status == 400, "{bad:?}");
     let error = bad.json()?;
     ensure!(
-        error["error"].as_str().is_some_and(|e| e.contains("executable.command")),
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("executable.command")),
         "names the field: {error}"
     );
-    let typed = curl(&["-X", "POST", "-d", r#"{"executable": {"command": ["x"]}, "max_idle_secs": "soon"}"#, &url])?;
+    let typed = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"executable": {"command": ["x"]}, "max_idle_secs": "soon"}"#,
+        &url,
+    ])?;
     ensure!(typed.status == 400, "{typed:?}");
-    ensure!(typed.body.contains("max_idle_secs"), "names the field: {typed:?}");
+    ensure!(
+        typed.body.contains("max_idle_secs"),
+        "names the field: {typed:?}"
+    );
     let garbage = curl(&["-X", "POST", "-d", "{not json", &url])?;
     ensure!(garbage.status == 400, "{garbage:?}");
     let missing = curl(&[&format!("{}/v1/backends/nosuchbackend", c.api)])?;

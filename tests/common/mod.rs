@@ -259,10 +259,16 @@ pub fn id_of(record: &Value) -> anyhow::Result<String> {
 
 /// Waits until no process has `PLANE_BACKEND_ID={id}` in its environment.
 pub async fn no_process_left(id: &str) -> anyhow::Result<()> {
-    eventually(STATE_TIMEOUT, &format!("backend {id}'s process to end"), || async {
-        Ok(plane_test_support::processes_with_env("PLANE_BACKEND_ID", id)
-            .is_empty()
-            .then_some(()))
-    })
+    eventually(
+        STATE_TIMEOUT,
+        &format!("backend {id}'s process to end"),
+        || async {
+            Ok(
+                plane_test_support::processes_with_env("PLANE_BACKEND_ID", id)
+                    .is_empty()
+                    .then_some(()),
+            )
+        },
+    )
     .await
 }

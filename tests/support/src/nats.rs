@@ -65,7 +65,10 @@ impl NatsServer {
                 }
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not accept connections on port {} within {START_TIMEOUT:?}", self.port);
+                bail!(
+                    "nats-server did not accept connections on port {} within {START_TIMEOUT:?}",
+                    self.port
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
