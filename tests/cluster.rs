@@ -82,3 +82,35 @@ async fn stopped_drone_terminates_its_backends() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A drone that restarts under the same id (faster than the drone grace) has lost what it ran:
+/// the controller notices the new instance and ends the old backends as `lost`, while the
+/// restarted drone takes new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_drone_loses_its_old_backends() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let old = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
+        let drone = cluster.drone.take().expect("the cluster has a drone");
+        drone.signal(libc::SIGKILL)?;
+        drop(drone);
+        cluster.restart_drone().await?;
+        let events = cluster.watch_until_terminated(&old).await?;
+        let last = events
+            .last()
+            .expect("watch returns at least the final event");
+        anyhow::ensure!(last["reason"] == "lost", "{last}");
+        anyhow::ensure!(
+            last["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restarted")),
+            "noticed through the restart, not the heartbeat grace: {last}"
+        );
+        let new = cluster.spawn_ready("", &["--idle", "60"]).await?;
+        anyhow::ensure!(new["drone"] == "drone-1", "{new}");
+        let hello = cluster.get(&cluster.host(&id_of(&new)?), "/", &[])?;
+        anyhow::ensure!(hello.status == 200, "{hello:?}");
+        Ok(())
+    })
+    .await
+}

@@ -10,7 +10,7 @@ use plane_dataplane::RouteTable;
 use plane_protocol::bus::{Bus, BusError, Message};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason,
+    now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
 };
 use plane_protocol::subjects::Subjects;
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ pub struct Drone {
     bus: Bus,
     subjects: Subjects,
     shared: Arc<Shared>,
+    /// When this drone process started, told in every heartbeat.
+    started_at: UnixMillis,
 }
 
 /// State shared with the lifecycle tasks.
@@ -83,6 +85,7 @@ impl Drone {
             stop_grace: config.stop_grace,
         };
         Drone {
+            started_at: now_millis(),
             config,
             bus,
             subjects,
@@ -150,6 +153,7 @@ impl Drone {
             draining: false,
             proxy_scheme: self.config.proxy_scheme.clone(),
             proxy_port: self.config.proxy_port,
+            started_at: self.started_at,
             at: now_millis(),
         };
         if let Err(error) = self

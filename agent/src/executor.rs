@@ -71,6 +71,10 @@ pub trait Running: Send {
     /// Where the proxy reaches it.
     fn address(&self) -> SocketAddr;
 
+    /// Checks that what accepts connections at [`Running::address`] is this backend and not
+    /// some other process; the proxy must only ever forward to backends Plane started.
+    fn verify_listener(&self) -> BoxFuture<'_, Result<(), String>>;
+
     /// Resolves when it has exited by itself. Cancel safe.
     fn wait(&mut self) -> BoxFuture<'_, Exit>;
 

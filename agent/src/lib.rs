@@ -6,6 +6,7 @@ pub mod drone;
 pub mod executor;
 mod lifecycle;
 pub mod limits;
+mod listener_owner;
 pub mod process;
 mod reporter;
 mod sweeper;

@@ -178,6 +178,18 @@ async fn drive(
         outcome.message = Some(message);
         return outcome;
     }
+    if let Err(problem) = running.verify_listener().await {
+        let mut outcome = stop_now(
+            ctx,
+            backend,
+            running.as_mut(),
+            TerminationReason::ErrorStarting,
+            reports,
+        )
+        .await;
+        outcome.message = Some(problem);
+        return outcome;
+    }
     handle.set_route(ctx.table.set_ready(backend.as_str(), address));
     reports.state(BackendState::Ready);
     info!(backend = %backend, %address, "backend ready");

@@ -164,6 +164,25 @@ impl Running for ProcessBackend {
         self.address
     }
 
+    fn verify_listener(&self) -> BoxFuture<'_, Result<(), String>> {
+        let (pgid, port) = (self.pgid, self.address.port());
+        Box::pin(async move {
+            let owned = tokio::task::spawn_blocking(move || {
+                crate::listener_owner::group_listens_on(pgid, port)
+            })
+            .await
+            .map_err(|e| format!("checking who listens on port {port}: {e}"))?
+            .map_err(|e| format!("checking who listens on port {port}: {e}"))?;
+            if owned {
+                Ok(())
+            } else {
+                Err(format!(
+                    "port {port} is held by a process outside the backend's process group"
+                ))
+            }
+        })
+    }
+
     fn wait(&mut self) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
             if let Some(exit) = self.exit {

@@ -3,7 +3,7 @@
 //! fault it is (4xx: the caller's, 5xx: ours or a drone's).
 
 use crate::controller::{ControlError, Controller};
-use crate::limits::MAX_API_BODY_BYTES;
+use crate::limits::{EVENTS_REREAD_INTERVAL, MAX_API_BODY_BYTES};
 use crate::records::{BackendRecord, DroneView};
 use crate::spawn_request::SpawnRequest;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::Stream;
-use plane_protocol::bus::{KvChange, KvWatch};
+use plane_protocol::bus::{Kv, KvChange, KvEntry, KvWatch};
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::BackendState;
 use serde_json::json;
@@ -181,15 +181,16 @@ async fn backend_events(
         .watch(id.as_str())
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let current = controller.backend(&id).await?;
-    let revision = kv
-        .get(id.as_str())
+    // One read gives both the record and its revision: two reads could straddle a change,
+    // which the watch would then skip as already seen.
+    let (current, revision) = kv
+        .get_json::<BackendRecord>(id.as_str())
         .await
-        .ok()
-        .flatten()
-        .map(|e| e.revision)
-        .unwrap_or_default();
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {id}")))?;
     let events = EventStream {
+        kv,
+        id,
         watch,
         last_revision: revision,
         last_state: None,
@@ -204,6 +205,8 @@ async fn backend_events(
 }
 
 struct EventStream {
+    kv: Kv,
+    id: BackendId,
     watch: KvWatch,
     last_revision: u64,
     last_state: Option<BackendState>,
@@ -217,30 +220,50 @@ impl EventStream {
         if self.done {
             return None;
         }
+        let mut reread = tokio::time::interval(EVENTS_REREAD_INTERVAL);
+        reread.reset();
         loop {
-            let record = match self.pending.take() {
-                Some(record) => record,
-                None => match self.watch.next().await? {
-                    KvChange::Put(entry) if entry.revision > self.last_revision => {
-                        self.last_revision = entry.revision;
-                        match serde_json::from_slice::<BackendRecord>(&entry.value) {
-                            Ok(record) => record,
-                            Err(error) => {
-                                warn!(%error, key = %entry.key, "undecodable backend record");
-                                continue;
-                            }
+            let change = match self.pending.take() {
+                Some(record) => Some(record),
+                None => tokio::select! {
+                    change = self.watch.next() => match change? {
+                        KvChange::Put(entry) => self.newer(entry),
+                        KvChange::Delete { .. } => return None,
+                    },
+                    // A watch that lost a change (a bus reconnect) must not leave the stream
+                    // stuck: the record is also read now and then.
+                    _ = reread.tick() => match self.kv.get(self.id.as_str()).await {
+                        Ok(Some(entry)) => self.newer(entry),
+                        Ok(None) => return None,
+                        Err(error) => {
+                            warn!(%error, backend = %self.id, "re-reading backend record failed");
+                            None
                         }
-                    }
-                    KvChange::Put(_) => continue,
-                    KvChange::Delete { .. } => return None,
+                    },
                 },
             };
+            let Some(record) = change else { continue };
             if self.last_state == Some(record.state) {
                 continue;
             }
             self.last_state = Some(record.state);
             self.done = record.is_terminated();
             return Some(record);
+        }
+    }
+
+    /// The record in `entry`, if it is newer than the last one seen.
+    fn newer(&mut self, entry: KvEntry) -> Option<BackendRecord> {
+        if entry.revision <= self.last_revision {
+            return None;
+        }
+        self.last_revision = entry.revision;
+        match serde_json::from_slice::<BackendRecord>(&entry.value) {
+            Ok(record) => Some(record),
+            Err(error) => {
+                warn!(%error, key = %entry.key, "undecodable backend record");
+                None
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use plane_protocol::bus::{Bus, BusError, Message};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, Heartbeat, StateReport,
-    TerminationReason,
+    TerminationReason, UnixMillis,
 };
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
@@ -128,9 +128,46 @@ impl Controller {
             }
         };
         let record = DroneRecord::from_heartbeat(&heartbeat, now_millis());
+        let previous = self.inner.state.drone(&heartbeat.drone).await;
         if let Err(error) = self.inner.state.put_drone(&record).await {
             warn!(%error, drone = %heartbeat.drone, "could not record heartbeat");
+            return;
         }
+        match previous {
+            Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
+                warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
+                if let Err(error) = self
+                    .end_backends_of(
+                        &heartbeat.drone,
+                        Some(heartbeat.started_at),
+                        "its drone restarted",
+                    )
+                    .await
+                {
+                    warn!(%error, drone = %heartbeat.drone, "could not end a restarted drone's backends");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, drone = %heartbeat.drone, "could not read drone record"),
+        }
+    }
+
+    /// Marks the drone's unterminated backends `terminated/lost`; with `created_before`, only
+    /// those created before that time (a restarted drone's new backends are not affected).
+    async fn end_backends_of(
+        &self,
+        drone: &DroneId,
+        created_before: Option<UnixMillis>,
+        why: &str,
+    ) -> Result<(), StateError> {
+        for backend in self.inner.state.backends().await? {
+            let old_enough = created_before.is_none_or(|t| backend.created_at < t);
+            if &backend.drone == drone && !backend.is_terminated() && old_enough {
+                self.end_here(&backend.id, TerminationReason::Lost, why)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn on_report(&self, msg: Message) {

@@ -26,3 +26,6 @@ pub const MAX_ENV_VARS: usize = 1024;
 
 /// How many compare-and-set attempts a state update makes before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// An event stream re-reads its backend's record this often, in case its watch missed a change.
+pub const EVENTS_REREAD_INTERVAL: Duration = Duration::from_secs(2);

@@ -103,6 +103,9 @@ pub struct DroneRecord {
     pub proxy_scheme: String,
     pub proxy_port: u16,
     pub last_heartbeat: UnixMillis,
+    /// When the drone process started (see [`Heartbeat::started_at`]).
+    #[serde(default)]
+    pub started_at: UnixMillis,
     /// Set when the drone stopped beating for longer than the grace period.
     #[serde(default)]
     pub lost: bool,
@@ -119,6 +122,7 @@ impl DroneRecord {
             proxy_scheme: hb.proxy_scheme.clone(),
             proxy_port: hb.proxy_port,
             last_heartbeat: received_at,
+            started_at: hb.started_at,
             lost: false,
         }
     }
@@ -248,6 +252,7 @@ mod tests {
             proxy_scheme: "http".into(),
             proxy_port: 80,
             last_heartbeat: 0,
+            started_at: 0,
             lost: false,
         };
         let b = BackendId::new("b1").expect("valid");

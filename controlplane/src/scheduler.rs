@@ -67,6 +67,7 @@ mod tests {
             proxy_scheme: "http".into(),
             proxy_port: 9090,
             last_heartbeat,
+            started_at: 0,
             lost: false,
         }
     }

@@ -161,7 +161,7 @@ mod tests {
         );
         assert_eq!(
             field_of(r#"{"executable": {"command": ["x"]}, "colour": 1}"#),
-            "body"
+            "colour"
         );
         assert_eq!(field_of("not json"), "body");
         assert_eq!(

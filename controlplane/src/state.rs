@@ -75,6 +75,14 @@ impl ClusterState {
         decode_all(&self.drones).await
     }
 
+    pub async fn drone(&self, id: &DroneId) -> Result<Option<DroneRecord>, StateError> {
+        Ok(self
+            .drones
+            .get_json::<DroneRecord>(id.as_str())
+            .await?
+            .map(|(record, _)| record))
+    }
+
     pub async fn put_drone(&self, record: &DroneRecord) -> Result<(), StateError> {
         self.drones.put_json(record.id.as_str(), record).await?;
         Ok(())

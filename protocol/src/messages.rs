@@ -212,6 +212,10 @@ pub struct Heartbeat {
     pub proxy_scheme: String,
     /// Port of the drone's proxy as seen by clients.
     pub proxy_port: u16,
+    /// When this drone process started: a new value under a known drone id means the drone
+    /// restarted, and whatever it ran before is gone.
+    #[serde(default)]
+    pub started_at: UnixMillis,
     pub at: UnixMillis,
 }
 

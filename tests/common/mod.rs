@@ -72,24 +72,7 @@ impl Cluster {
         ]);
         let controller = ChildGuard::spawn("controller", controller)?;
         let api = after(&controller, "API listening on ")?;
-        let mut drone = Command::new(plane_bin());
-        drone.args([
-            "drone",
-            "--nats",
-            &nats.url(),
-            "--cluster",
-            &cluster,
-            "--http",
-            "127.0.0.1:0",
-            "--executor",
-            "process",
-            "--heartbeat-secs",
-            HEARTBEAT_SECS,
-            "--stop-grace-secs",
-            STOP_GRACE_SECS,
-        ]);
-        let drone = ChildGuard::spawn("drone", drone)?;
-        let proxy_port = port_of(&after(&drone, "proxy listening on ")?)?;
+        let (drone, proxy_port) = start_drone(&nats.url(), &cluster, Some("drone-1"))?;
         let cluster = Cluster {
             cluster,
             api,
@@ -128,6 +111,19 @@ impl Cluster {
         };
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
+    }
+
+    /// Starts a new drone process with the same id as the first (after that one was killed):
+    /// a drone restart. The proxy port changes.
+    pub async fn restart_drone(&mut self) -> anyhow::Result<()> {
+        let nats = self
+            .nats
+            .as_ref()
+            .context("only a NATS cluster has separate drones")?;
+        let (drone, proxy_port) = start_drone(&nats.url(), &self.cluster, Some("drone-1"))?;
+        self.drone = Some(drone);
+        self.proxy_port = proxy_port;
+        Ok(())
     }
 
     async fn wait_for_live_drone(&self) -> anyhow::Result<()> {
@@ -227,6 +223,32 @@ impl Cluster {
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await
     }
+}
+
+/// Starts `plane drone`; returns it and its proxy's port.
+fn start_drone(nats: &str, cluster: &str, id: Option<&str>) -> anyhow::Result<(ChildGuard, u16)> {
+    let mut drone = Command::new(plane_bin());
+    drone.args([
+        "drone",
+        "--nats",
+        nats,
+        "--cluster",
+        cluster,
+        "--http",
+        "127.0.0.1:0",
+        "--executor",
+        "process",
+        "--heartbeat-secs",
+        HEARTBEAT_SECS,
+        "--stop-grace-secs",
+        STOP_GRACE_SECS,
+    ]);
+    if let Some(id) = id {
+        drone.args(["--id", id]);
+    }
+    let drone = ChildGuard::spawn("drone", drone)?;
+    let proxy_port = port_of(&after(&drone, "proxy listening on ")?)?;
+    Ok((drone, proxy_port))
 }
 
 /// How long a started process gets to print where it listens.

@@ -1,0 +1,117 @@
+//! Who holds a listening TCP port. A `process` backend binds the port the drone picked for it,
+//! but between picking and binding any other local process could take that port; the proxy
+//! must never forward to such a process. So before a backend is routed, the drone checks in
+//! `/proc` that the listening socket belongs to a process of the backend's process group.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+
+/// Whether a process in process group `pgid` holds a socket listening on TCP `port` (IPv4 or
+/// IPv6). Reads `/proc`; blocking.
+pub(crate) fn group_listens_on(pgid: i32, port: u16) -> io::Result<bool> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(text) => inodes.extend(listening_inodes(&text, port)),
+            // No IPv6 on this host.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if inodes.is_empty() {
+        return Ok(false);
+    }
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Processes come and go while we look: unreadable ones are skipped.
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if process_group(&stat) != Some(pgid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                if let Some(inode) = socket_inode(&target.to_string_lossy()) {
+                    if inodes.contains(&inode) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Inodes of sockets in LISTEN state on `port` in a `/proc/net/tcp{,6}` table.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let inode = fields.get(9)?;
+            let (_, hex_port) = local.rsplit_once(':')?;
+            let listening = *state == LISTEN && u16::from_str_radix(hex_port, 16).ok()? == port;
+            listening.then(|| inode.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// The process group (field 5) of a `/proc/PID/stat` line. The command name (field 2) may
+/// contain spaces and parentheses, so fields are counted from the last `)`.
+fn process_group(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_tables() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(listening_inodes(table, 8080), [4242]);
+        assert!(listening_inodes(table, 8081).is_empty());
+        assert_eq!(process_group("12 (a b) c) S 1 77 77 0"), Some(77));
+        assert_eq!(socket_inode("socket:[99]"), Some(99));
+        assert_eq!(socket_inode("pipe:[99]"), None);
+    }
+
+    #[test]
+    fn finds_our_own_listener_and_not_a_stranger() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // SAFETY: getpgrp has no preconditions.
+        let own_group = unsafe { libc::getpgrp() };
+        assert!(group_listens_on(own_group, port).expect("read /proc"));
+        assert!(!group_listens_on(own_group + 1_000_000, port).expect("read /proc"));
+        drop(listener);
+        assert!(!group_listens_on(own_group, port).expect("read /proc"));
+    }
+}
