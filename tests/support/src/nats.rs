@@ -1,5 +1,7 @@
 //! A real `nats-server -js` per test: its own port and its own store directory, killed on drop,
-//! so tests never share state and never depend on a server someone left running.
+//! so tests never share state and never depend on a server someone left running. The server
+//! picks its port itself (`-p -1`) and writes it to a ports file: choosing a free port first
+//! and passing it races with every other process binding ports at the same time.
 
 use anyhow::{bail, Context};
 use std::net::TcpStream;
@@ -22,8 +24,16 @@ impl NatsServer {
     /// it accepts connections. Fails with an install hint when `nats-server` is not installed.
     pub fn start() -> anyhow::Result<Self> {
         let store = tempfile::tempdir().context("creating a JetStream store directory")?;
-        let port = crate::free_port()?;
-        let child = spawn(port, store.path())?;
+        let ports_dir = tempfile::tempdir().context("creating a ports file directory")?;
+        let mut child = spawn(None, store.path(), Some(ports_dir.path()))?;
+        let port = match read_port(&mut child, ports_dir.path()) {
+            Ok(port) => port,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error);
+            }
+        };
         let mut server = NatsServer {
             child: Some(child),
             port,
@@ -49,7 +59,7 @@ impl NatsServer {
     /// Starts the server again on the same port and store, after [`NatsServer::kill`].
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.child = Some(spawn(self.port, self.store.path())?);
+        self.child = Some(spawn(Some(self.port), self.store.path(), None)?);
         self.wait_ready()
     }
 
@@ -75,10 +85,47 @@ impl NatsServer {
     }
 }
 
-fn spawn(port: u16, store: &Path) -> anyhow::Result<Child> {
-    Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store)
+/// Waits for the ports file nats-server writes once it listens, and reads the client port.
+fn read_port(child: &mut Child, dir: &Path) -> anyhow::Result<u16> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("nats-server exited before it listened: {status}");
+        }
+        // The file appears once the server listens; a half-written one does not parse yet.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Some(port) = client_port(&text) {
+                return Ok(port);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server wrote no ports file within {START_TIMEOUT:?}");
+        }
+        // A file appearing offers no event short of inotify; poll briefly.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The port of `{"nats":["nats://127.0.0.1:PORT"]}`.
+fn client_port(ports_file: &str) -> Option<u16> {
+    let start = ports_file.find("nats://")? + "nats://".len();
+    let rest = &ports_file[start..];
+    let end = rest.find('"')?;
+    let (_, port) = rest[..end].rsplit_once(':')?;
+    port.parse().ok()
+}
+
+fn spawn(port: Option<u16>, store: &Path, ports_dir: Option<&Path>) -> anyhow::Result<Child> {
+    let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+    let mut command = Command::new("nats-server");
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+        .arg(store);
+    if let Some(dir) = ports_dir {
+        command.arg("--ports_file_dir").arg(dir);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -91,5 +138,32 @@ fn spawn(port: u16, store: &Path) -> anyhow::Result<Child> {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_client_port() {
+        assert_eq!(
+            client_port(r#"{"nats":["nats://127.0.0.1:46853"]}"#),
+            Some(46853)
+        );
+        assert_eq!(client_port(r#"{"nats":["nats://127.0.0.1:"#), None);
+        assert_eq!(client_port(""), None);
+    }
+
+    #[test]
+    fn starts_restarts_and_stops() -> anyhow::Result<()> {
+        let mut server = NatsServer::start()?;
+        TcpStream::connect(("127.0.0.1", server.port))?;
+        server.restart()?;
+        TcpStream::connect(("127.0.0.1", server.port))?;
+        let port = server.port;
+        drop(server);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+        Ok(())
     }
 }

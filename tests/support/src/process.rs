@@ -137,16 +137,19 @@ impl ChildGuard {
         Ok(())
     }
 
-    /// Waits for the child to exit and returns its status. Other members of its process group
-    /// may still be running (drop the guard to kill them).
+    /// Waits for the child to exit and returns its status, once everything it printed has been
+    /// captured (its output streams closed; should another process of its group hold them open,
+    /// until `timeout`). Other members of its process group may still be running (drop the
+    /// guard to kill them).
     pub fn wait_exit(&self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
+            let output_complete = state.open_streams == 0 || Instant::now() >= deadline;
             match &state.exit {
-                Some(Ok(status)) => return Ok(*status),
+                Some(Ok(status)) if output_complete => return Ok(*status),
                 Some(Err(error)) => bail!("waiting for {}: {error}", self.name),
-                None => {}
+                _ => {}
             }
             let now = Instant::now();
             if now >= deadline {
