@@ -114,3 +114,31 @@ async fn restarted_drone_loses_its_old_backends() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// State reports are re-sent until a controller acknowledges them: a backend that exits while
+/// no controller runs is recorded as `terminated/exited` once a new controller starts, which
+/// rebuilds everything else from the KV buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_survive_a_controller_restart() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let id = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
+        cluster.kill_controller();
+        let exit = cluster.get(&cluster.host(&id), "/exit?code=0", &[])?;
+        anyhow::ensure!(exit.status == 200, "{exit:?}");
+        no_process_left(&id).await?;
+        cluster.start_controller()?;
+        let events = cluster.watch_until_terminated(&id).await?;
+        let last = events
+            .last()
+            .expect("watch returns at least the final event");
+        anyhow::ensure!(last["reason"] == "exited", "{last}");
+        let next = cluster.spawn_ready("", &["--idle", "60"]).await?;
+        anyhow::ensure!(
+            next["drone"] == "drone-1",
+            "the drone is still known: {next}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -58,20 +58,7 @@ impl Cluster {
     pub async fn over_nats() -> anyhow::Result<Cluster> {
         let nats = NatsServer::start()?;
         let cluster = "plane.test".to_string();
-        let mut controller = Command::new(plane_bin());
-        controller.args([
-            "controller",
-            "--nats",
-            &nats.url(),
-            "--cluster",
-            &cluster,
-            "--api",
-            "127.0.0.1:0",
-            "--drone-grace-secs",
-            DRONE_GRACE_SECS,
-        ]);
-        let controller = ChildGuard::spawn("controller", controller)?;
-        let api = after(&controller, "API listening on ")?;
+        let (controller, api) = start_controller(&nats.url(), &cluster)?;
         let (drone, proxy_port) = start_drone(&nats.url(), &cluster, Some("drone-1"))?;
         let cluster = Cluster {
             cluster,
@@ -111,6 +98,23 @@ impl Cluster {
         };
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
+    }
+
+    /// Kills the controller (SIGKILL).
+    pub fn kill_controller(&mut self) {
+        drop(self.controller.take());
+    }
+
+    /// Starts a new controller (after [`Cluster::kill_controller`]); its API address changes.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let nats = self
+            .nats
+            .as_ref()
+            .context("only a NATS cluster has a separate controller")?;
+        let (controller, api) = start_controller(&nats.url(), &self.cluster)?;
+        self.controller = Some(controller);
+        self.api = api;
+        Ok(())
     }
 
     /// Starts a new drone process with the same id as the first (after that one was killed):
@@ -223,6 +227,25 @@ impl Cluster {
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await
     }
+}
+
+/// Starts `plane controller`; returns it and its API's URL.
+fn start_controller(nats: &str, cluster: &str) -> anyhow::Result<(ChildGuard, String)> {
+    let mut controller = Command::new(plane_bin());
+    controller.args([
+        "controller",
+        "--nats",
+        nats,
+        "--cluster",
+        cluster,
+        "--api",
+        "127.0.0.1:0",
+        "--drone-grace-secs",
+        DRONE_GRACE_SECS,
+    ]);
+    let controller = ChildGuard::spawn("controller", controller)?;
+    let api = after(&controller, "API listening on ")?;
+    Ok((controller, api))
 }
 
 /// Starts `plane drone`; returns it and its proxy's port.
