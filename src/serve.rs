@@ -118,29 +118,45 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let (stop_drone, drone_shutdown) = shutdown::channel();
-    let (stop_rest, rest_shutdown) = shutdown::channel();
+    let (stop_controller, controller_shutdown) = shutdown::channel();
     on_signal(stop_drone);
     let controller_task = {
         let controller = controller.clone();
-        let rest = rest_shutdown.clone();
-        tokio::spawn(async move { controller.run(rest.wait()).await })
+        let stop = controller_shutdown.clone();
+        tokio::spawn(async move { controller.run(stop.wait()).await })
     };
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller,
-        rest_shutdown.clone().wait(),
+        controller_shutdown.wait(),
     ));
+    // The controller outlives the drone, to take the reports of the backends it stops.
+    let drone_result = run_drone(drone, proxy_listener, table, drone_shutdown).await;
+    stop_controller.fire();
+    drone_result?;
+    controller_task.await?.context("controller")?;
+    api_task.await?.context("API server")?;
+    Ok(())
+}
+
+/// Runs the drone and its proxy until `shutdown`; the proxy stops once the drone has stopped
+/// its backends.
+async fn run_drone(
+    drone: Drone,
+    proxy_listener: TcpListener,
+    table: RouteTable,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (stop_proxy, proxy_shutdown) = shutdown::channel();
     let proxy_task = tokio::spawn(plane_dataplane::serve(
         proxy_listener,
         table,
         ProxyConfig::default(),
-        rest_shutdown.wait(),
+        proxy_shutdown.wait(),
     ));
-    let drone_result = drone.run(drone_shutdown.wait()).await;
-    stop_rest.fire();
-    drone_result.context("drone")?;
-    controller_task.await?.context("controller")?;
-    api_task.await?.context("API server")?;
+    let result = drone.run(shutdown.wait()).await;
+    stop_proxy.fire();
+    result.context("drone")?;
     proxy_task.await?.context("proxy")?;
     Ok(())
 }
@@ -163,7 +179,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("API listening on http://{}", api_listener.local_addr()?);
     info!(%cluster, "controller started");
-    let (trigger, shutdown): (_, Shutdown) = shutdown::channel();
+    let (trigger, shutdown) = shutdown::channel();
     on_signal(trigger);
     let api_task = tokio::spawn(api::serve(
         api_listener,
@@ -201,18 +217,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("proxy listening on {}", proxy_listener.local_addr()?);
     info!(drone = %id, %cluster, "drone started");
-    let (stop_drone, drone_shutdown) = shutdown::channel();
-    let (stop_proxy, proxy_shutdown) = shutdown::channel();
-    on_signal(stop_drone);
-    let proxy_task = tokio::spawn(plane_dataplane::serve(
-        proxy_listener,
-        table,
-        ProxyConfig::default(),
-        proxy_shutdown.wait(),
-    ));
-    let result = drone.run(drone_shutdown.wait()).await;
-    stop_proxy.fire();
-    result.context("drone")?;
-    proxy_task.await?.context("proxy")?;
-    Ok(())
+    let (trigger, shutdown) = shutdown::channel();
+    on_signal(trigger);
+    run_drone(drone, proxy_listener, table, shutdown).await
 }

@@ -193,16 +193,17 @@ impl EventStream {
     }
 }
 
-/// Removes one complete event (up to a blank line) from the buffer.
+/// Removes one complete event (up to a blank line) from the buffer. Works on bytes, so that a
+/// multi-byte character split across reads, or invalid UTF-8, cannot stall the stream.
 fn take_event(buffer: &mut BytesMut) -> Option<String> {
-    let text = std::str::from_utf8(buffer).ok()?;
-    let normalised_end = text.find("\n\n").map(|i| (i, 2));
-    let crlf_end = text.find("\r\n\r\n").map(|i| (i, 4));
-    let (at, len) = match (normalised_end, crlf_end) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
+    let find = |needle: &[u8]| buffer.windows(needle.len()).position(|w| w == needle);
+    let (at, len) = match (find(b"\n\n"), find(b"\r\n\r\n")) {
+        (Some(lf), Some(crlf)) if crlf < lf => (crlf, 4),
+        (Some(lf), _) => (lf, 2),
+        (None, Some(crlf)) => (crlf, 4),
+        (None, None) => return None,
     };
-    let event = text[..at].to_string();
+    let event = String::from_utf8_lossy(&buffer[..at]).into_owned();
     buffer.advance(at + len);
     Some(event)
 }
