@@ -96,6 +96,7 @@ impl Controller {
             .await?;
         let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck_lost = true;
         tokio::pin!(shutdown);
         info!(cluster = %self.cluster(), "controller listening to drones");
         loop {
@@ -111,8 +112,13 @@ impl Controller {
                     tokio::spawn(async move { this.on_report(msg).await });
                 }
                 _ = liveness.tick() => {
-                    if let Err(error) = self.declare_lost_drones().await {
-                        warn!(%error, "liveness check failed");
+                    match self.declare_lost_drones(recheck_lost).await {
+                        Ok(()) => recheck_lost = false,
+                        Err(error) => {
+                            warn!(%error, "liveness check failed");
+                            // Some lost drone's backends may not be ended yet: look at all again.
+                            recheck_lost = true;
+                        }
                     }
                 }
             }
@@ -137,11 +143,8 @@ impl Controller {
             Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
                 warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
                 if let Err(error) = self
-                    .end_backends_of(
-                        &heartbeat.drone,
-                        Some(heartbeat.started_at),
-                        "its drone restarted",
-                    )
+                    // In the controller's clock, not the drone's: the two may disagree.
+                    .end_backends_of(&heartbeat.drone, Some(now_millis()), "its drone restarted")
                     .await
                 {
                     warn!(%error, drone = %heartbeat.drone, "could not end a restarted drone's backends");
@@ -222,12 +225,22 @@ impl Controller {
     }
 
     /// Marks drones that stopped beating as lost, and their backends `terminated/lost`.
-    async fn declare_lost_drones(&self) -> Result<(), StateError> {
+    async fn declare_lost_drones(&self, recheck_lost: bool) -> Result<(), StateError> {
         let now = now_millis();
         let grace = self.grace_ms();
         let state = &self.inner.state;
+        let mut newly_lost = Vec::new();
         for drone in state.drones().await? {
-            if drone.lost || drone.is_live(now, grace) {
+            if drone.lost {
+                // A controller that died (or failed) between marking a drone and ending its
+                // backends left work behind: the first check after a start, or after a
+                // failure, finishes it.
+                if recheck_lost {
+                    newly_lost.push(drone.id);
+                }
+                continue;
+            }
+            if drone.is_live(now, grace) {
                 continue;
             }
             let marked = state
@@ -242,28 +255,12 @@ impl Controller {
                 .await?;
             if marked == Some(true) {
                 warn!(drone = %drone.id, "drone stopped beating; declaring it lost");
+                newly_lost.push(drone.id);
             }
         }
-        // Also covers backends left behind by a controller that died between the two steps.
-        let lost: Vec<DroneId> = state
-            .drones()
-            .await?
-            .into_iter()
-            .filter(|d| d.lost)
-            .map(|d| d.id)
-            .collect();
-        if lost.is_empty() {
-            return Ok(());
-        }
-        for backend in state.backends().await? {
-            if !backend.is_terminated() && lost.contains(&backend.drone) {
-                self.end_here(
-                    &backend.id,
-                    TerminationReason::Lost,
-                    "its drone stopped beating",
-                )
+        for drone in &newly_lost {
+            self.end_backends_of(drone, None, "its drone stopped beating")
                 .await?;
-            }
         }
         Ok(())
     }
