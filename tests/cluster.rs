@@ -27,6 +27,7 @@ flow_test!(exit_code_is_reported);
 flow_test!(missing_command_is_error_loading);
 flow_test!(unknown_hosts_are_refused);
 flow_test!(bad_api_input_is_refused);
+flow_test!(requests_wait_for_a_starting_backend);
 
 /// Killing the drone outright (SIGKILL) leaves no backend process running, and the controller
 /// declares its backends lost once its heartbeats stop.

@@ -26,6 +26,7 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         .await?;
         flows::run("unknown hosts", flows::unknown_hosts_are_refused(&c)).await?;
         flows::run("bad input", flows::bad_api_input_is_refused(&c)).await?;
+        flows::run("held", flows::requests_wait_for_a_starting_backend(&c)).await?;
         Ok(())
     })
     .await

@@ -211,6 +211,9 @@ impl Drone {
         let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
         backends.insert(backend.clone(), handle.clone());
         drop(backends);
+        // Before the acknowledgement: from the moment the spawn call returns, requests for the
+        // backend are held until it is ready instead of answered 404.
+        self.shared.context.table.insert_starting(backend.as_str());
         let shared = self.shared.clone();
         let reports = BackendReports::new(reports.clone(), backend.clone(), self.config.id.clone());
         info!(backend = %backend, command = ?spec.executable.command, "spawning backend");

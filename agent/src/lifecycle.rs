@@ -81,7 +81,8 @@ pub(crate) struct Context {
     pub stop_grace: Duration,
 }
 
-/// Drives one backend from `loading` to `terminated`.
+/// Drives one backend from `loading` to `terminated`. The caller has already put it in the
+/// route table as starting; it is removed before this returns.
 pub(crate) async fn run(
     ctx: &Context,
     backend: BackendId,
@@ -91,8 +92,6 @@ pub(crate) async fn run(
     mut reports: BackendReports,
 ) {
     reports.state(BackendState::Loading);
-    // Requests that arrive while it starts are held by the proxy rather than refused.
-    ctx.table.insert_starting(backend.as_str());
     let outcome = drive(ctx, &backend, spec, &handle, &mut stop, &mut reports).await;
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
@@ -272,4 +271,83 @@ fn environment(
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     env
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use plane_protocol::messages::Executable;
+    use std::collections::BTreeMap;
+
+    /// A handle whose backend is ready and routed in `table` (as the lifecycle leaves it), with
+    /// the receiving end of its stop channel.
+    pub(crate) fn ready_handle(
+        table: &RouteTable,
+        backend: &str,
+        max_idle_secs: u64,
+    ) -> (
+        Arc<BackendHandle>,
+        Arc<Route>,
+        watch::Receiver<Option<TerminationReason>>,
+    ) {
+        let (handle, stop) = BackendHandle::new(max_idle_secs);
+        let route = table.set_ready(backend, SocketAddr::from(([127, 0, 0, 1], 1)));
+        handle.set_route(Arc::clone(&route));
+        (handle, route, stop)
+    }
+
+    #[test]
+    fn the_first_stop_reason_wins() {
+        let (handle, mut stop) = BackendHandle::new(30);
+        assert_eq!(*stop.borrow_and_update(), None);
+        handle.request_stop(TerminationReason::Terminated);
+        assert!(stop.has_changed().expect("handle alive"));
+        assert_eq!(
+            *stop.borrow_and_update(),
+            Some(TerminationReason::Terminated)
+        );
+        handle.request_stop(TerminationReason::Swept);
+        handle.request_stop(TerminationReason::Lost);
+        // A later reason neither replaces the first nor wakes the lifecycle again.
+        assert!(!stop.has_changed().expect("handle alive"));
+        assert_eq!(*stop.borrow(), Some(TerminationReason::Terminated));
+    }
+
+    #[test]
+    fn a_handle_has_no_route_until_ready() {
+        let table = RouteTable::new("plane.test");
+        let (handle, _stop) = BackendHandle::new(7);
+        assert!(handle.route().is_none());
+        assert_eq!(handle.max_idle(), Duration::from_secs(7));
+        let (handle, route, _stop) = ready_handle(&table, "b1", 7);
+        let held = handle.route().expect("routed");
+        assert!(Arc::ptr_eq(&held, &route));
+        assert!(Arc::ptr_eq(&held, &table.get("b1").expect("in the table")));
+    }
+
+    #[test]
+    fn the_environment_puts_plane_variables_first_and_keeps_them() {
+        let backend = BackendId::new("b1").expect("valid id");
+        let spec = BackendSpec {
+            executable: Executable {
+                command: vec!["x".into()],
+            },
+            max_idle_secs: 5,
+            env: BTreeMap::from([
+                ("A".to_string(), "1".to_string()),
+                ("PORT".to_string(), "1".to_string()),
+                ("PLANE_BACKEND_ID".to_string(), "other".to_string()),
+                ("PLANE_CLUSTER".to_string(), "other".to_string()),
+            ]),
+        };
+        let env = environment(&backend, "plane.test", 4242, &spec);
+        let expected = [
+            ("PORT", "4242"),
+            ("PLANE_BACKEND_ID", "b1"),
+            ("PLANE_CLUSTER", "plane.test"),
+            ("A", "1"),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, expected);
+    }
 }

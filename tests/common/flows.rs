@@ -243,6 +243,24 @@ pub async fn bad_api_input_is_refused(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A request sent right after `spawn` returns, while the backend is still starting, is held
+/// by the proxy and answered once the backend is ready.
+pub async fn requests_wait_for_a_starting_backend(c: &Cluster) -> anyhow::Result<()> {
+    let command = format!("{} --ready-delay-ms 1500", super::backend_bin());
+    let record = c
+        .plane_json(&["spawn", "--command", &command, "--idle", "60"])
+        .await?;
+    let id = id_of(&record)?;
+    ensure!(
+        record["state"] != "ready",
+        "spawn without --wait returns early: {record}"
+    );
+    let hello = c.get(&c.host(&id), "/", &[])?;
+    ensure!(hello.status == 200, "held until ready: {hello:?}");
+    ensure!(hello.body.trim() == format!("hello from {id}"), "{hello:?}");
+    Ok(())
+}
+
 /// Runs a flow, naming it in the error.
 pub async fn run(
     name: &str,

@@ -1,0 +1,391 @@
+//! The controller over the in-memory bus, with fake drones: scheduling and its fallbacks, state
+//! reports, drone liveness and restarts, and termination.
+
+mod common;
+
+use common::{
+    drone_id, eventually, report, spec, within, Answer, Cluster, FakeDrone, LONG_GRACE,
+};
+use plane_controlplane::controller::ControlError;
+use plane_controlplane::scheduler::NoDrone;
+use plane_protocol::ids::BackendId;
+use plane_protocol::messages::{now_millis, Ack, BackendState, DroneCommand, TerminationReason};
+use std::time::Duration;
+
+#[tokio::test]
+async fn spawn_with_no_drone_says_none_registered() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let result = within("spawn", cluster.controller.spawn(spec())).await;
+    assert!(
+        matches!(result, Err(ControlError::NoDrone(NoDrone::NoneRegistered))),
+        "{result:?}"
+    );
+    let backends = cluster.controller.backends().await.expect("list");
+    assert!(backends.is_empty(), "{backends:?}");
+}
+
+#[tokio::test]
+async fn spawn_schedules_on_a_drone_that_accepts() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    assert_eq!(record.state, BackendState::Scheduled);
+    assert_eq!(record.drone, drone_id("d1"));
+    assert_eq!(record.spec, spec());
+    assert_eq!(record.max_idle_secs, 30);
+    assert_eq!(record.last_seq, 0);
+    assert_eq!(record.url, format!("http://{}.plane.test:9090/", record.id));
+    assert_eq!(
+        drone.next().await,
+        DroneCommand::Spawn {
+            backend: record.id.clone(),
+            spec: spec(),
+        }
+    );
+    drone.assert_no_more();
+    let stored = cluster.controller.backend(&record.id).await.expect("stored");
+    assert_eq!(stored, record);
+}
+
+#[tokio::test]
+async fn a_refusing_drone_is_skipped_for_the_next() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    // The least loaded drone is tried first.
+    cluster.heartbeat("first", 0, 1).await;
+    cluster.heartbeat("second", 5, 1).await;
+    let mut first = FakeDrone::start(&cluster, "first", Answer::Reject("full")).await;
+    let mut second = FakeDrone::start(&cluster, "second", Answer::Accept).await;
+
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned on the second drone");
+    assert_eq!(record.drone, drone_id("second"));
+    assert_eq!(record.url, format!("http://{}.plane.test:9090/", record.id));
+    let asked_first = first.next().await;
+    let asked_second = second.next().await;
+    assert_eq!(asked_first, asked_second, "both were asked for one backend");
+    assert!(
+        matches!(&asked_second, DroneCommand::Spawn { backend, .. } if *backend == record.id),
+        "{asked_second:?}"
+    );
+    first.assert_no_more();
+    second.assert_no_more();
+}
+
+#[tokio::test]
+async fn a_drone_nobody_answers_for_is_skipped_for_the_next() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("silent", 0, 1).await;
+    cluster.heartbeat("second", 5, 1).await;
+    let mut second = FakeDrone::start(&cluster, "second", Answer::Accept).await;
+
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned on the second drone");
+    assert_eq!(record.drone, drone_id("second"));
+    assert!(matches!(second.next().await, DroneCommand::Spawn { .. }));
+}
+
+#[tokio::test]
+async fn when_every_drone_refuses_no_record_is_left() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("refuser", 0, 1).await;
+    cluster.heartbeat("silent", 5, 1).await;
+    let mut refuser = FakeDrone::start(&cluster, "refuser", Answer::Reject("disk full")).await;
+
+    let result = within("spawn", cluster.controller.spawn(spec())).await;
+    let Err(ControlError::NoDroneAccepted(why)) = result else {
+        panic!("expected NoDroneAccepted, got {result:?}");
+    };
+    assert!(why.contains("refuser") && why.contains("disk full"), "{why}");
+    assert!(why.contains("silent"), "{why}");
+
+    let DroneCommand::Spawn { backend, .. } = refuser.next().await else {
+        panic!("expected a spawn command");
+    };
+    assert!(matches!(
+        cluster.controller.backend(&backend).await,
+        Err(ControlError::NotFound(_))
+    ));
+    let backends = cluster.controller.backends().await.expect("list");
+    assert!(backends.is_empty(), "{backends:?}");
+}
+
+/// A cluster with one accepting drone `d1` and one backend scheduled on it.
+async fn one_backend(grace: Duration) -> (Cluster, FakeDrone, BackendId) {
+    let cluster = Cluster::start(grace).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    assert!(matches!(drone.next().await, DroneCommand::Spawn { .. }));
+    (cluster, drone, record.id)
+}
+
+#[tokio::test]
+async fn state_reports_apply_in_order_and_only_once() {
+    let (cluster, _drone, id) = one_backend(LONG_GRACE).await;
+    let steps = [
+        (1, BackendState::Loading),
+        (2, BackendState::Starting),
+        (3, BackendState::Ready),
+    ];
+    for (seq, state) in steps {
+        let ack = cluster
+            .report(&report(&id, "d1", seq, state, None))
+            .await;
+        assert_eq!(ack, Ack::Accepted, "report {seq}");
+        let record = cluster.controller.backend(&id).await.expect("exists");
+        assert_eq!((record.state, record.last_seq), (state, seq));
+    }
+
+    // A re-sent report and a late one are acknowledged, so the drone stops re-sending, but
+    // change nothing.
+    for (seq, state) in [(3, BackendState::Ready), (2, BackendState::Terminating)] {
+        let ack = cluster
+            .report(&report(&id, "d1", seq, state, None))
+            .await;
+        assert_eq!(ack, Ack::Accepted, "duplicate {seq}");
+        let record = cluster.controller.backend(&id).await.expect("exists");
+        assert_eq!((record.state, record.last_seq), (BackendState::Ready, 3));
+    }
+
+    let mut end = report(&id, "d1", 4, BackendState::Terminated, None);
+    end.reason = Some(TerminationReason::Failed);
+    end.exit_code = Some(3);
+    end.message = Some("exit code 3".into());
+    assert_eq!(cluster.report(&end).await, Ack::Accepted);
+    let record = cluster.controller.backend(&id).await.expect("exists");
+    assert_eq!(record.state, BackendState::Terminated);
+    assert_eq!(record.reason, Some(TerminationReason::Failed));
+    assert_eq!(record.exit_code, Some(3));
+    assert_eq!(record.message.as_deref(), Some("exit code 3"));
+}
+
+#[tokio::test]
+async fn reports_from_another_drone_or_for_unknown_backends_are_rejected() {
+    let (cluster, _drone, id) = one_backend(LONG_GRACE).await;
+
+    let ack = cluster
+        .report(&report(&id, "intruder", 1, BackendState::Ready, None))
+        .await;
+    let Ack::Rejected { error } = ack else {
+        panic!("a report from another drone was accepted");
+    };
+    assert!(error.contains("intruder"), "{error}");
+    let record = cluster.controller.backend(&id).await.expect("exists");
+    assert_eq!((record.state, record.last_seq), (BackendState::Scheduled, 0));
+
+    let unknown = BackendId::new("no-such-backend").expect("valid id");
+    let ack = cluster
+        .report(&report(&unknown, "d1", 1, BackendState::Ready, None))
+        .await;
+    let Ack::Rejected { error } = ack else {
+        panic!("a report for an unknown backend was accepted");
+    };
+    assert!(error.contains("no-such-backend"), "{error}");
+    assert!(matches!(
+        cluster.controller.backend(&unknown).await,
+        Err(ControlError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_malformed_report_is_rejected_and_the_controller_carries_on() {
+    let (cluster, _drone, id) = one_backend(LONG_GRACE).await;
+    let answer = within(
+        "malformed report",
+        cluster.bus.request(
+            &cluster.subjects.state_reports(),
+            bytes::Bytes::from_static(b"{\"not\": \"a report\"}"),
+            Duration::from_secs(5),
+        ),
+    )
+    .await
+    .expect("answered");
+    let ack: Ack = serde_json::from_slice(&answer).expect("an Ack");
+    assert!(matches!(ack, Ack::Rejected { .. }), "{ack:?}");
+
+    within(
+        "malformed heartbeat",
+        cluster
+            .bus
+            .publish(&cluster.subjects.heartbeats(), bytes::Bytes::from_static(b"nope")),
+    )
+    .await
+    .expect("published");
+    assert_eq!(
+        cluster
+            .report(&report(&id, "d1", 1, BackendState::Loading, None))
+            .await,
+        Ack::Accepted
+    );
+    cluster.heartbeat("d1", 3, 1).await;
+}
+
+#[tokio::test]
+async fn a_drone_that_stops_beating_is_lost_and_so_are_its_backends() {
+    let grace = Duration::from_millis(500);
+    let (cluster, _drone, id) = one_backend(grace).await;
+    let ended = cluster
+        .wait_for_backend(&id, |b| b.is_terminated())
+        .await;
+    assert_eq!(ended.reason, Some(TerminationReason::Lost));
+    assert!(ended.message.is_some());
+
+    let drone = cluster.wait_for_drone("d1", |d| d.lost).await;
+    assert!(drone.lost);
+    let drones = cluster.controller.drones().await.expect("list");
+    assert_eq!(drones.len(), 1);
+    assert!(!drones[0].1, "a lost drone is shown live");
+    assert!(
+        matches!(
+            within("spawn", cluster.controller.spawn(spec())).await,
+            Err(ControlError::NoDrone(NoDrone::NoneLive { known: 1 }))
+        ),
+        "a lost drone was given a backend"
+    );
+    // Its late reports cannot bring the backend back.
+    let ack = cluster
+        .report(&report(&id, "d1", 1, BackendState::Ready, None))
+        .await;
+    assert!(matches!(ack, Ack::Rejected { .. }), "{ack:?}");
+}
+
+#[tokio::test]
+async fn a_drone_that_keeps_beating_is_not_lost() {
+    let grace = Duration::from_millis(500);
+    let (cluster, _drone, id) = one_backend(grace).await;
+    // Beat for several graces; each beat lands well within the grace of the previous one.
+    let until = std::time::Instant::now() + grace * 4;
+    while std::time::Instant::now() < until {
+        cluster.heartbeat("d1", 1, 1).await;
+        tokio::time::sleep(grace / 5).await;
+        let record = cluster.controller.backend(&id).await.expect("exists");
+        assert!(!record.is_terminated(), "{record:?}");
+    }
+    let drone = cluster.controller.state().drone(&drone_id("d1")).await;
+    assert!(!drone.expect("read").expect("recorded").lost);
+}
+
+#[tokio::test]
+async fn a_restarted_drone_loses_only_its_earlier_backends() {
+    let (cluster, _drone, before) = one_backend(LONG_GRACE).await;
+    let created = cluster
+        .controller
+        .backend(&before)
+        .await
+        .expect("exists")
+        .created_at;
+    // The drone restarts after `before` was created; `after` reaches the new process before
+    // its first heartbeat does.
+    let restarted_at = eventually("the clock to pass the first backend's creation", || async {
+        let now = now_millis();
+        (now > created).then_some(now)
+    })
+    .await;
+    let after = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned")
+        .id;
+    cluster.heartbeat("d1", 1, restarted_at).await;
+
+    let ended = cluster
+        .wait_for_backend(&before, |b| b.is_terminated())
+        .await;
+    assert_eq!(ended.reason, Some(TerminationReason::Lost));
+    assert!(
+        ended.message.as_deref().unwrap_or_default().contains("restarted"),
+        "{ended:?}"
+    );
+    // Heartbeats are handled one at a time: once this one is recorded, the restart is done.
+    cluster.heartbeat("d1", 2, restarted_at).await;
+    let kept = cluster.controller.backend(&after).await.expect("exists");
+    assert_eq!(kept.state, BackendState::Scheduled, "{kept:?}");
+    let drone = cluster.controller.state().drone(&drone_id("d1")).await;
+    assert!(!drone.expect("read").expect("recorded").lost);
+}
+
+#[tokio::test]
+async fn terminate_asks_the_backends_own_drone() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("home", 0, 1).await;
+    cluster.heartbeat("other", 5, 1).await;
+    let mut home = FakeDrone::start(&cluster, "home", Answer::Accept).await;
+    let mut other = FakeDrone::start(&cluster, "other", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    assert_eq!(record.drone, drone_id("home"));
+    assert!(matches!(home.next().await, DroneCommand::Spawn { .. }));
+
+    let answered = within("terminate", cluster.controller.terminate(&record.id))
+        .await
+        .expect("terminate accepted");
+    // Until the drone reports, the record is as it was.
+    assert_eq!(answered.state, BackendState::Scheduled);
+    assert_eq!(
+        home.next().await,
+        DroneCommand::Terminate {
+            backend: record.id.clone()
+        }
+    );
+    other.assert_no_more();
+
+    let end = report(
+        &record.id,
+        "home",
+        1,
+        BackendState::Terminated,
+        Some(TerminationReason::Terminated),
+    );
+    assert_eq!(cluster.report(&end).await, Ack::Accepted);
+    // Terminating a terminated backend returns it without bothering the drone.
+    let again = within("terminate again", cluster.controller.terminate(&record.id))
+        .await
+        .expect("idempotent");
+    assert_eq!(again.state, BackendState::Terminated);
+    assert_eq!(again.reason, Some(TerminationReason::Terminated));
+    home.assert_no_more();
+    other.assert_no_more();
+}
+
+#[tokio::test]
+async fn terminate_reports_a_refusing_drone_and_an_unknown_backend() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let accepting = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    drop(accepting);
+    let _refusing = FakeDrone::start(&cluster, "d1", Answer::Reject("busy")).await;
+    let result = within("terminate", cluster.controller.terminate(&record.id)).await;
+    assert!(
+        matches!(&result, Err(ControlError::DroneRefused { drone, error }) if drone.as_str() == "d1" && error == "busy"),
+        "{result:?}"
+    );
+
+    let unknown = BackendId::new("no-such-backend").expect("valid id");
+    assert!(matches!(
+        within("terminate unknown", cluster.controller.terminate(&unknown)).await,
+        Err(ControlError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn terminating_on_a_lost_drone_ends_the_backend_here() {
+    let (cluster, drone, id) = one_backend(Duration::from_millis(500)).await;
+    drop(drone);
+    cluster.wait_for_drone("d1", |d| d.lost).await;
+    let record = within("terminate", cluster.controller.terminate(&id))
+        .await
+        .expect("a lost drone's backend can be terminated");
+    assert_eq!(record.state, BackendState::Terminated);
+    assert_eq!(record.reason, Some(TerminationReason::Lost));
+}
