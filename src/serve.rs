@@ -25,9 +25,15 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
+/// A positive duration in seconds: zero would make an interval that never waits.
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .with_context(|| format!("--{flag}: {value} is not a valid number of seconds"))
+    let duration = Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag}: {value} is not a valid number of seconds"))?;
+    anyhow::ensure!(
+        !duration.is_zero(),
+        "--{flag}: must be more than 0 seconds, not {value}"
+    );
+    Ok(duration)
 }
 
 fn executor(kind: ExecutorArg) -> anyhow::Result<Arc<dyn Executor>> {
@@ -44,6 +50,10 @@ fn drone_config(
     proxy_port: u16,
     tuning: &DroneTuning,
 ) -> anyhow::Result<DroneConfig> {
+    anyhow::ensure!(
+        tuning.capacity > 0,
+        "--capacity: a drone must accept at least one backend"
+    );
     Ok(DroneConfig {
         id,
         cluster: cluster.to_ascii_lowercase(),
@@ -70,14 +80,26 @@ fn check_cluster(cluster: &str) -> anyhow::Result<String> {
     Ok(cluster)
 }
 
-/// Fires `trigger` on SIGINT/SIGTERM.
+/// Fires `trigger` on SIGINT/SIGTERM; a second signal exits at once (the backends still die
+/// with us: see the process executor).
 fn on_signal(trigger: shutdown::Trigger) {
     tokio::spawn(async move {
         match shutdown::signal().await {
-            Ok(name) => info!(signal = name, "shutting down"),
-            Err(error) => tracing::error!(%error, "cannot listen for signals; shutting down"),
+            Ok(name) => info!(
+                signal = name,
+                "shutting down; a second signal exits at once"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for signals; shutting down");
+                trigger.fire();
+                return;
+            }
         }
         trigger.fire();
+        if let Ok(name) = shutdown::signal().await {
+            tracing::warn!(signal = name, "exiting without a graceful shutdown");
+            std::process::exit(130);
+        }
     });
 }
 

@@ -8,6 +8,7 @@ use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
 use plane_dataplane::RouteTable;
 use plane_protocol::bus::{Bus, BusError, Message};
+use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
@@ -177,7 +178,7 @@ impl Drone {
             Err(error) => {
                 warn!(%error, "refusing malformed command");
                 Ack::Rejected {
-                    error: error.to_string(),
+                    error: error_chain(&error),
                 }
             }
         };

@@ -10,14 +10,14 @@ use std::time::Duration;
 /// Why a backend could not be started (it ends `terminated/error_loading`).
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot start {program:?}: {source}")]
+    #[error("cannot start {program:?}")]
     Spawn {
         program: String,
         source: std::io::Error,
     },
     #[error("the command is empty")]
     EmptyCommand,
-    #[error("no free port for the backend: {0}")]
+    #[error("no free port for the backend")]
     NoPort(std::io::Error),
     #[error("the executor is shutting down")]
     ShuttingDown,

@@ -15,6 +15,7 @@ use crate::executor::{Executor, Exit, Launch, Running};
 use crate::limits::{READY_PROBE_MAX, READY_PROBE_MIN};
 use crate::reporter::BackendReports;
 use plane_dataplane::{Route, RouteTable};
+use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{BackendSpec, BackendState, TerminationReason};
 use std::net::SocketAddr;
@@ -140,7 +141,9 @@ async fn drive(
     };
     let mut running = match ctx.executor.launch(launch).await {
         Ok(running) => running,
-        Err(e) => return Outcome::new(TerminationReason::ErrorLoading, None, Some(e.to_string())),
+        Err(e) => {
+            return Outcome::new(TerminationReason::ErrorLoading, None, Some(error_chain(&e)))
+        }
     };
     let stopped_early = *stop.borrow();
     if let Some(reason) = stopped_early {

@@ -61,15 +61,17 @@ impl ProcessExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        let drone = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates or locks.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // The drone may have died between fork and prctl.
-                if libc::getppid() == 1 {
-                    return Err(std::io::Error::other("the drone exited during spawn"));
+                // The drone may have died between fork and prctl: then our parent is no longer
+                // the drone (but init or a subreaper), and no death signal will ever come.
+                if libc::getppid() != drone {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });

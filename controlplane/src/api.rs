@@ -6,6 +6,7 @@ use crate::controller::{ControlError, Controller};
 use crate::limits::{EVENTS_REREAD_INTERVAL, MAX_API_BODY_BYTES};
 use crate::records::{BackendRecord, DroneView};
 use crate::spawn_request::SpawnRequest;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,12 +16,15 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::Stream;
 use plane_protocol::bus::{Kv, KvChange, KvEntry, KvWatch};
+use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::BackendState;
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::warn;
 
 /// An API error: a status and a message for the caller.
@@ -56,9 +60,9 @@ impl From<ControlError> for ApiError {
             ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            warn!(error = %e, "API request failed");
+            warn!(error = %error_chain(&e), "API request failed");
         }
-        ApiError::new(status, e.to_string())
+        ApiError::new(status, error_chain(&e))
     }
 }
 
@@ -71,8 +75,21 @@ fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
     })
 }
 
+/// What every handler sees.
+#[derive(Clone)]
+struct ApiState {
+    controller: Controller,
+    /// Set when the server shuts down: event streams end then, instead of holding the
+    /// graceful shutdown open for as long as their backend lives.
+    closing: Arc<watch::Sender<bool>>,
+}
+
 /// The API's routes over `controller`.
 pub fn router(controller: Controller) -> Router {
+    router_with(controller, Arc::new(watch::Sender::new(false)))
+}
+
+fn router_with(controller: Controller, closing: Arc<watch::Sender<bool>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/backends", get(list_backends).post(spawn_backend))
@@ -85,7 +102,10 @@ pub fn router(controller: Controller) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(controller)
+        .with_state(ApiState {
+            controller,
+            closing,
+        })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -94,8 +114,13 @@ pub async fn serve(
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(controller))
-        .with_graceful_shutdown(shutdown)
+    let closing = Arc::new(watch::Sender::new(false));
+    let app = router_with(controller, closing.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.send_replace(true);
+        })
         .await
 }
 
@@ -118,34 +143,45 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn spawn_backend(
-    State(controller): State<Controller>,
-    body: Bytes,
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let spec = SpawnRequest::from_json(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid spawn request: {e}"),
         )
     })?;
-    let record = controller.spawn(spec).await?;
+    // In its own task: a caller hanging up must not cut a spawn off between writing the record
+    // and telling the drone.
+    let controller = state.controller;
+    let record = tokio::spawn(async move { controller.spawn(spec).await })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("spawn failed: {e}"),
+            )
+        })??;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
 async fn list_backends(
-    State(controller): State<Controller>,
+    State(ApiState { controller, .. }): State<ApiState>,
 ) -> Result<Json<Vec<BackendRecord>>, ApiError> {
     Ok(Json(controller.backends().await?))
 }
 
 async fn get_backend(
-    State(controller): State<Controller>,
+    State(ApiState { controller, .. }): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<BackendRecord>, ApiError> {
     Ok(Json(controller.backend(&backend_id(&id)?).await?))
 }
 
 async fn terminate_backend(
-    State(controller): State<Controller>,
+    State(ApiState { controller, .. }): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
     let record = controller.terminate(&backend_id(&id)?).await?;
@@ -158,7 +194,7 @@ async fn terminate_backend(
 }
 
 async fn list_drones(
-    State(controller): State<Controller>,
+    State(ApiState { controller, .. }): State<ApiState>,
 ) -> Result<Json<Vec<DroneView>>, ApiError> {
     let drones = controller.drones().await?;
     Ok(Json(
@@ -171,7 +207,10 @@ async fn list_drones(
 
 /// One `state` event per state change of the backend, ending after `terminated`.
 async fn backend_events(
-    State(controller): State<Controller>,
+    State(ApiState {
+        controller,
+        closing,
+    }): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = backend_id(&id)?;
@@ -180,15 +219,16 @@ async fn backend_events(
     let watch = kv
         .watch(id.as_str())
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)))?;
     // One read gives both the record and its revision: two reads could straddle a change,
     // which the watch would then skip as already seen.
     let (current, revision) = kv
         .get_json::<BackendRecord>(id.as_str())
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {id}")))?;
     let events = EventStream {
+        closing: closing.subscribe(),
         kv,
         id,
         watch,
@@ -205,6 +245,7 @@ async fn backend_events(
 }
 
 struct EventStream {
+    closing: watch::Receiver<bool>,
     kv: Kv,
     id: BackendId,
     watch: KvWatch,
@@ -212,6 +253,14 @@ struct EventStream {
     last_state: Option<BackendState>,
     pending: Option<BackendRecord>,
     done: bool,
+}
+
+/// Why an event stream woke up.
+enum Wake {
+    Closing,
+    Change(KvChange),
+    WatchEnded,
+    Reread,
 }
 
 impl EventStream {
@@ -225,18 +274,17 @@ impl EventStream {
         loop {
             let change = match self.pending.take() {
                 Some(record) => Some(record),
-                None => tokio::select! {
-                    change = self.watch.next() => match change? {
-                        KvChange::Put(entry) => self.newer(entry),
-                        KvChange::Delete { .. } => return None,
-                    },
+                None => match self.wait(&mut reread).await {
+                    Wake::Closing => return None,
+                    Wake::Change(KvChange::Put(entry)) => self.newer(entry),
+                    Wake::Change(KvChange::Delete { .. }) | Wake::WatchEnded => return None,
                     // A watch that lost a change (a bus reconnect) must not leave the stream
                     // stuck: the record is also read now and then.
-                    _ = reread.tick() => match self.kv.get(self.id.as_str()).await {
+                    Wake::Reread => match self.kv.get(self.id.as_str()).await {
                         Ok(Some(entry)) => self.newer(entry),
                         Ok(None) => return None,
                         Err(error) => {
-                            warn!(%error, backend = %self.id, "re-reading backend record failed");
+                            warn!(error = %error_chain(&error), backend = %self.id, "re-reading backend record failed");
                             None
                         }
                     },
@@ -249,6 +297,14 @@ impl EventStream {
             self.last_state = Some(record.state);
             self.done = record.is_terminated();
             return Some(record);
+        }
+    }
+
+    async fn wait(&mut self, reread: &mut tokio::time::Interval) -> Wake {
+        tokio::select! {
+            _ = self.closing.wait_for(|closing| *closing) => Wake::Closing,
+            change = self.watch.next() => change.map_or(Wake::WatchEnded, Wake::Change),
+            _ = reread.tick() => Wake::Reread,
         }
     }
 

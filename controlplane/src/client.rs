@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use serde::de::DeserializeOwned;
 
@@ -17,21 +18,20 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     #[error("invalid API address {url:?}: {reason}")]
     BadAddress { url: String, reason: String },
-    #[error("invalid backend id {id:?}: {source}")]
+    #[error("invalid backend id {id:?}")]
     BadId {
         id: String,
         source: plane_protocol::ids::IdError,
     },
-    #[error("could not reach the Plane API at {url}: {source}")]
-    Unreachable {
-        url: String,
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("reading the API's answer: {0}")]
+    /// `detail` is the whole cause chain: hyper's own message ("client error (Connect)") says
+    /// little by itself.
+    #[error("could not reach the Plane API at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("reading the API's answer")]
     Body(#[from] hyper::Error),
     #[error("the API answered {status}: {message}")]
     Api { status: StatusCode, message: String },
-    #[error("the API's answer did not decode: {0}")]
+    #[error("the API's answer did not decode")]
     Decode(#[from] serde_json::Error),
 }
 
@@ -122,9 +122,9 @@ impl ApiClient {
         self.http
             .request(request)
             .await
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|error| ClientError::Unreachable {
                 url: self.base.clone(),
-                source,
+                detail: error_chain(&error),
             })
     }
 

@@ -6,7 +6,8 @@ use crate::limits::{DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL};
 use crate::records::{BackendRecord, DroneRecord, ReportOutcome};
 use crate::scheduler::{self, NoDrone};
 use crate::state::{Change, ClusterState, StateError};
-use plane_protocol::bus::{Bus, BusError, Message};
+use plane_protocol::bus::{Bus, BusError, KvError, Message};
+use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, Heartbeat, StateReport,
@@ -36,7 +37,7 @@ pub enum ControlError {
     NoDrone(#[from] NoDrone),
     #[error("no drone available: {0}")]
     NoDroneAccepted(String),
-    #[error("drone {drone} did not answer: {source}")]
+    #[error("drone {drone} did not answer")]
     DroneUnreachable { drone: DroneId, source: BusError },
     #[error("drone {drone} refused: {error}")]
     DroneRefused { drone: DroneId, error: String },
@@ -104,7 +105,8 @@ impl Controller {
                 () = &mut shutdown => return Ok(()),
                 msg = heartbeats.next() => {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
-                    self.on_heartbeat(&msg).await;
+                    let this = self.clone();
+                    tokio::spawn(async move { this.on_heartbeat(&msg).await });
                 }
                 msg = reports.next() => {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
@@ -177,6 +179,14 @@ impl Controller {
         let ack = match msg.decode::<StateReport>() {
             Ok(report) => match self.apply_report(&report).await {
                 Ok(ack) => ack,
+                // A record this controller cannot read will not become readable by retrying:
+                // refuse, so the drone's queue moves on.
+                Err(error @ StateError::Kv(KvError::Decode { .. })) => {
+                    warn!(error = %error_chain(&error), backend = %report.backend, "refusing report for an unreadable record");
+                    Ack::Rejected {
+                        error: error_chain(&error),
+                    }
+                }
                 Err(error) => {
                     // Not acknowledged: the drone re-sends, and the write is retried then.
                     warn!(%error, backend = %report.backend, "could not apply state report");
@@ -186,7 +196,7 @@ impl Controller {
             Err(error) => {
                 warn!(%error, "refusing malformed state report");
                 Ack::Rejected {
-                    error: error.to_string(),
+                    error: error_chain(&error),
                 }
             }
         };

@@ -10,9 +10,9 @@ use plane_protocol::subjects::Subjects;
 /// Why reading or writing cluster state failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cluster state store: {0}")]
+    #[error("cluster state store")]
     Kv(#[from] KvError),
-    #[error("opening cluster state: {0}")]
+    #[error("opening cluster state")]
     Bus(#[from] BusError),
     #[error("record {key} kept changing under us; gave up after {MAX_CAS_ATTEMPTS} attempts")]
     Contended { key: String },

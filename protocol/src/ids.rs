@@ -79,7 +79,8 @@ macro_rules! label_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // `pad`, not `write_str`: tables align ids with `{:<18}`.
+                f.pad(&self.0)
             }
         }
 

@@ -3,6 +3,9 @@
 //! production, an in-memory twin for `plane dev` and unit tests).
 
 pub mod bus;
+mod error_chain;
 pub mod ids;
 pub mod messages;
 pub mod subjects;
+
+pub use error_chain::error_chain;

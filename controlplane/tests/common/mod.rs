@@ -89,12 +89,39 @@ impl Cluster {
                 panic!("controller stopped: {error}");
             }
         });
-        Cluster {
+        let cluster = Cluster {
             bus,
             subjects: Subjects::new(CLUSTER),
             controller,
             shutdown: Some(shutdown),
-        }
+        };
+        cluster.wait_until_listening().await;
+        cluster
+    }
+
+    /// `run` subscribes in its own task and says nothing when it is done; a report for an
+    /// unknown backend (refused without effect) is answered only once it is. Reports are
+    /// subscribed after heartbeats, so heartbeats are heard from then on too.
+    async fn wait_until_listening(&self) {
+        let probe = report(
+            &BackendId::new("readiness-probe").expect("valid id"),
+            "probe",
+            1,
+            BackendState::Loading,
+            None,
+        );
+        eventually("the controller to listen to drones", || async {
+            match self
+                .bus
+                .request_json::<_, Ack>(&self.subjects.state_reports(), &probe, STEP)
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(BusError::NoResponders { .. }) => None,
+                Err(error) => panic!("probing the controller: {error}"),
+            }
+        })
+        .await;
     }
 
     /// Publishes a heartbeat and waits until the controller has recorded it.
@@ -113,7 +140,8 @@ impl Cluster {
         let sent = now_millis();
         within(
             "publish heartbeat",
-            self.bus.publish_json(&self.subjects.heartbeats(), &heartbeat),
+            self.bus
+                .publish_json(&self.subjects.heartbeats(), &heartbeat),
         )
         .await
         .expect("heartbeat published");

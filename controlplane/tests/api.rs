@@ -1,0 +1,364 @@
+//! The HTTP API served on an ephemeral port over a controller on the in-memory bus: JSON errors
+//! with statuses that say whose fault it is, spawn and terminate, and the event stream.
+
+mod common;
+
+use bytes::{Buf, Bytes, BytesMut};
+use common::{report, within, Answer, Cluster, FakeDrone, LONG_GRACE};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use plane_controlplane::records::BackendRecord;
+use plane_protocol::messages::{Ack, BackendState, DroneCommand, TerminationReason};
+use serde_json::Value;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+
+/// The API of `cluster`'s controller on `127.0.0.1:0`; dropping it stops the server.
+struct Api {
+    addr: SocketAddr,
+    http: Client<HttpConnector, Full<Bytes>>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl Api {
+    async fn serve(cluster: &Cluster) -> Api {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let controller = cluster.controller.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            plane_controlplane::api::serve(listener, controller, shutdown)
+                .await
+                .expect("the API serves");
+        });
+        Api {
+            addr,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            _shutdown: shutdown,
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: &str) -> hyper::Response<Incoming> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("a valid request");
+        within(&format!("{path} answers"), self.http.request(request))
+            .await
+            .expect("the API is reachable")
+    }
+
+    /// Sends a request and returns the status and the JSON body (which every answer has).
+    async fn call(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let response = self.send(method, path, body).await;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = within("body", response.into_body().collect())
+            .await
+            .expect("a complete body")
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{path} answered {status} with a non-JSON body ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        assert_eq!(content_type, "application/json", "{path}: {json}");
+        (status, json)
+    }
+}
+
+/// The `error` text of an error body, failing if the body is not `{"error": "..."}`.
+fn error_of(body: &Value) -> &str {
+    let object = body.as_object().expect("an error body is an object");
+    assert_eq!(object.len(), 1, "{body}");
+    object
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no error text in {body}"))
+}
+
+#[tokio::test]
+async fn a_bad_spawn_body_is_a_400_naming_the_field() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let api = Api::serve(&cluster).await;
+    let cases = [
+        (r#"{"executable": {"command": []}}"#, "executable.command"),
+        (
+            r#"{"executable": {"command": ["x"]}, "max_idle_secs": "ten"}"#,
+            "max_idle_secs",
+        ),
+        (
+            r#"{"executable": {"command": ["x"]}, "env": {"PORT": "1"}}"#,
+            "env.PORT",
+        ),
+        (
+            r#"{"executable": {"command": ["x"]}, "colour": 1}"#,
+            "colour",
+        ),
+        ("{}", "executable"),
+        ("not json", "body"),
+    ];
+    for (body, field) in cases {
+        let (status, json) = api.call(Method::POST, "/v1/backends", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {json}");
+        let error = error_of(&json);
+        assert!(
+            error.contains(field),
+            "{body}: {error:?} does not name {field}"
+        );
+    }
+    // Nothing was scheduled (and no drone was even needed to find out).
+    let (status, json) = api.call(Method::GET, "/v1/backends", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json, Value::Array(vec![]));
+}
+
+#[tokio::test]
+async fn unknown_backends_and_paths_are_json_404s() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let api = Api::serve(&cluster).await;
+    for path in [
+        "/v1/backends/no-such-backend",
+        "/v1/backends/Not_A_Valid_Id",
+        "/v1/backends/no-such-backend/events",
+    ] {
+        let (status, json) = api.call(Method::GET, path, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {json}");
+        assert!(
+            error_of(&json).contains("no backend named"),
+            "{path}: {json}"
+        );
+    }
+    let (status, json) = api
+        .call(Method::DELETE, "/v1/backends/no-such-backend", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+
+    let (status, json) = api.call(Method::GET, "/v2/nothing/here", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+    assert!(error_of(&json).contains("/v2/nothing/here"), "{json}");
+
+    let (status, json) = api.call(Method::PUT, "/v1/backends", "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{json}");
+    assert!(error_of(&json).contains("PUT"), "{json}");
+}
+
+#[tokio::test]
+async fn spawn_without_drones_is_a_503() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let api = Api::serve(&cluster).await;
+    let (status, json) = api
+        .call(
+            Method::POST,
+            "/v1/backends",
+            r#"{"executable": {"command": ["x"]}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert!(error_of(&json).contains("no drone"), "{json}");
+}
+
+#[tokio::test]
+async fn spawn_get_and_terminate_over_http() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let api = Api::serve(&cluster).await;
+
+    let (status, json) = api
+        .call(
+            Method::POST,
+            "/v1/backends",
+            r#"{"executable": {"command": ["my-server"]}, "max_idle_secs": 45}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let record: BackendRecord = serde_json::from_value(json.clone()).expect("a backend record");
+    assert_eq!(json["state"], "scheduled");
+    assert_eq!(json["drone"], "d1");
+    assert_eq!(record.max_idle_secs, 45);
+    let DroneCommand::Spawn { backend, spec } = drone.next().await else {
+        panic!("expected a spawn command");
+    };
+    assert_eq!(backend, record.id);
+    assert_eq!(spec.executable.command, ["my-server"]);
+
+    let path = format!("/v1/backends/{}", record.id);
+    let (status, json) = api.call(Method::GET, &path, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_value::<BackendRecord>(json).expect("record"),
+        record
+    );
+
+    // Not yet terminated: accepted, and the drone was told.
+    let (status, json) = api.call(Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(
+        drone.next().await,
+        DroneCommand::Terminate {
+            backend: record.id.clone()
+        }
+    );
+    let end = report(
+        &record.id,
+        "d1",
+        1,
+        BackendState::Terminated,
+        Some(TerminationReason::Terminated),
+    );
+    assert_eq!(cluster.report(&end).await, Ack::Accepted);
+    let (status, json) = api.call(Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["state"], "terminated");
+    assert_eq!(json["reason"], "terminated");
+    drone.assert_no_more();
+}
+
+/// Reads `state` events from a server-sent event stream.
+struct Events {
+    body: Incoming,
+    buffer: BytesMut,
+}
+
+impl Events {
+    /// The next `state` event's record; `None` once the stream has ended.
+    async fn next(&mut self) -> Option<BackendRecord> {
+        loop {
+            if let Some(at) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event = String::from_utf8(self.buffer[..at].to_vec()).expect("UTF-8 events");
+                self.buffer.advance(at + 2);
+                let mut name = "message";
+                let mut data = Vec::new();
+                for line in event.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // A keep-alive comment.
+                }
+                assert_eq!(name, "state", "{event}");
+                return Some(serde_json::from_str(&data.join("\n")).expect("a backend record"));
+            }
+            match within("an event", self.body.frame()).await {
+                None => {
+                    assert!(self.buffer.is_empty(), "stream ended inside an event");
+                    return None;
+                }
+                Some(frame) => {
+                    if let Ok(data) = frame.expect("a readable stream").into_data() {
+                        self.buffer.extend_from_slice(data.chunk());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_give_the_current_state_then_each_change_and_end_after_terminated() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let _drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(common::spec()))
+        .await
+        .expect("spawned");
+    let api = Api::serve(&cluster).await;
+
+    let response = api
+        .send(
+            Method::GET,
+            &format!("/v1/backends/{}/events", record.id),
+            "",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: BytesMut::new(),
+    };
+    let first = events.next().await.expect("the current state");
+    assert_eq!(first, record);
+
+    let steps = [
+        (BackendState::Loading, None),
+        (BackendState::Starting, None),
+        (BackendState::Ready, None),
+        (BackendState::Terminating, None),
+        (BackendState::Terminated, Some(TerminationReason::Swept)),
+    ];
+    for (seq, (state, reason)) in (1..).zip(steps) {
+        let ack = cluster
+            .report(&report(&record.id, "d1", seq, state, reason))
+            .await;
+        assert_eq!(ack, Ack::Accepted);
+        let event = events.next().await.expect("an event per change");
+        assert_eq!(
+            (event.state, event.reason, event.last_seq),
+            (state, reason, seq)
+        );
+    }
+    assert!(events.next().await.is_none(), "events after terminated");
+}
+
+#[tokio::test]
+async fn events_of_a_terminated_backend_end_after_one_event() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let _drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(common::spec()))
+        .await
+        .expect("spawned");
+    let end = report(
+        &record.id,
+        "d1",
+        1,
+        BackendState::Terminated,
+        Some(TerminationReason::Exited),
+    );
+    assert_eq!(cluster.report(&end).await, Ack::Accepted);
+    let api = Api::serve(&cluster).await;
+    let response = api
+        .send(
+            Method::GET,
+            &format!("/v1/backends/{}/events", record.id),
+            "",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: BytesMut::new(),
+    };
+    let only = events.next().await.expect("the current state");
+    assert_eq!(only.state, BackendState::Terminated);
+    assert_eq!(only.reason, Some(TerminationReason::Exited));
+    assert!(events.next().await.is_none(), "events after terminated");
+}
