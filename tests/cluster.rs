@@ -41,7 +41,17 @@ async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
                 .spawn_ready("--ignore-sigterm", &["--idle", "60"])
                 .await?,
         )?;
-        for id in [&a, &b] {
+        // A backend that starts a process of its own: PR_SET_PDEATHSIG does not reach that one.
+        let command = format!("sh -c 'sleep 300 & exec {}'", common::backend_bin());
+        let spawned = cluster
+            .plane_json(&["spawn", "--wait", "--idle", "60", "--command", &command])
+            .await?;
+        let c = id_of(&spawned)?;
+        anyhow::ensure!(
+            plane_test_support::processes_with_env("PLANE_BACKEND_ID", &c).len() == 2,
+            "backend {c} runs two processes"
+        );
+        for id in [&a, &b, &c] {
             anyhow::ensure!(
                 !plane_test_support::processes_with_env("PLANE_BACKEND_ID", id).is_empty(),
                 "backend {id} runs before the drone is killed"
@@ -49,10 +59,10 @@ async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
         }
         let drone = cluster.drone.take().expect("the cluster has a drone");
         drone.signal(libc::SIGKILL)?;
-        for id in [&a, &b] {
+        for id in [&a, &b, &c] {
             no_process_left(id).await?;
         }
-        for id in [&a, &b] {
+        for id in [&a, &b, &c] {
             let events = cluster.watch_until_terminated(id).await?;
             let last = events
                 .last()

@@ -8,6 +8,7 @@ mod lifecycle;
 pub mod limits;
 mod listener_owner;
 pub mod process;
+mod reaper;
 mod reporter;
 mod sweeper;
 

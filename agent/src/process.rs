@@ -1,12 +1,15 @@
 //! The `process` executor: each backend is a local command, run directly (no shell), in its
 //! own process group so that stopping it reaches everything it started.
 //!
-//! Children are started from one long-lived thread with `PR_SET_PDEATHSIG`, so that a drone
-//! killed outright (SIGKILL, OOM) takes its backends with it: the signal follows the death of
-//! the thread that forked, and this thread lives exactly as long as the executor.
+//! A drone killed outright (SIGKILL, OOM) takes its backends with it, twice over: each backend's
+//! first process has `PR_SET_PDEATHSIG` (the signal follows the death of the thread that forked,
+//! so children are started from one long-lived thread that lives as long as the executor), and
+//! the [`Reaper`] kills each backend's whole process group. A process that leaves its group
+//! (`setsid`) escapes both; that takes cgroups, which the `docker` executor has.
 
 use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
 use crate::limits::MAX_LOG_LINE_BYTES;
+use crate::reaper::Reaper;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::ExecutorKind;
@@ -14,6 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -24,14 +28,17 @@ type SpawnReply = oneshot::Sender<std::io::Result<tokio::process::Child>>;
 /// Runs backends as local processes listening on `127.0.0.1:$PORT`.
 pub struct ProcessExecutor {
     spawner: std_mpsc::Sender<(std::process::Command, SpawnReply)>,
+    reaper: Arc<Reaper>,
 }
 
 impl ProcessExecutor {
-    /// Starts the spawner thread; must be called within a tokio runtime, which the thread
-    /// uses to register the children it starts.
+    /// Forks the reaper and starts the spawner thread; must be called within a tokio runtime,
+    /// which the thread uses to register the children it starts.
     pub fn new() -> std::io::Result<Self> {
         let runtime = tokio::runtime::Handle::current();
+        let reaper = Arc::new(Reaper::start()?);
         let (tx, rx) = std_mpsc::channel::<(std::process::Command, SpawnReply)>();
+        let spawner_reaper = reaper.clone();
         std::thread::Builder::new()
             .name("plane-spawner".into())
             .spawn(move || {
@@ -40,10 +47,18 @@ impl ProcessExecutor {
                     let mut command = tokio::process::Command::from(command);
                     // Should the launching task be gone, the child must not outlive its handle.
                     command.kill_on_drop(true);
-                    let _ = reply.send(command.spawn());
+                    let child = command.spawn();
+                    if let Some(pid) = child.as_ref().ok().and_then(|c| c.id()) {
+                        // At once, before the backend can start processes of its own.
+                        spawner_reaper.watch(pid as libc::pid_t);
+                    }
+                    let _ = reply.send(child);
                 }
             })?;
-        Ok(ProcessExecutor { spawner: tx })
+        Ok(ProcessExecutor {
+            spawner: tx,
+            reaper,
+        })
     }
 
     fn command(launch: &Launch) -> Result<std::process::Command, LaunchError> {
@@ -111,6 +126,7 @@ impl Executor for ProcessExecutor {
                 backend: launch.backend,
                 child,
                 pgid: pid as libc::pid_t,
+                reaper: self.reaper.clone(),
                 address: SocketAddr::from((Ipv4Addr::LOCALHOST, launch.port)),
                 exit: None,
             }) as Box<dyn Running>)
@@ -123,6 +139,7 @@ struct ProcessBackend {
     backend: BackendId,
     child: tokio::process::Child,
     pgid: libc::pid_t,
+    reaper: Arc<Reaper>,
     address: SocketAddr,
     exit: Option<Exit>,
 }
@@ -155,6 +172,7 @@ impl ProcessBackend {
             }
         };
         self.signal_group(libc::SIGKILL);
+        self.reaper.forget(self.pgid);
         debug!(backend = %self.backend, exit = %exit.describe(), "process ended");
         self.exit = Some(exit);
         exit
@@ -218,6 +236,7 @@ impl Drop for ProcessBackend {
     fn drop(&mut self) {
         if self.exit.is_none() {
             self.signal_group(libc::SIGKILL);
+            self.reaper.forget(self.pgid);
         }
     }
 }
