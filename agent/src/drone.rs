@@ -216,7 +216,12 @@ impl Drone {
         // backend are held until it is ready instead of answered 404.
         self.shared.context.table.insert_starting(backend.as_str());
         let shared = self.shared.clone();
-        let reports = BackendReports::new(reports.clone(), backend.clone(), self.config.id.clone());
+        let reports = BackendReports::new(
+            reports.clone(),
+            backend.clone(),
+            self.config.id.clone(),
+            self.started_at,
+        );
         info!(backend = %backend, command = ?spec.executable.command, "spawning backend");
         tokio::spawn(async move {
             lifecycle::run(

@@ -5,7 +5,9 @@
 use crate::limits::{REPORT_ACK_TIMEOUT, REPORT_RETRY_MAX, REPORT_RETRY_MIN};
 use plane_protocol::bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::{now_millis, Ack, BackendState, StateReport, TerminationReason};
+use plane_protocol::messages::{
+    now_millis, Ack, BackendState, StateReport, TerminationReason, UnixMillis,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -20,15 +22,22 @@ pub(crate) struct BackendReports {
     reports: Reports,
     backend: BackendId,
     drone: DroneId,
+    drone_started_at: UnixMillis,
     seq: u64,
 }
 
 impl BackendReports {
-    pub(crate) fn new(reports: Reports, backend: BackendId, drone: DroneId) -> Self {
+    pub(crate) fn new(
+        reports: Reports,
+        backend: BackendId,
+        drone: DroneId,
+        drone_started_at: UnixMillis,
+    ) -> Self {
         BackendReports {
             reports,
             backend,
             drone,
+            drone_started_at,
             seq: 0,
         }
     }
@@ -62,6 +71,7 @@ impl BackendReports {
             reason,
             exit_code,
             message,
+            drone_started_at: self.drone_started_at,
             at: now_millis(),
         };
         if self.reports.queue.send(report).is_err() {

@@ -145,8 +145,11 @@ impl Controller {
             Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
                 warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
                 if let Err(error) = self
-                    // In the controller's clock, not the drone's: the two may disagree.
-                    .end_backends_of(&heartbeat.drone, Some(now_millis()), "its drone restarted")
+                    .end_backends_of(
+                        &heartbeat.drone,
+                        Some(heartbeat.started_at),
+                        "its drone restarted",
+                    )
                     .await
                 {
                     warn!(%error, drone = %heartbeat.drone, "could not end a restarted drone's backends");
@@ -157,17 +160,21 @@ impl Controller {
         }
     }
 
-    /// Marks the drone's unterminated backends `terminated/lost`; with `created_before`, only
-    /// those created before that time (a restarted drone's new backends are not affected).
+    /// Marks the drone's unterminated backends `terminated/lost`. With `except_process`, only
+    /// those an earlier process of the drone reported (a restarted drone's new backends, and
+    /// those not reported yet, are not affected).
     async fn end_backends_of(
         &self,
         drone: &DroneId,
-        created_before: Option<UnixMillis>,
+        except_process: Option<UnixMillis>,
         why: &str,
     ) -> Result<(), StateError> {
         for backend in self.inner.state.backends().await? {
-            let old_enough = created_before.is_none_or(|t| backend.created_at < t);
-            if &backend.drone == drone && !backend.is_terminated() && old_enough {
+            let earlier_process = match except_process {
+                None => true,
+                Some(current) => backend.drone_started_at.is_some_and(|p| p != current),
+            };
+            if &backend.drone == drone && !backend.is_terminated() && earlier_process {
                 self.end_here(&backend.id, TerminationReason::Lost, why)
                     .await?;
             }
@@ -315,6 +322,7 @@ impl Controller {
             created_at: now,
             updated_at: now,
             last_seq: 0,
+            drone_started_at: None,
         };
         state.create_backend(&record).await?;
         let mut failures = Vec::new();

@@ -30,6 +30,9 @@ pub struct BackendRecord {
     /// Sequence number of the last drone report applied (0: none yet).
     #[serde(default)]
     pub last_seq: u64,
+    /// Which process of its drone runs it (its start time), once the drone has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drone_started_at: Option<UnixMillis>,
 }
 
 /// What applying a drone's report to a record did.
@@ -73,6 +76,9 @@ impl BackendRecord {
             };
         }
         self.last_seq = report.seq;
+        if report.drone_started_at != 0 {
+            self.drone_started_at = Some(report.drone_started_at);
+        }
         self.state = report.state;
         self.reason = report.reason;
         self.exit_code = report.exit_code;
@@ -182,6 +188,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             last_seq: 0,
+            drone_started_at: None,
         }
     }
 
@@ -194,6 +201,7 @@ mod tests {
             reason: None,
             exit_code: None,
             message: None,
+            drone_started_at: 7,
             at: 10,
         }
     }

@@ -290,6 +290,8 @@ async fn clock_past(millis: UnixMillis) -> UnixMillis {
 #[tokio::test]
 async fn a_restarted_drone_loses_its_earlier_backends() {
     let (cluster, _drone, before) = one_backend(LONG_GRACE).await;
+    let loading = report(&before, "d1", 1, BackendState::Loading, None);
+    assert_eq!(cluster.report(&loading).await, Ack::Accepted);
     let created = cluster.controller.backend(&before).await.expect("exists");
     let restarted_at = clock_past(created.created_at).await;
     cluster.heartbeat("d1", 0, restarted_at).await;
@@ -305,16 +307,16 @@ async fn a_restarted_drone_loses_its_earlier_backends() {
     assert!(!drone.expect("read").expect("recorded").lost);
     // Its late report about the old backend is refused, so it stops whatever is left of it.
     let ack = cluster
-        .report(&report(&before, "d1", 1, BackendState::Ready, None))
+        .report(&report(&before, "d1", 2, BackendState::Ready, None))
         .await;
     assert!(matches!(ack, Ack::Rejected { .. }), "{ack:?}");
 }
 
 #[tokio::test]
-#[ignore = "bug: since 5bcc012 a restart ends every backend created before the controller \
-            *receives* the new heartbeat, including those the new drone process accepted"]
 async fn a_backend_taken_by_the_restarted_drone_before_its_first_heartbeat_survives() {
     let (cluster, _drone, before) = one_backend(LONG_GRACE).await;
+    let loading = report(&before, "d1", 1, BackendState::Loading, None);
+    assert_eq!(cluster.report(&loading).await, Ack::Accepted);
     let created = cluster.controller.backend(&before).await.expect("exists");
     // The drone restarts; the controller still holds its old record (live), so `after` goes
     // to the new process, which accepts it; its first heartbeat arrives a moment later.
@@ -323,6 +325,10 @@ async fn a_backend_taken_by_the_restarted_drone_before_its_first_heartbeat_survi
         .await
         .expect("spawned");
     assert!(after.created_at >= restarted_at);
+    // The new process reports it before its first heartbeat is handled.
+    let mut loading = report(&after.id, "d1", 1, BackendState::Loading, None);
+    loading.drone_started_at = restarted_at;
+    assert_eq!(cluster.report(&loading).await, Ack::Accepted);
     clock_past(after.created_at).await;
     cluster.heartbeat("d1", 1, restarted_at).await;
 
@@ -334,7 +340,7 @@ async fn a_backend_taken_by_the_restarted_drone_before_its_first_heartbeat_survi
     let kept = cluster.controller.backend(&after.id).await.expect("exists");
     assert_eq!(
         kept.state,
-        BackendState::Scheduled,
+        BackendState::Loading,
         "restarted at {restarted_at}: {kept:?}"
     );
 }

@@ -194,6 +194,10 @@ pub struct StateReport {
     /// A human-readable detail, e.g. why loading failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The reporting drone process's [`Heartbeat::started_at`]: after a drone restarts, the
+    /// controller ends exactly the backends of its earlier process.
+    #[serde(default)]
+    pub drone_started_at: UnixMillis,
     pub at: UnixMillis,
 }
 

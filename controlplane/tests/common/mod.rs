@@ -205,6 +205,10 @@ impl Drop for Cluster {
     }
 }
 
+/// The `started_at` of the drone process `one_backend`'s heartbeats announce.
+pub const FIRST_PROCESS: UnixMillis = 1;
+
+/// A report from the drone process [`FIRST_PROCESS`].
 pub fn report(
     backend: &BackendId,
     drone: &str,
@@ -220,6 +224,7 @@ pub fn report(
         reason,
         exit_code: None,
         message: None,
+        drone_started_at: FIRST_PROCESS,
         at: now_millis(),
     }
 }
