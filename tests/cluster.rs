@@ -153,3 +153,27 @@ async fn reports_survive_a_controller_restart() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A drone that stalls past the grace period has its backends declared lost; when it comes
+/// back, the controller has it stop them, so nothing runs that the cluster thinks has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_drone_stops_the_backends_declared_lost() -> anyhow::Result<()> {
+    bounded(async {
+        let cluster = Cluster::over_nats().await?;
+        let id = id_of(&cluster.spawn_ready("", &["--idle", "60"]).await?)?;
+        let drone = cluster.drone.as_ref().expect("the cluster has a drone");
+        drone.signal(libc::SIGSTOP)?;
+        let events = cluster.watch_until_terminated(&id).await;
+        drone.signal(libc::SIGCONT)?;
+        let events = events?;
+        let last = events
+            .last()
+            .expect("watch returns at least the final event");
+        anyhow::ensure!(last["reason"] == "lost", "{last}");
+        no_process_left(&id).await?;
+        let gone = cluster.get(&cluster.host(&id), "/", &[])?;
+        anyhow::ensure!(gone.status == 404, "{gone:?}");
+        Ok(())
+    })
+    .await
+}

@@ -146,11 +146,13 @@ impl Drone {
     }
 
     async fn beat(&self) {
+        let backends: Vec<BackendId> = self.shared.backends().keys().cloned().collect();
         let heartbeat = Heartbeat {
             drone: self.config.id.clone(),
             executor: self.shared.context.executor.kind(),
             capacity: self.config.capacity,
-            load: self.shared.backends().len() as u32,
+            load: backends.len() as u32,
+            backends,
             draining: false,
             proxy_scheme: self.config.proxy_scheme.clone(),
             proxy_port: self.config.proxy_port,

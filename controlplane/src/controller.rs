@@ -142,6 +142,10 @@ impl Controller {
             return;
         }
         match previous {
+            Ok(Some(previous)) if previous.lost && previous.started_at == heartbeat.started_at => {
+                warn!(drone = %heartbeat.drone, "a lost drone is back; stopping the backends given up on");
+                self.stop_abandoned(&heartbeat).await;
+            }
             Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
                 warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
                 if let Err(error) = self
@@ -157,6 +161,48 @@ impl Controller {
             }
             Ok(_) => {}
             Err(error) => warn!(%error, drone = %heartbeat.drone, "could not read drone record"),
+        }
+    }
+
+    /// Tells a drone that came back to stop what it runs that the cluster no longer knows as
+    /// running on it (ended while the drone was lost, or never recorded).
+    async fn stop_abandoned(&self, heartbeat: &Heartbeat) {
+        for backend in &heartbeat.backends {
+            let abandoned = match self.inner.state.backend(backend).await {
+                Ok(Some(record)) => record.is_terminated() || record.drone != heartbeat.drone,
+                Ok(None) => true,
+                Err(error) => {
+                    warn!(error = %error_chain(&error), %backend, "cannot read backend record");
+                    continue;
+                }
+            };
+            if abandoned {
+                self.tell_drone_to_stop(&heartbeat.drone, backend).await;
+            }
+        }
+    }
+
+    /// Best effort: the drone may be gone again.
+    async fn tell_drone_to_stop(&self, drone: &DroneId, backend: &BackendId) {
+        let subject = self.inner.subjects.drone_commands(drone);
+        let command = DroneCommand::Terminate {
+            backend: backend.clone(),
+        };
+        match self
+            .inner
+            .bus
+            .request_json::<_, Ack>(&subject, &command, DRONE_COMMAND_TIMEOUT)
+            .await
+        {
+            Ok(Ack::Accepted) => {
+                info!(%drone, %backend, "asked drone to stop an abandoned backend")
+            }
+            Ok(Ack::Rejected { error }) => {
+                warn!(%drone, %backend, %error, "drone refused to stop a backend")
+            }
+            Err(error) => {
+                debug!(%drone, %backend, error = %error_chain(&error), "drone did not answer")
+            }
         }
     }
 
@@ -414,6 +460,10 @@ impl Controller {
     pub async fn terminate(&self, id: &BackendId) -> Result<BackendRecord, ControlError> {
         let record = self.backend(id).await?;
         if record.is_terminated() {
+            if record.reason == Some(TerminationReason::Lost) {
+                // Declared lost, but its drone may be back and still running it.
+                self.tell_drone_to_stop(&record.drone, id).await;
+            }
             return Ok(record);
         }
         let subject = self.inner.subjects.drone_commands(&record.drone);

@@ -210,6 +210,10 @@ pub struct Heartbeat {
     pub capacity: u32,
     /// How many backends it runs now.
     pub load: u32,
+    /// The backends it runs now, so that a controller that gave up on some (declared them
+    /// lost) can have them stopped when the drone comes back.
+    #[serde(default)]
+    pub backends: Vec<BackendId>,
     #[serde(default)]
     pub draining: bool,
     /// Scheme of the drone's proxy as seen by clients (`http` or `https`).

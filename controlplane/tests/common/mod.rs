@@ -131,6 +131,7 @@ impl Cluster {
             executor: ExecutorKind::Process,
             capacity: 10,
             load,
+            backends: Vec::new(),
             draining: false,
             proxy_scheme: "http".into(),
             proxy_port: 9090,
