@@ -82,6 +82,9 @@ pub struct ControllerArgs {
     /// Seconds without a heartbeat after which a drone and its backends are lost.
     #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_DRONE_GRACE.as_secs_f64())]
     pub drone_grace_secs: f64,
+    /// Seconds after which terminated backends and lost drones are forgotten.
+    #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_RETENTION.as_secs_f64())]
+    pub retention_secs: f64,
 }
 
 #[derive(Args, Debug)]

@@ -114,6 +114,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ControllerConfig {
             cluster: cluster.clone(),
             drone_grace: plane_controlplane::limits::DEFAULT_DRONE_GRACE,
+            retention: plane_controlplane::limits::DEFAULT_RETENTION,
         },
     )
     .await
@@ -194,6 +195,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ControllerConfig {
             cluster: cluster.clone(),
             drone_grace: seconds(args.drone_grace_secs, "drone-grace-secs")?,
+            retention: seconds(args.retention_secs, "retention-secs")?,
         },
     )
     .await

@@ -2,7 +2,9 @@
 //! applying drones' state reports and heartbeats, and declaring silent drones lost. The API
 //! module is a thin translation of these methods.
 
-use crate::limits::{DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL};
+use crate::limits::{
+    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, UNREPORTED_GRACE_PERIODS,
+};
 use crate::records::{BackendRecord, DroneRecord, ReportOutcome};
 use crate::scheduler::{self, NoDrone};
 use crate::state::{Change, ClusterState, StateError};
@@ -26,6 +28,9 @@ pub struct ControllerConfig {
     pub cluster: String,
     /// A drone silent for longer than this is lost, and so are its backends.
     pub drone_grace: Duration,
+    /// Terminated backends and lost drones are deleted from the cluster state this long after
+    /// they ended.
+    pub retention: Duration,
 }
 
 /// Why an operation on a backend failed; each maps to an HTTP status in the API.
@@ -95,6 +100,12 @@ impl Controller {
         let mut reports = bus
             .queue_subscribe(&self.inner.subjects.state_reports(), CONTROLLER_QUEUE_GROUP)
             .await?;
+        let config = &self.inner.config;
+        let collect_every = (config.retention / 2)
+            .min(config.drone_grace * UNREPORTED_GRACE_PERIODS / 2)
+            .min(MAX_COLLECT_INTERVAL);
+        let mut collect = tokio::time::interval(collect_every);
+        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recheck_lost = true;
@@ -112,6 +123,11 @@ impl Controller {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
                     let this = self.clone();
                     tokio::spawn(async move { this.on_report(msg).await });
+                }
+                _ = collect.tick() => {
+                    if let Err(error) = self.collect_garbage().await {
+                        warn!(error = %error_chain(&error), "cleaning up cluster state failed");
+                    }
                 }
                 _ = liveness.tick() => {
                     match self.declare_lost_drones(recheck_lost).await {
@@ -285,6 +301,40 @@ impl Controller {
                 error: format!("no backend named {}", report.backend),
             },
         })
+    }
+
+    /// Forgets terminated backends and lost drones past retention, and ends backends whose
+    /// drone never reported them.
+    async fn collect_garbage(&self) -> Result<(), StateError> {
+        let now = now_millis();
+        let retention = self.inner.config.retention.as_millis() as u64;
+        let unreported =
+            (self.inner.config.drone_grace * UNREPORTED_GRACE_PERIODS).as_millis() as u64;
+        let state = &self.inner.state;
+        for backend in state.backends().await? {
+            if backend.is_terminated() && now.saturating_sub(backend.updated_at) > retention {
+                debug!(backend = %backend.id, "forgetting terminated backend");
+                state.delete_backend(&backend.id).await?;
+            } else if backend.state == BackendState::Scheduled
+                && backend.last_seq == 0
+                && now.saturating_sub(backend.created_at) > unreported
+            {
+                warn!(backend = %backend.id, drone = %backend.drone, "drone never reported backend; ending it");
+                self.end_here(
+                    &backend.id,
+                    TerminationReason::Lost,
+                    "its drone never reported it",
+                )
+                .await?;
+            }
+        }
+        for drone in state.drones().await? {
+            if drone.lost && now.saturating_sub(drone.last_heartbeat) > retention {
+                debug!(drone = %drone.id, "forgetting lost drone");
+                state.delete_drone(&drone.id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Marks drones that stopped beating as lost, and their backends `terminated/lost`.

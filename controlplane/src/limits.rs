@@ -29,3 +29,14 @@ pub const MAX_CAS_ATTEMPTS: usize = 32;
 
 /// An event stream re-reads its backend's record this often, in case its watch missed a change.
 pub const EVENTS_REREAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Terminated backends and lost drones are forgotten this long after they ended.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+
+/// How often the controller forgets what is past retention; shorter when retention is.
+pub const MAX_COLLECT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A backend still `scheduled` without a single report from its drone after this many drone
+/// grace periods is ended `lost`: the drone took it and then vanished, or a controller died
+/// while placing it. (A live drone reports `loading` at once.)
+pub const UNREPORTED_GRACE_PERIODS: u32 = 3;

@@ -83,6 +83,10 @@ impl ClusterState {
             .map(|(record, _)| record))
     }
 
+    pub async fn delete_drone(&self, id: &DroneId) -> Result<(), StateError> {
+        Ok(self.drones.delete(id.as_str()).await?)
+    }
+
     pub async fn put_drone(&self, record: &DroneRecord) -> Result<(), StateError> {
         self.drones.put_json(record.id.as_str(), record).await?;
         Ok(())

@@ -423,3 +423,73 @@ async fn terminating_on_a_lost_drone_ends_the_backend_here() {
     assert_eq!(record.state, BackendState::Terminated);
     assert_eq!(record.reason, Some(TerminationReason::Lost));
 }
+
+/// Terminated backends and lost drones are forgotten after the retention period.
+#[tokio::test]
+async fn terminated_backends_and_lost_drones_are_forgotten() {
+    let grace = Duration::from_millis(300);
+    let cluster = Cluster::start_with_retention(grace, Duration::from_millis(400)).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    assert!(matches!(drone.next().await, DroneCommand::Spawn { .. }));
+    let end = report(
+        &record.id,
+        "d1",
+        1,
+        BackendState::Terminated,
+        Some(TerminationReason::Exited),
+    );
+    assert_eq!(cluster.report(&end).await, Ack::Accepted);
+    // Still there right after it ended...
+    assert!(cluster.controller.backend(&record.id).await.is_ok());
+    // ...and gone once retention has passed; the silent drone goes the same way.
+    eventually("the terminated backend to be forgotten", || async {
+        matches!(
+            cluster.controller.backend(&record.id).await,
+            Err(ControlError::NotFound(_))
+        )
+        .then_some(())
+    })
+    .await;
+    eventually("the lost drone to be forgotten", || async {
+        let drones = cluster.controller.drones().await.expect("list drones");
+        drones.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// A backend its drone accepted but never reported on (the drone vanished right after, or a
+/// controller died while placing it) does not stay `scheduled` forever.
+#[tokio::test]
+async fn a_backend_never_reported_is_ended() {
+    let grace = Duration::from_millis(200);
+    let cluster = Cluster::start(grace).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    // Keep the drone live, so that only the missing report can end the backend.
+    let beating = {
+        let cluster_bus = cluster.bus.clone();
+        let subject = cluster.subjects.heartbeats();
+        tokio::spawn(async move {
+            loop {
+                let heartbeat = common::heartbeat_message("d1", 0, 1);
+                let _ = cluster_bus.publish_json(&subject, &heartbeat).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    cluster.heartbeat("d1", 0, 1).await;
+    let record = within("spawn", cluster.controller.spawn(spec()))
+        .await
+        .expect("spawned");
+    assert!(matches!(drone.next().await, DroneCommand::Spawn { .. }));
+    let ended = cluster
+        .wait_for_backend(&record.id, |b| b.is_terminated())
+        .await;
+    beating.abort();
+    assert_eq!(ended.reason, Some(TerminationReason::Lost), "{ended:?}");
+    let message = ended.message.unwrap_or_default();
+    assert!(message.contains("never reported"), "{message}");
+}

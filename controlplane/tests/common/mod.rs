@@ -61,6 +61,22 @@ pub fn spec() -> BackendSpec {
     }
 }
 
+/// A heartbeat of drone `drone` as a drone sends it.
+pub fn heartbeat_message(drone: &str, load: u32, started_at: UnixMillis) -> Heartbeat {
+    Heartbeat {
+        drone: drone_id(drone),
+        executor: ExecutorKind::Process,
+        capacity: 10,
+        load,
+        backends: Vec::new(),
+        draining: false,
+        proxy_scheme: "http".into(),
+        proxy_port: 9090,
+        started_at,
+        at: now_millis(),
+    }
+}
+
 /// A running controller; dropping it shuts the controller down.
 pub struct Cluster {
     pub bus: Bus,
@@ -71,10 +87,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(drone_grace: Duration) -> Cluster {
+        Self::start_with_retention(drone_grace, plane_controlplane::limits::DEFAULT_RETENTION).await
+    }
+
+    pub async fn start_with_retention(drone_grace: Duration, retention: Duration) -> Cluster {
         let bus = Bus::in_memory();
         let config = ControllerConfig {
             cluster: CLUSTER.to_string(),
             drone_grace,
+            retention,
         };
         let controller = within("controller start", Controller::new(bus.clone(), config))
             .await
@@ -126,18 +147,7 @@ impl Cluster {
 
     /// Publishes a heartbeat and waits until the controller has recorded it.
     pub async fn heartbeat(&self, drone: &str, load: u32, started_at: UnixMillis) {
-        let heartbeat = Heartbeat {
-            drone: drone_id(drone),
-            executor: ExecutorKind::Process,
-            capacity: 10,
-            load,
-            backends: Vec::new(),
-            draining: false,
-            proxy_scheme: "http".into(),
-            proxy_port: 9090,
-            started_at,
-            at: now_millis(),
-        };
+        let heartbeat = heartbeat_message(drone, load, started_at);
         let sent = now_millis();
         within(
             "publish heartbeat",
