@@ -5,7 +5,7 @@
 use crate::limits::{
     DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, UNREPORTED_GRACE_PERIODS,
 };
-use crate::records::{BackendRecord, DroneRecord, ReportOutcome};
+use crate::records::{BackendRecord, DroneRecord, Liveness, ReportOutcome};
 use crate::scheduler::{self, NoDrone};
 use crate::state::{Change, ClusterState, StateError};
 use plane_protocol::bus::{Bus, BusError, KvError, Message};
@@ -17,6 +17,7 @@ use plane_protocol::messages::{
 };
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -61,6 +62,8 @@ struct Inner {
     subjects: Subjects,
     config: ControllerConfig,
     state: ClusterState,
+    /// When this controller started listening: it cannot have heard from any drone before.
+    listening_since: AtomicU64,
 }
 
 impl Controller {
@@ -74,6 +77,7 @@ impl Controller {
                 subjects,
                 config,
                 state,
+                listening_since: AtomicU64::new(u64::MAX),
             }),
         })
     }
@@ -86,8 +90,13 @@ impl Controller {
         &self.inner.state
     }
 
-    fn grace_ms(&self) -> u64 {
-        self.inner.config.drone_grace.as_millis() as u64
+    /// How drone liveness is judged now.
+    fn liveness(&self) -> Liveness {
+        Liveness {
+            now: now_millis(),
+            grace_ms: self.inner.config.drone_grace.as_millis() as u64,
+            listening_since: self.inner.listening_since.load(Ordering::Relaxed),
+        }
     }
 
     /// Listens to drones (heartbeats, state reports) and watches their liveness until
@@ -109,6 +118,9 @@ impl Controller {
         let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recheck_lost = true;
+        self.inner
+            .listening_since
+            .store(now_millis(), Ordering::Relaxed);
         tokio::pin!(shutdown);
         info!(cluster = %self.cluster(), "controller listening to drones");
         loop {
@@ -339,8 +351,7 @@ impl Controller {
 
     /// Marks drones that stopped beating as lost, and their backends `terminated/lost`.
     async fn declare_lost_drones(&self, recheck_lost: bool) -> Result<(), StateError> {
-        let now = now_millis();
-        let grace = self.grace_ms();
+        let liveness = self.liveness();
         let state = &self.inner.state;
         let mut newly_lost = Vec::new();
         for drone in state.drones().await? {
@@ -353,12 +364,12 @@ impl Controller {
                 }
                 continue;
             }
-            if drone.is_live(now, grace) {
+            if drone.is_live(&liveness) {
                 continue;
             }
             let marked = state
                 .update_drone(&drone.id, |d| {
-                    if d.lost || d.is_live(now, grace) {
+                    if d.lost || d.is_live(&liveness) {
                         Change::Keep(false)
                     } else {
                         d.lost = true;
@@ -402,7 +413,7 @@ impl Controller {
         let state = &self.inner.state;
         let now = now_millis();
         let drones = state.drones().await?;
-        let order = scheduler::candidates(&drones, ExecutorKind::Process, now, self.grace_ms())?;
+        let order = scheduler::candidates(&drones, ExecutorKind::Process, &self.liveness())?;
         let id = BackendId::generate();
         let first = &order[0];
         let record = BackendRecord {
@@ -489,8 +500,7 @@ impl Controller {
 
     /// Every drone with whether it is live now, by id.
     pub async fn drones(&self) -> Result<Vec<(DroneRecord, bool)>, ControlError> {
-        let now = now_millis();
-        let grace = self.grace_ms();
+        let liveness = self.liveness();
         let mut all: Vec<_> = self
             .inner
             .state
@@ -498,7 +508,7 @@ impl Controller {
             .await?
             .into_iter()
             .map(|d| {
-                let live = d.is_live(now, grace);
+                let live = d.is_live(&liveness);
                 (d, live)
             })
             .collect();

@@ -98,6 +98,17 @@ impl BackendRecord {
     }
 }
 
+/// How a controller judges drone liveness at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub now: UnixMillis,
+    /// A drone silent for longer than this is lost.
+    pub grace_ms: u64,
+    /// When this controller started listening to heartbeats: silence before that is the
+    /// controller's, not the drone's (after an outage, every last heartbeat is old).
+    pub listening_since: UnixMillis,
+}
+
 /// One drone as last heard from (bucket `plane_{cluster}_drones`, key = id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroneRecord {
@@ -133,9 +144,14 @@ impl DroneRecord {
         }
     }
 
-    /// Whether the drone beat within `grace_ms` of `now`.
-    pub fn is_live(&self, now: UnixMillis, grace_ms: u64) -> bool {
-        !self.lost && now.saturating_sub(self.last_heartbeat) <= grace_ms
+    /// Whether the drone counts as live at `at`: not lost, and heard from within the grace
+    /// period (counted from when the controller started listening, at the earliest).
+    pub fn is_live(&self, at: &Liveness) -> bool {
+        !self.lost
+            && at
+                .now
+                .saturating_sub(self.last_heartbeat.max(at.listening_since))
+                <= at.grace_ms
     }
 
     /// The URL of a backend on this drone.

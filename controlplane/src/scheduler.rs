@@ -2,8 +2,8 @@
 //! room, preferring the least loaded. The result is an ordered list so that the caller can fall
 //! back to the next drone when one does not acknowledge in time.
 
-use crate::records::DroneRecord;
-use plane_protocol::messages::{ExecutorKind, UnixMillis};
+use crate::records::{DroneRecord, Liveness};
+use plane_protocol::messages::ExecutorKind;
 use rand::seq::SliceRandom;
 
 /// Why no drone can take a backend; the text is shown to API users.
@@ -22,13 +22,12 @@ pub enum NoDrone {
 pub fn candidates(
     drones: &[DroneRecord],
     executor: ExecutorKind,
-    now: UnixMillis,
-    grace_ms: u64,
+    liveness: &Liveness,
 ) -> Result<Vec<DroneRecord>, NoDrone> {
     if drones.is_empty() {
         return Err(NoDrone::NoneRegistered);
     }
-    let live: Vec<&DroneRecord> = drones.iter().filter(|d| d.is_live(now, grace_ms)).collect();
+    let live: Vec<&DroneRecord> = drones.iter().filter(|d| d.is_live(liveness)).collect();
     if live.is_empty() {
         return Err(NoDrone::NoneLive {
             known: drones.len(),
@@ -56,6 +55,15 @@ pub fn candidates(
 mod tests {
     use super::*;
     use plane_protocol::ids::DroneId;
+    use plane_protocol::messages::UnixMillis;
+
+    fn at(now: UnixMillis, grace_ms: u64) -> Liveness {
+        Liveness {
+            now,
+            grace_ms,
+            listening_since: 0,
+        }
+    }
 
     fn drone(id: &str, load: u32, capacity: u32, last_heartbeat: UnixMillis) -> DroneRecord {
         DroneRecord {
@@ -79,7 +87,7 @@ mod tests {
             drone("b", 1, 10, 100),
             drone("c", 3, 4, 100),
         ];
-        let order: Vec<String> = candidates(&drones, ExecutorKind::Process, 100, 10)
+        let order: Vec<String> = candidates(&drones, ExecutorKind::Process, &at(100, 10))
             .expect("candidates")
             .into_iter()
             .map(|d| d.id.to_string())
@@ -100,7 +108,7 @@ mod tests {
             docker,
             drone("ok", 9, 10, 100),
         ];
-        let order = candidates(&drones, ExecutorKind::Process, 100, 10).expect("one usable");
+        let order = candidates(&drones, ExecutorKind::Process, &at(100, 10)).expect("one usable");
         assert_eq!(order.len(), 1);
         assert_eq!(order[0].id.as_str(), "ok");
     }
@@ -108,16 +116,44 @@ mod tests {
     #[test]
     fn says_why_nothing_fits() {
         assert_eq!(
-            candidates(&[], ExecutorKind::Process, 0, 10),
+            candidates(&[], ExecutorKind::Process, &at(0, 10)),
             Err(NoDrone::NoneRegistered)
         );
         assert_eq!(
-            candidates(&[drone("a", 0, 1, 0)], ExecutorKind::Process, 100, 10),
+            candidates(&[drone("a", 0, 1, 0)], ExecutorKind::Process, &at(100, 10)),
             Err(NoDrone::NoneLive { known: 1 })
         );
         assert_eq!(
-            candidates(&[drone("a", 1, 1, 100)], ExecutorKind::Process, 100, 10),
+            candidates(
+                &[drone("a", 1, 1, 100)],
+                ExecutorKind::Process,
+                &at(100, 10)
+            ),
             Err(NoDrone::NoneWithRoom)
+        );
+    }
+
+    #[test]
+    fn silence_before_the_controller_listened_does_not_count() {
+        let just_restarted = Liveness {
+            now: 100,
+            grace_ms: 10,
+            listening_since: 95,
+        };
+        let old_heartbeat = drone("a", 0, 1, 0);
+        let order = candidates(
+            std::slice::from_ref(&old_heartbeat),
+            ExecutorKind::Process,
+            &just_restarted,
+        );
+        assert!(order.is_ok(), "{order:?}");
+        let later = Liveness {
+            now: 106,
+            ..just_restarted
+        };
+        assert_eq!(
+            candidates(&[old_heartbeat], ExecutorKind::Process, &later),
+            Err(NoDrone::NoneLive { known: 1 })
         );
     }
 }

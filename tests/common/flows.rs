@@ -261,6 +261,26 @@ pub async fn requests_wait_for_a_starting_backend(c: &Cluster) -> anyhow::Result
     Ok(())
 }
 
+/// A backend that never listens on its port ends `terminated/timed_out` after the ready
+/// timeout, with nothing left running.
+pub async fn a_backend_that_never_listens_times_out(c: &Cluster) -> anyhow::Result<()> {
+    let record = c
+        .plane_json(&["spawn", "--command", "sleep 120", "--idle", "60"])
+        .await?;
+    let id = id_of(&record)?;
+    let events = c.watch_until_terminated(&id).await?;
+    let last = events.last().context("events")?;
+    ensure!(last["reason"] == "timed_out", "{last}");
+    ensure!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not accept connections")),
+        "says why: {last}"
+    );
+    no_process_left(&id).await?;
+    Ok(())
+}
+
 /// Runs a flow, naming it in the error.
 pub async fn run(
     name: &str,

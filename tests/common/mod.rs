@@ -21,6 +21,8 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(20);
 const HEARTBEAT_SECS: &str = "0.2";
 const DRONE_GRACE_SECS: &str = "2";
 const STOP_GRACE_SECS: &str = "2";
+/// Short enough for the flow that waits for it, long enough for a loaded machine.
+pub const READY_TIMEOUT_SECS: &str = "5";
 
 pub fn plane_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_plane"))
@@ -83,6 +85,8 @@ impl Cluster {
             "127.0.0.1:0",
             "--stop-grace-secs",
             STOP_GRACE_SECS,
+            "--ready-timeout-secs",
+            READY_TIMEOUT_SECS,
         ]);
         let dev = ChildGuard::spawn("dev", dev)?;
         let api = after(&dev, "API      ")?;
@@ -265,6 +269,8 @@ fn start_drone(nats: &str, cluster: &str, id: Option<&str>) -> anyhow::Result<(C
         HEARTBEAT_SECS,
         "--stop-grace-secs",
         STOP_GRACE_SECS,
+        "--ready-timeout-secs",
+        READY_TIMEOUT_SECS,
     ]);
     if let Some(id) = id {
         drone.args(["--id", id]);
