@@ -15,6 +15,9 @@ const ENTRIES_CONCURRENCY: usize = 32;
 /// (the ordered consumer recreates itself after transient failures, yielding one error each).
 const MAX_CONSECUTIVE_WATCH_ERRORS: u32 = 16;
 
+/// The longest a single KV operation (including listing a bucket) may take.
+const KV_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) struct NatsKv {
     bucket: String,
     store: Store,
@@ -39,6 +42,30 @@ impl NatsKv {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             source: Box::new(source),
+        }
+    }
+
+    /// Bounds one operation by [`KV_OP_TIMEOUT`]: a JetStream request whose answer is lost (a
+    /// reconnect, an overloaded server) must fail, not hang its caller forever.
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        operation: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        match tokio::time::timeout(KV_OP_TIMEOUT, operation).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(op, bucket = %self.bucket, key, "KV operation timed out");
+                Err(self.failed(
+                    op,
+                    key,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {KV_OP_TIMEOUT:?}"),
+                    ),
+                ))
+            }
         }
     }
 
