@@ -12,6 +12,13 @@ use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// How long connecting to the API may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one API call (not an event stream) may take; a spawn tries several drones.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +36,8 @@ pub enum ClientError {
     Unreachable { url: String, detail: String },
     #[error("reading the API's answer")]
     Body(#[from] hyper::Error),
+    #[error("the Plane API at {url} did not answer within {REQUEST_TIMEOUT:?}")]
+    TimedOut { url: String },
     #[error("the API answered {status}: {message}")]
     Api { status: StatusCode, message: String },
     #[error("the API's answer did not decode")]
@@ -57,7 +66,9 @@ impl ApiClient {
                 reason: "expected http://HOST:PORT".into(),
             });
         }
-        let http = Client::builder(TokioExecutor::new()).build_http();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(ApiClient { base, http })
     }
 
@@ -134,12 +145,19 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let response = self.send(method, path, body).await?;
-        if !response.status().is_success() {
-            return Err(api_error(response).await);
-        }
-        let bytes = response.into_body().collect().await?.to_bytes();
-        Ok(serde_json::from_slice(&bytes)?)
+        let call = async {
+            let response = self.send(method, path, body).await?;
+            if !response.status().is_success() {
+                return Err(api_error(response).await);
+            }
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok(serde_json::from_slice(&bytes)?)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, call)
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                url: self.base.clone(),
+            })?
     }
 }
 
