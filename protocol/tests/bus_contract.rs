@@ -419,6 +419,21 @@ async fn payloads_over_the_limit_are_refused(world: World) -> anyhow::Result<()>
         "{result:?}"
     );
     assert_eq!(kv.get("k").await?, None);
+    // The largest value the KV takes goes through every write, compare-and-set included (its
+    // headers count against the same limit on NATS), and one byte more is refused the same way.
+    let mut largest = max;
+    while let Err(KvError::ValueTooLarge { .. }) =
+        kv.put("probe", Bytes::from(vec![b'x'; largest])).await
+    {
+        largest -= 64;
+    }
+    let revision = kv.create("k", vec![b'y'; largest].into()).await?;
+    kv.update("k", vec![b'z'; largest].into(), revision).await?;
+    let result = kv.create("k2", vec![b'y'; largest + 64].into()).await;
+    assert!(
+        matches!(result, Err(KvError::ValueTooLarge { .. })),
+        "{result:?}"
+    );
     Ok(())
 }
 
@@ -430,6 +445,40 @@ async fn nats_connect_to_nothing_fails() -> anyhow::Result<()> {
         Err(BusError::Connect { url: failed, .. }) => assert_eq!(failed, url),
         Err(other) => bail!("expected Connect, got {other:?}"),
         Ok(_) => bail!("connected to nothing"),
+    }
+    Ok(())
+}
+
+/// A watch that has seen nothing yet does not replay the bucket's history when the server
+/// restarts under it (async-nats recreates its consumer from the start of the stream).
+#[tokio::test]
+async fn nats_watch_keeps_no_history_across_a_server_restart() -> anyhow::Result<()> {
+    let mut server = plane_test_support::NatsServer::start()?;
+    let bus = within("connect", Bus::connect(&server.url())).await??;
+    let kv = bus.kv("restart").await?;
+    kv.put("old", "1".into()).await?;
+    kv.put("gone", "1".into()).await?;
+    kv.delete("gone").await?;
+    let mut watch = kv.watch(">").await?;
+    server.restart()?;
+    // The client reconnects by itself; write until a write goes through.
+    let revision = within("a write after the restart", async {
+        loop {
+            match kv.put("new", "2".into()).await {
+                Ok(revision) => return revision,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await?;
+    // The consumer notices the restart by missed heartbeats, which takes a while.
+    let change = tokio::time::timeout(std::time::Duration::from_secs(40), watch.next())
+        .await
+        .context("no change within 40 s")?
+        .context("watch ended")?;
+    match change {
+        KvChange::Put(entry) => assert_eq!((&*entry.key, entry.revision), ("new", revision)),
+        other => bail!("the watch replayed history: {other:?}"),
     }
     Ok(())
 }

@@ -25,6 +25,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Bytes of a KV write's payload limit kept for its headers (`Nats-Expected-Last-Subject-
+/// Sequence` and the like).
+const KV_HEADER_ALLOWANCE: usize = 256;
+
 /// A connection to the bus; clones share it (and, in memory, the subscribers and buckets).
 #[derive(Clone)]
 pub struct Bus {
@@ -216,6 +220,12 @@ impl Bus {
         }
     }
 
+    /// The largest KV value: the payload limit less room for the headers a compare-and-set
+    /// write carries (on NATS they count against the same limit).
+    fn max_kv_value(&self) -> usize {
+        self.max_payload().saturating_sub(KV_HEADER_ALLOWANCE)
+    }
+
     /// Opens the KV bucket, creating it if absent (in memory: a named bucket shared by all
     /// clones of this bus).
     pub async fn kv(&self, bucket: &str) -> Result<Kv, BusError> {
@@ -226,8 +236,8 @@ impl Bus {
             .into());
         }
         Ok(match &self.backend {
-            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?, self.max_payload()),
-            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?, self.max_payload()),
+            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?, self.max_kv_value()),
+            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?, self.max_kv_value()),
         })
     }
 

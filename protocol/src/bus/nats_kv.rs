@@ -145,6 +145,18 @@ impl NatsKv {
     }
 
     pub(crate) async fn watch(&self, key: &str) -> Result<NatsWatch, KvError> {
+        // The stream's last sequence before the watch exists: whatever the consumer delivers
+        // at or below it is history. async-nats recreates a watch's consumer after a reconnect
+        // from the last sequence it delivered, which for a watch that has seen nothing yet is
+        // the start of the stream: without this floor the whole bucket would be replayed.
+        let floor = self
+            .store
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| self.failed("watch", key, err))?
+            .state
+            .last_sequence;
         let watch = self
             .store
             .watch(key)
@@ -152,6 +164,7 @@ impl NatsKv {
             .map_err(|err| self.failed("watch", key, err))?;
         Ok(NatsWatch {
             watch,
+            floor,
             bucket: self.bucket.clone(),
             key: key.to_owned(),
         })
@@ -173,6 +186,8 @@ fn live(entry: Entry) -> Option<KvEntry> {
 /// A JetStream ordered consumer delivering the changes to some keys.
 pub(crate) struct NatsWatch {
     watch: Watch,
+    /// Revisions at or below this were written before the watch began.
+    floor: u64,
     bucket: String,
     key: String,
 }
@@ -184,6 +199,7 @@ impl NatsWatch {
         let mut errors = 0;
         loop {
             match self.watch.next().await? {
+                Ok(entry) if entry.revision <= self.floor => continue,
                 Ok(entry) => {
                     return Some(match entry.operation {
                         Operation::Put => KvChange::Put(KvEntry {
