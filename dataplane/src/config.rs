@@ -23,6 +23,9 @@ pub struct ProxyConfig {
     /// Deadline for a complete request head, and so also for an idle keep-alive connection.
     /// Default: [`limits::HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// A request body that delivers nothing for this long fails and the request ends. Default:
+    /// [`limits::REQUEST_BODY_IDLE_TIMEOUT`].
+    pub request_body_idle_timeout: Duration,
     /// Request heads larger than this get 431. Default: [`limits::MAX_REQUEST_HEADER_BYTES`].
     pub max_request_header_bytes: usize,
     /// Requests with more header fields get 431. Default: [`limits::MAX_REQUEST_HEADERS`].
@@ -38,6 +41,9 @@ pub struct ProxyConfig {
     pub backend_pool_idle_timeout: Duration,
     /// Idle pooled connections kept per backend. Default: [`limits::BACKEND_POOL_MAX_IDLE`].
     pub backend_pool_max_idle: usize,
+    /// Once one side of an upgraded connection has closed, how long the other may still send.
+    /// Default: [`limits::UPGRADE_HALF_CLOSE_GRACE`].
+    pub upgrade_half_close_grace: Duration,
     /// After shutdown, how long in-flight requests and upgraded connections may still run.
     /// Default: [`limits::SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
@@ -50,12 +56,14 @@ impl Default for ProxyConfig {
             starting_wait: limits::STARTING_WAIT,
             retry_after_secs: limits::RETRY_AFTER_SECS,
             header_read_timeout: limits::HEADER_READ_TIMEOUT,
+            request_body_idle_timeout: limits::REQUEST_BODY_IDLE_TIMEOUT,
             max_request_header_bytes: limits::MAX_REQUEST_HEADER_BYTES,
             max_request_headers: limits::MAX_REQUEST_HEADERS,
             max_connections: limits::MAX_CONNECTIONS,
             backend_connect_timeout: limits::BACKEND_CONNECT_TIMEOUT,
             backend_pool_idle_timeout: limits::BACKEND_POOL_IDLE_TIMEOUT,
             backend_pool_max_idle: limits::BACKEND_POOL_MAX_IDLE,
+            upgrade_half_close_grace: limits::UPGRADE_HALF_CLOSE_GRACE,
             shutdown_grace: limits::SHUTDOWN_GRACE,
         }
     }

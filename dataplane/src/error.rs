@@ -44,6 +44,14 @@ pub enum ProxyError {
         /// How long the request was held.
         waited: Duration,
     },
+    /// The client stopped sending its request body before the backend answered.
+    #[error("request body for backend {backend} stalled for {waited:?}")]
+    RequestBodyTimeout {
+        /// The backend the request was for.
+        backend: Box<str>,
+        /// The idle timeout that expired.
+        waited: Duration,
+    },
     /// The TCP connection to the backend was refused or timed out.
     #[error("could not connect to backend {backend}")]
     BackendConnect {
@@ -82,7 +90,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::MissingHost
             | ProxyError::BadHost(_)
-            | ProxyError::UnknownBackend { .. } => Side::Client,
+            | ProxyError::UnknownBackend { .. }
+            | ProxyError::RequestBodyTimeout { .. } => Side::Client,
             ProxyError::StillStarting { .. }
             | ProxyError::BackendConnect { .. }
             | ProxyError::BackendProtocol { .. }
@@ -106,6 +115,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::UnknownBackend { .. } => StatusCode::NOT_FOUND,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::StillStarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect { .. }
             | ProxyError::BackendRequest { .. }
@@ -139,5 +149,13 @@ mod tests {
         assert_eq!(starting.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(starting.side(), Side::Backend);
         assert!(starting.retryable());
+
+        let stalled = ProxyError::RequestBodyTimeout {
+            backend: "b".into(),
+            waited: Duration::from_secs(30),
+        };
+        assert_eq!(stalled.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(stalled.side(), Side::Client);
+        assert!(!stalled.retryable(), "the backend saw the request head");
     }
 }

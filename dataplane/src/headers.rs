@@ -1,11 +1,13 @@
 //! Header rewriting between client and backend: hop-by-hop removal and `X-Forwarded-*`.
 //!
-//! Hop-by-hop headers describe one connection, so they never cross the proxy, except the upgrade
-//! handshake (`Connection: upgrade` + `Upgrade`) which the backend must see to answer 101.
-//! `X-Forwarded-*` are always overwritten: a client could otherwise claim any address.
+//! Hop-by-hop headers describe one connection, so they never cross the proxy, except the
+//! WebSocket upgrade handshake (`Connection: upgrade` + `Upgrade: websocket`) which the backend
+//! must see to answer 101. `X-Forwarded-*` are always overwritten and the other forwarding headers
+//! (`Forwarded`, `X-Real-IP`, ...) removed: a client could otherwise claim any address.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `X-Forwarded-For`: the client's IP as the proxy saw it.
@@ -18,15 +20,29 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The hop-by-hop headers that are removed whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// The hop-by-hop headers that are removed whatever `Connection` says. `Proxy-Authorization`
+/// and `Proxy-Authenticate` are credentials for (and challenges from) a proxy, never for the hop
+/// beyond it.
+const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
     PROXY_CONNECTION,
     TE,
     TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
+];
+
+/// Forwarding headers a client could use to claim another address, scheme, port or path prefix.
+/// Plane does not set them, so it removes them; it sets `X-Forwarded-{For,Proto,Host}` itself.
+const UNTRUSTED_FORWARDING: [HeaderName; 5] = [
+    FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-ssl"),
 ];
 
 /// The comma-separated tokens of every `Connection` header.
@@ -47,10 +63,25 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether the message is an upgrade to WebSocket, the only protocol the proxy relays: an
+/// [upgrade](is_upgrade) whose `Upgrade` is the single token `websocket` (any case). An offer of
+/// several protocols is not, since the backend could pick one the proxy does not relay.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut offered = headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty());
+    let websocket =
+        matches!(offered.next(), Some(token) if token.eq_ignore_ascii_case(b"websocket"));
+    websocket && offered.next().is_none() && is_upgrade(headers)
+}
+
 /// Removes hop-by-hop headers: the fixed list and every header named in `Connection`.
 ///
-/// With `keep_upgrade`, an upgrade handshake survives as exactly `Connection: upgrade` plus the
-/// original `Upgrade` value(s).
+/// With `keep_upgrade`, a [WebSocket upgrade](is_websocket_upgrade) handshake survives as exactly
+/// `Connection: upgrade` plus the original `Upgrade` value; any other upgrade is removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Headers named in `Connection` beyond the fixed list are rare; only they cost an allocation.
     let named: Vec<HeaderName> = if connection_tokens(headers).any(|t| !is_fixed_hop_by_hop(t)) {
@@ -65,22 +96,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
 
-    let upgrade: Option<Vec<HeaderValue>> = if keep_upgrade && is_upgrade(headers) {
-        match headers.entry(UPGRADE) {
-            http::header::Entry::Occupied(entry) => Some(entry.remove_entry_mult().1.collect()),
-            http::header::Entry::Vacant(_) => None,
-        }
+    // A WebSocket upgrade carries one `Upgrade` value (checked above), so no Vec is needed.
+    let upgrade = if keep_upgrade && is_websocket_upgrade(headers) {
+        headers.remove(UPGRADE)
     } else {
         None
     };
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    if let Some(values) = upgrade {
+    if let Some(value) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        for value in values {
-            headers.append(UPGRADE, value);
-        }
+        headers.insert(UPGRADE, value);
     }
 }
 
@@ -91,13 +118,18 @@ fn is_fixed_hop_by_hop(token: &str) -> bool {
             .any(|name| token.eq_ignore_ascii_case(name.as_str()))
 }
 
-/// Sets the `X-Forwarded-*` headers, replacing whatever the client sent.
+/// Sets the `X-Forwarded-*` headers, replacing whatever the client sent, and removes the other
+/// forwarding headers a client could forge (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`,
+/// `X-Forwarded-Prefix`, `X-Forwarded-Ssl`).
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: HeaderValue,
     proto: HeaderValue,
     host: Option<HeaderValue>,
 ) {
+    for name in UNTRUSTED_FORWARDING {
+        headers.remove(name);
+    }
     headers.insert(X_FORWARDED_FOR, client_ip);
     headers.insert(X_FORWARDED_PROTO, proto);
     match host {
@@ -132,6 +164,8 @@ mod tests {
             ("trailer", "x-sum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic dTpw"),
+            ("proxy-authenticate", "Basic"),
             ("x-secret", "1"),
             ("x-other", "2"),
             ("x-kept", "3"),
@@ -190,6 +224,53 @@ mod tests {
         let mut headers = map(&[("connection", "upgrade")]);
         remove_hop_by_hop(&mut headers, true);
         assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_kept() {
+        for upgrade in ["websocket", "WebSocket", " websocket "] {
+            let headers = map(&[("connection", "Upgrade"), ("upgrade", upgrade)]);
+            assert!(is_websocket_upgrade(&headers), "{upgrade:?}");
+        }
+        for upgrade in ["h2c", "websocket, h2c", "h2c, websocket", "websocketx", ""] {
+            let mut headers = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ]);
+            assert!(!is_websocket_upgrade(&headers), "{upgrade:?}");
+            remove_hop_by_hop(&mut headers, true);
+            assert!(headers.is_empty(), "{upgrade:?}: {headers:?}");
+        }
+        // Two `Upgrade` lines are an offer of two protocols.
+        let headers = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(!is_websocket_upgrade(&headers));
+        // Without `Connection: upgrade` it is no upgrade at all.
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_removed() {
+        let mut headers = map(&[
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-ssl", "on"),
+            ("x-kept", "1"),
+        ]);
+        set_forwarded(
+            &mut headers,
+            HeaderValue::from_static("127.0.0.1"),
+            HeaderValue::from_static("http"),
+            None,
+        );
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "x-forwarded-for", "x-forwarded-proto"]);
     }
 
     #[test]

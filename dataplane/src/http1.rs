@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::drain;
 use crate::error::ProxyError;
-use crate::limits::ACCEPT_ERROR_BACKOFF;
+use crate::limits::{ACCEPT_ERROR_BACKOFF, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_TIME};
 use crate::proxy::{Never, Peer, Proxy};
 use crate::{ProxyConfig, RouteTable};
 
@@ -101,12 +101,12 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     builder: http1::Builder,
     mut drain: drain::Watch,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%peer, %error, "set_nodelay failed");
-    }
-    let peer = Arc::new(Peer::new(peer));
+    tune_client_socket(&stream, peer);
+    // The permit lives in the `Peer`, which an upgraded connection's relay keeps after this task
+    // ends: a WebSocket holds its connection slot until it closes.
+    let peer = Arc::new(Peer::new(peer, permit));
     let service = {
         let peer = Arc::clone(&peer);
         service_fn(move |req| {
@@ -132,5 +132,60 @@ async fn serve_connection(
     if let Err(error) = result {
         // Client timeouts, resets and malformed requests: expected on the open internet.
         debug!(peer = %peer.addr, %error, "client connection ended with error");
+    }
+}
+
+/// Sets `TCP_NODELAY` (responses are written whole; do not wait to coalesce) and TCP keepalive
+/// (a client that vanished without a FIN or RST is noticed, so neither a keep-alive connection
+/// nor an upgraded one stays open, and counted, forever). Failures only cost those benefits.
+fn tune_client_socket(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "set_nodelay failed");
+    }
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_TIME);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive.with_interval(TCP_KEEPALIVE_INTERVAL);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!(%peer, %error, "setting TCP keepalive failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_sockets_get_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::join!(TcpStream::connect(addr), listener.accept())
+        })
+        .await
+        .expect("connect in time");
+        let _client = client.expect("connect");
+        let (stream, peer) = accepted.expect("accept");
+
+        tune_client_socket(&stream, peer);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        assert!(stream.nodelay().expect("TCP_NODELAY"));
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(
+                socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                TCP_KEEPALIVE_TIME
+            );
+            assert_eq!(
+                socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+                TCP_KEEPALIVE_INTERVAL
+            );
+        }
     }
 }

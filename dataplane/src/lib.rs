@@ -4,9 +4,11 @@
 //! The shape, front to back: [`serve`] accepts HTTP/1.1 connections (`http1.rs`), each request
 //! is routed by [`backend_label`] and the [`RouteTable`] (`host.rs`, `route_table.rs`), counted
 //! by an [`ActiveGuard`] (`counting.rs`), rewritten (`headers.rs`) and forwarded over pooled
-//! keep-alive connections (`proxy.rs`); WebSockets are relayed as bytes (`upgrade.rs`). Every
-//! limit lives in [`limits`]; every failure is a [`ProxyError`] that knows its side.
+//! keep-alive connections (`proxy.rs`, with the bodies in `body.rs`); WebSockets are relayed as
+//! bytes (`upgrade.rs`). Every limit lives in [`limits`]; every failure is a [`ProxyError`] that
+//! knows its side.
 
+mod body;
 mod config;
 mod counting;
 mod drain;
@@ -19,10 +21,10 @@ mod proxy;
 mod route_table;
 mod upgrade;
 
+pub use body::ProxyBody;
 pub use config::ProxyConfig;
 pub use counting::ActiveGuard;
 pub use error::{ProxyError, Side};
 pub use host::{backend_label, HostError};
 pub use http1::serve;
-pub use proxy::ProxyBody;
 pub use route_table::{Route, RouteTable};

@@ -22,6 +22,11 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 /// keep-alive idle timeout.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request body that delivers no data for this long fails: the request ends (408 if the
+/// backend has not answered yet) and stops counting as activity. Measured between body frames,
+/// not over the whole body, so slow but steady uploads are fine.
+pub const REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Client connections served at once per listener; further connections wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
@@ -39,6 +44,24 @@ pub const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Idle pooled connections kept per backend.
 pub const BACKEND_POOL_MAX_IDLE: usize = 32;
+
+/// Once one side of an upgraded (WebSocket) connection has closed its half, the other side gets
+/// this long to finish and close too; then both are closed. There is deliberately no idle
+/// timeout on an open upgraded connection: long-idle WebSockets are legitimate, and vanished
+/// peers are found by TCP keepalive instead.
+pub const UPGRADE_HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Buffer per direction of an upgraded connection's relay (what `tokio::io::copy` uses).
+pub const UPGRADE_RELAY_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Idle time before the first TCP keepalive probe on client and backend sockets, so a peer that
+/// vanished without a FIN or RST (a laptop lid, a NAT timeout) is noticed and its connection,
+/// and the activity it counts, ends.
+pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+
+/// Interval between TCP keepalive probes once they start (the kernel gives up after its probe
+/// count, 9 on Linux: about `TCP_KEEPALIVE_TIME` + 90 s in all).
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// After shutdown, in-flight requests and upgraded connections get this long to finish before
 /// they are cut.

@@ -5,28 +5,28 @@
 //! `Request<Incoming>` with the host taken from `:authority`.
 
 use std::convert::Infallible;
+use std::error::Error as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
-use crate::counting::ActiveGuard;
+use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::drain;
 use crate::error::{ProxyError, Side};
 use crate::headers;
 use crate::host::backend_label;
+use crate::limits::{TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_TIME};
 use crate::route_table::{Route, RouteTable, Upstream};
 use crate::upgrade;
 use crate::ProxyConfig;
@@ -36,20 +36,27 @@ pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     /// `X-Forwarded-For` value, formatted once per connection.
     pub(crate) ip: HeaderValue,
+    /// The connection's slot under `max_connections`. Whoever holds the `Peer` holds the slot:
+    /// the connection task, and after an upgrade the relay that took the socket over.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Peer {
+    pub(crate) fn new(addr: SocketAddr, permit: OwnedSemaphorePermit) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip }
+        Peer {
+            addr,
+            ip,
+            _permit: permit,
+        }
     }
 }
 
 /// State shared by every connection of one listener.
 pub(crate) struct Proxy {
     table: RouteTable,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     config: ProxyConfig,
     proto: HeaderValue,
     retry_after: HeaderValue,
@@ -60,6 +67,9 @@ impl Proxy {
     pub(crate) fn new(table: RouteTable, config: ProxyConfig, drain: drain::Watch) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // A backend host that vanishes must not leave an upgraded connection open forever.
+        connector.set_keepalive(Some(TCP_KEEPALIVE_TIME));
+        connector.set_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL));
         connector.set_connect_timeout(Some(config.backend_connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -82,7 +92,11 @@ impl Proxy {
     }
 
     /// Answers one request: the backend's response, or an error response saying who failed.
-    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: &Arc<Peer>,
+    ) -> Response<ProxyBody> {
         match self.forward(req, peer).await {
             Ok(response) => response,
             Err(error) => {
@@ -100,7 +114,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: &Peer,
+        peer: &Arc<Peer>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
@@ -136,7 +150,8 @@ impl Proxy {
             }
         };
 
-        let upgrade = headers::is_upgrade(req.headers());
+        // Only WebSocket is relayed; any other upgrade (h2c, TLS) goes on as a plain request.
+        let upgrade = headers::is_websocket_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         headers::remove_hop_by_hop(req.headers_mut(), upgrade);
         headers::set_forwarded(
@@ -148,6 +163,7 @@ impl Proxy {
         req.headers_mut().insert(HOST, host);
         *req.uri_mut() = upstream_uri(std::mem::take(req.uri_mut()), &upstream)?;
         *req.version_mut() = Version::HTTP_11;
+        let req = req.map(|body| RequestBody::new(body, self.config.request_body_idle_timeout));
 
         let route = Arc::clone(guard.route());
         let backend = route.backend();
@@ -162,10 +178,16 @@ impl Proxy {
                 });
             }
             Err(source) => {
+                if let Some(waited) = request_body_idle(&source) {
+                    return Err(ProxyError::RequestBodyTimeout {
+                        backend: backend.into(),
+                        waited,
+                    });
+                }
                 return Err(ProxyError::BackendRequest {
                     backend: backend.into(),
                     source,
-                })
+                });
             }
         };
         debug!(backend = %backend, peer = %peer.addr, status = %response.status(), "routed");
@@ -177,13 +199,23 @@ impl Proxy {
                     reason: "101 to a request that did not ask to upgrade",
                 });
             };
+            if !headers::is_websocket_upgrade(response.headers()) {
+                return Err(ProxyError::BackendProtocol {
+                    backend: backend.into(),
+                    reason: "101 to a protocol other than websocket",
+                });
+            }
             let backend_upgrade = hyper::upgrade::on(&mut response);
             headers::remove_hop_by_hop(response.headers_mut(), true);
             tokio::spawn(upgrade::relay(
                 client_upgrade,
                 backend_upgrade,
                 guard,
-                self.drain.clone(),
+                upgrade::Hold {
+                    peer: Arc::clone(peer),
+                    drain: self.drain.clone(),
+                    half_close_grace: self.config.upgrade_half_close_grace,
+                },
             ));
             return Ok(response.map(|_| ProxyBody::empty()));
         }
@@ -192,9 +224,11 @@ impl Proxy {
         Ok(response.map(|body| ProxyBody::upstream(body, guard)))
     }
 
-    /// Holds a request until the backend is ready, removed, or `starting_wait` passes.
+    /// Holds a request until the backend is ready, removed, `starting_wait` passes, or the proxy
+    /// starts draining (a held request must not outlast the shutdown grace; the client gets the
+    /// same 503 with `Retry-After` and can retry against the next proxy).
     ///
-    /// Cancel safe: dropping it only drops a `watch` receiver.
+    /// Cancel safe: dropping it only drops `watch` receivers.
     async fn wait_ready(
         &self,
         label: &str,
@@ -204,14 +238,20 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(started + self.config.starting_wait);
         // Subscribe before looking, so a change between the look and the wait is not missed.
         let mut changes = self.table.subscribe();
+        let mut drain = self.drain.clone();
         debug!(backend = %label, peer = %peer.addr, "holding request for starting backend");
         loop {
             let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
             if let Some(upstream) = route.upstream() {
                 return Ok((route, upstream));
             }
-            let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) {
+            let changed = tokio::select! {
+                changed = tokio::time::timeout_at(deadline, changes.changed()) => {
+                    matches!(changed, Ok(Ok(())))
+                }
+                () = drain.draining() => false,
+            };
+            if !changed {
                 return Err(ProxyError::StillStarting {
                     backend: route.backend().into(),
                     waited: started.elapsed(),
@@ -241,6 +281,18 @@ fn unknown(label: &str) -> ProxyError {
     }
 }
 
+/// How long the client's request body had stalled, if that is why the backend exchange failed.
+fn request_body_idle(error: &hyper_util::client::legacy::Error) -> Option<Duration> {
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        if let Some(RequestBodyError::Idle(waited)) = error.downcast_ref() {
+            return Some(*waited);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 /// The request URI pointed at the backend: `http://{backend address}{path and query}`. Only the
 /// route's address ever becomes the authority, whatever the client sent.
 fn upstream_uri(uri: Uri, upstream: &Upstream) -> Result<Uri, ProxyError> {
@@ -251,77 +303,6 @@ fn upstream_uri(uri: Uri, upstream: &Upstream) -> Result<Uri, ProxyError> {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
-}
-
-/// The body of every response the proxy sends: a backend's body, counted until it ends or is
-/// dropped, or a small body of the proxy's own.
-pub struct ProxyBody {
-    kind: Kind,
-}
-
-enum Kind {
-    Upstream {
-        body: Incoming,
-        /// Dropped at the end of the body (or with it): the request stops counting.
-        guard: Option<ActiveGuard>,
-    },
-    Full(Option<Bytes>),
-}
-
-impl ProxyBody {
-    fn upstream(body: Incoming, guard: ActiveGuard) -> ProxyBody {
-        let guard = (!body.is_end_stream()).then_some(guard);
-        ProxyBody {
-            kind: Kind::Upstream { body, guard },
-        }
-    }
-
-    fn full(data: Bytes) -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Full(Some(data)),
-        }
-    }
-
-    fn empty() -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Full(None),
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().kind {
-            Kind::Upstream { body, guard } => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                if !matches!(frame, Some(Ok(_))) || body.is_end_stream() {
-                    guard.take();
-                }
-                Poll::Ready(frame)
-            }
-            Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
-            Kind::Full(data) => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream { body, .. } => body.size_hint(),
-            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-        }
-    }
 }
 
 /// `service_fn` needs an error type; the proxy answers every request, so it is uninhabited.

@@ -434,3 +434,139 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .expect("serve result");
     assert_eq!(route.active(), 0);
 }
+
+#[tokio::test]
+async fn untrusted_forwarding_and_proxy_auth_headers_are_not_forwarded() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let backend = Backend::echo("a").await;
+    proxy.table.set_ready("a", backend.addr);
+    let req = Request::get("/")
+        .header("host", "a.plane.localhost")
+        .header("forwarded", "for=6.6.6.6;proto=https")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-forwarded-ssl", "on")
+        .header("proxy-authorization", "Basic dTpw")
+        .header("x-client-public", "1")
+        .body(empty())
+        .expect("request");
+    let (status, _, body) = read_all(Client::connect(proxy.addr).await.send(req).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(echoed(&body, "x-client-public"), ["1"]);
+    for gone in [
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "proxy-authorization",
+    ] {
+        assert!(echoed(&body, gone).is_empty(), "{gone} forwarded:\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn non_websocket_upgrade_is_forwarded_as_a_plain_request() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let backend = Backend::echo("a").await;
+    let route = proxy.table.set_ready("a", backend.addr);
+    let response = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert_eq!(echoed(body, "backend"), ["a"]);
+    for gone in ["upgrade", "connection", "http2-settings"] {
+        assert!(echoed(body, gone).is_empty(), "{gone} forwarded:\n{body}");
+    }
+    eventually("the request to finish counting", || route.active() == 0).await;
+}
+
+#[tokio::test]
+async fn stalled_request_body_times_out() {
+    let config = ProxyConfig {
+        request_body_idle_timeout: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start(config).await;
+    // Reads the whole body before answering, as most backends do.
+    let backend = Backend::start(|req: Request<Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(body) => Response::new(full(body.to_bytes())),
+            Err(_) => Response::new(empty()),
+        }
+    })
+    .await;
+    let route = proxy.table.set_ready("a", backend.addr);
+
+    let started = Instant::now();
+    // Announces 100 bytes, sends 2, then waits (keeping the socket open) for the answer.
+    let response = raw(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a.plane.localhost\r\nContent-Length: 100\r\n\r\nab",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    eventually("the stalled request to stop counting", || {
+        route.active() == 0
+    })
+    .await;
+
+    // A body that keeps coming, if slowly, is not cut.
+    let mut stream = within(tokio::net::TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(stream.write_all(
+        b"POST / HTTP/1.1\r\nHost: a.plane.localhost\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+    ))
+    .await
+    .expect("write head");
+    for chunk in [&b"ab"[..], b"cd", b"ef"] {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        within(stream.write_all(chunk)).await.expect("write chunk");
+    }
+    let mut response = Vec::new();
+    let _ = within(stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("abcdef"), "{response}");
+}
+
+#[tokio::test]
+async fn shutdown_answers_held_requests_with_503() {
+    let config = ProxyConfig {
+        starting_wait: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(5),
+        retry_after_secs: 3,
+        ..ProxyConfig::default()
+    };
+    let mut proxy = TestProxy::start(config).await;
+    let route = proxy.table.insert_starting("s");
+    let addr = proxy.addr;
+    let request = tokio::spawn(async move { get(addr, "s.plane.localhost", "/").await });
+    eventually("the request to be held", || route.active() == 1).await;
+
+    let started = Instant::now();
+    let serving = proxy.shutdown();
+    let (status, headers, body) = within(request).await.expect("request task");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"3"[..])
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered before the shutdown grace ran out"
+    );
+    within(serving)
+        .await
+        .expect("serve task")
+        .expect("serve result");
+    assert_eq!(route.active(), 0);
+}
