@@ -210,18 +210,25 @@ impl Controller {
         }
     }
 
+    /// Sends `command` to `drone` and waits (bounded) for its acknowledgement.
+    async fn command_drone(
+        &self,
+        drone: &DroneId,
+        command: &DroneCommand,
+    ) -> Result<Ack, BusError> {
+        let subject = self.inner.subjects.drone_commands(drone);
+        self.inner
+            .bus
+            .request_json::<_, Ack>(&subject, command, DRONE_COMMAND_TIMEOUT)
+            .await
+    }
+
     /// Best effort: the drone may be gone again.
     async fn tell_drone_to_stop(&self, drone: &DroneId, backend: &BackendId) {
-        let subject = self.inner.subjects.drone_commands(drone);
         let command = DroneCommand::Terminate {
             backend: backend.clone(),
         };
-        match self
-            .inner
-            .bus
-            .request_json::<_, Ack>(&subject, &command, DRONE_COMMAND_TIMEOUT)
-            .await
-        {
+        match self.command_drone(drone, &command).await {
             Ok(Ack::Accepted) => {
                 info!(%drone, %backend, "asked drone to stop an abandoned backend")
             }
@@ -456,13 +463,7 @@ impl Controller {
                 backend: id.clone(),
                 spec: spec.clone(),
             };
-            let subject = self.inner.subjects.drone_commands(&drone.id);
-            match self
-                .inner
-                .bus
-                .request_json::<_, Ack>(&subject, &command, DRONE_COMMAND_TIMEOUT)
-                .await
-            {
+            match self.command_drone(&drone.id, &command).await {
                 Ok(Ack::Accepted) => {
                     info!(backend = %id, drone = %drone.id, "backend scheduled");
                     return self.backend(&id).await;
@@ -526,16 +527,10 @@ impl Controller {
             }
             return Ok(record);
         }
-        let subject = self.inner.subjects.drone_commands(&record.drone);
         let command = DroneCommand::Terminate {
             backend: id.clone(),
         };
-        match self
-            .inner
-            .bus
-            .request_json::<_, Ack>(&subject, &command, DRONE_COMMAND_TIMEOUT)
-            .await
-        {
+        match self.command_drone(&record.drone, &command).await {
             Ok(Ack::Accepted) => self.backend(id).await,
             Ok(Ack::Rejected { error }) => Err(ControlError::DroneRefused {
                 drone: record.drone,
