@@ -48,10 +48,15 @@ async fn killed_drone_leaves_no_backend_behind() -> anyhow::Result<()> {
             .plane_json(&["spawn", "--wait", "--idle", "60", "--command", &command])
             .await?;
         let c = id_of(&spawned)?;
-        anyhow::ensure!(
-            plane_test_support::processes_with_env("PLANE_BACKEND_ID", &c).len() == 2,
-            "backend {c} runs two processes"
-        );
+        plane_test_support::eventually(
+            common::STATE_TIMEOUT,
+            &format!("backend {c} to run two processes"),
+            || async {
+                let pids = plane_test_support::processes_with_env("PLANE_BACKEND_ID", &c);
+                Ok((pids.len() == 2).then_some(()))
+            },
+        )
+        .await?;
         for id in [&a, &b, &c] {
             anyhow::ensure!(
                 !plane_test_support::processes_with_env("PLANE_BACKEND_ID", id).is_empty(),

@@ -21,8 +21,16 @@ fn drop_kills_the_whole_process_group() {
     command.env("PLANE_TEST_MARKER", &marker);
     let child = ChildGuard::spawn("sleepers", command).unwrap();
     child.wait_for_output("started", TIMEOUT).unwrap();
-    let pids = processes_with_env("PLANE_TEST_MARKER", &marker);
-    // sh and both sleeps.
+    // sh and both sleeps. A process in the middle of exec has no readable environment for a
+    // moment, so look again until all three show.
+    let deadline = Instant::now() + TIMEOUT;
+    let pids = loop {
+        let pids = processes_with_env("PLANE_TEST_MARKER", &marker);
+        if pids.len() == 3 || Instant::now() > deadline {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(pids.len(), 3, "expected sh and two sleeps, found {pids:?}");
     assert!(pids.contains(&child.pid()));
 
