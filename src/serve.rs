@@ -143,11 +143,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let (stop_drone, drone_shutdown) = shutdown::channel();
     let (stop_controller, controller_shutdown) = shutdown::channel();
     on_signal(stop_drone);
-    let controller_task = {
-        let controller = controller.clone();
-        let stop = controller_shutdown.clone();
-        tokio::spawn(async move { controller.run(stop.wait()).await })
-    };
+    // Listening before the drone starts, so that its first heartbeat is heard.
+    let listening = controller.listen().await.context("controller")?;
+    let controller_task = tokio::spawn(listening.run(controller_shutdown.clone().wait()));
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller,

@@ -8,7 +8,7 @@ use crate::limits::{
 use crate::records::{BackendRecord, DroneRecord, Liveness, ReportOutcome};
 use crate::scheduler::{self, NoDrone};
 use crate::state::{Change, ClusterState, StateError};
-use plane_protocol::bus::{Bus, BusError, KvError, Message};
+use plane_protocol::bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
@@ -49,6 +49,22 @@ pub enum ControlError {
     DroneRefused { drone: DroneId, error: String },
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// A controller subscribed to its drones, ready to [`Listening::run`].
+pub struct Listening {
+    controller: Controller,
+    heartbeats: Subscription,
+    reports: Subscription,
+}
+
+impl Listening {
+    /// Handles drones' messages and watches their liveness until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
+        self.controller
+            .serve_drones(self.heartbeats, self.reports, shutdown)
+            .await
+    }
 }
 
 /// The controller: cheap to clone, shared by the API handlers and its background loops.
@@ -102,13 +118,35 @@ impl Controller {
     /// Listens to drones (heartbeats, state reports) and watches their liveness until
     /// `shutdown` resolves.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
+        self.listen().await?.run(shutdown).await
+    }
+
+    /// Subscribes to the drones' subjects: once this returns, no heartbeat or report is missed.
+    /// [`Listening::run`] then handles them.
+    pub async fn listen(&self) -> Result<Listening, BusError> {
         let bus = &self.inner.bus;
-        let mut heartbeats = bus
+        let heartbeats = bus
             .queue_subscribe(&self.inner.subjects.heartbeats(), CONTROLLER_QUEUE_GROUP)
             .await?;
-        let mut reports = bus
+        let reports = bus
             .queue_subscribe(&self.inner.subjects.state_reports(), CONTROLLER_QUEUE_GROUP)
             .await?;
+        self.inner
+            .listening_since
+            .store(now_millis(), Ordering::Relaxed);
+        Ok(Listening {
+            controller: self.clone(),
+            heartbeats,
+            reports,
+        })
+    }
+
+    async fn serve_drones(
+        &self,
+        mut heartbeats: Subscription,
+        mut reports: Subscription,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), BusError> {
         let config = &self.inner.config;
         let collect_every = (config.retention / 2)
             .min(config.drone_grace * UNREPORTED_GRACE_PERIODS / 2)
@@ -118,9 +156,6 @@ impl Controller {
         let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recheck_lost = true;
-        self.inner
-            .listening_since
-            .store(now_millis(), Ordering::Relaxed);
         tokio::pin!(shutdown);
         info!(cluster = %self.cluster(), "controller listening to drones");
         loop {
