@@ -164,7 +164,7 @@ impl Drone {
             .publish_json(&self.subjects.heartbeats(), &heartbeat)
             .await
         {
-            warn!(%error, "heartbeat not sent");
+            warn!(error = %error_chain(&error), "heartbeat not sent");
         }
     }
 
@@ -178,14 +178,14 @@ impl Drone {
                 Ack::Accepted
             }
             Err(error) => {
-                warn!(%error, "refusing malformed command");
+                warn!(error = %error_chain(&error), "refusing malformed command");
                 Ack::Rejected {
                     error: error_chain(&error),
                 }
             }
         };
         if let Err(error) = self.bus.respond_json(msg, &ack).await {
-            debug!(%error, "could not answer command");
+            debug!(error = %error_chain(&error), "could not answer command");
         }
     }
 

@@ -1,6 +1,8 @@
-//! The controller's behaviour, independent of HTTP: spawning and terminating backends on drones,
-//! applying drones' state reports and heartbeats, and declaring silent drones lost. The API
-//! module is a thin translation of these methods.
+//! The controller's behaviour, independent of HTTP: spawning and terminating backends on drones
+//! and applying drones' state reports; `drone_health` keeps the picture of the drones themselves
+//! true. The API module is a thin translation of these methods.
+
+mod drone_health;
 
 use crate::limits::{
     DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, UNREPORTED_GRACE_PERIODS,
@@ -12,8 +14,8 @@ use plane_protocol::bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, Heartbeat, StateReport,
-    TerminationReason, UnixMillis,
+    now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, StateReport,
+    TerminationReason,
 };
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
@@ -180,67 +182,12 @@ impl Controller {
                     match self.declare_lost_drones(recheck_lost).await {
                         Ok(()) => recheck_lost = false,
                         Err(error) => {
-                            warn!(%error, "liveness check failed");
+                            warn!(error = %error_chain(&error), "liveness check failed");
                             // Some lost drone's backends may not be ended yet: look at all again.
                             recheck_lost = true;
                         }
                     }
                 }
-            }
-        }
-    }
-
-    async fn on_heartbeat(&self, msg: &Message) {
-        let heartbeat: Heartbeat = match msg.decode() {
-            Ok(hb) => hb,
-            Err(error) => {
-                warn!(%error, "dropping malformed heartbeat");
-                return;
-            }
-        };
-        let record = DroneRecord::from_heartbeat(&heartbeat, now_millis());
-        let previous = self.inner.state.drone(&heartbeat.drone).await;
-        if let Err(error) = self.inner.state.put_drone(&record).await {
-            warn!(%error, drone = %heartbeat.drone, "could not record heartbeat");
-            return;
-        }
-        match previous {
-            Ok(Some(previous)) if previous.lost && previous.started_at == heartbeat.started_at => {
-                warn!(drone = %heartbeat.drone, "a lost drone is back; stopping the backends given up on");
-                self.stop_abandoned(&heartbeat).await;
-            }
-            Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
-                warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
-                if let Err(error) = self
-                    .end_backends_of(
-                        &heartbeat.drone,
-                        Some(heartbeat.started_at),
-                        "its drone restarted",
-                    )
-                    .await
-                {
-                    warn!(%error, drone = %heartbeat.drone, "could not end a restarted drone's backends");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => warn!(%error, drone = %heartbeat.drone, "could not read drone record"),
-        }
-    }
-
-    /// Tells a drone that came back to stop what it runs that the cluster no longer knows as
-    /// running on it (ended while the drone was lost, or never recorded).
-    async fn stop_abandoned(&self, heartbeat: &Heartbeat) {
-        for backend in &heartbeat.backends {
-            let abandoned = match self.inner.state.backend(backend).await {
-                Ok(Some(record)) => record.is_terminated() || record.drone != heartbeat.drone,
-                Ok(None) => true,
-                Err(error) => {
-                    warn!(error = %error_chain(&error), %backend, "cannot read backend record");
-                    continue;
-                }
-            };
-            if abandoned {
-                self.tell_drone_to_stop(&heartbeat.drone, backend).await;
             }
         }
     }
@@ -258,46 +205,6 @@ impl Controller {
             .await
     }
 
-    /// Best effort: the drone may be gone again.
-    async fn tell_drone_to_stop(&self, drone: &DroneId, backend: &BackendId) {
-        let command = DroneCommand::Terminate {
-            backend: backend.clone(),
-        };
-        match self.command_drone(drone, &command).await {
-            Ok(Ack::Accepted) => {
-                info!(%drone, %backend, "asked drone to stop an abandoned backend")
-            }
-            Ok(Ack::Rejected { error }) => {
-                warn!(%drone, %backend, %error, "drone refused to stop a backend")
-            }
-            Err(error) => {
-                debug!(%drone, %backend, error = %error_chain(&error), "drone did not answer")
-            }
-        }
-    }
-
-    /// Marks the drone's unterminated backends `terminated/lost`. With `except_process`, only
-    /// those an earlier process of the drone reported (a restarted drone's new backends, and
-    /// those not reported yet, are not affected).
-    async fn end_backends_of(
-        &self,
-        drone: &DroneId,
-        except_process: Option<UnixMillis>,
-        why: &str,
-    ) -> Result<(), StateError> {
-        for backend in self.inner.state.backends().await? {
-            let earlier_process = match except_process {
-                None => true,
-                Some(current) => backend.drone_started_at.is_some_and(|p| p != current),
-            };
-            if &backend.drone == drone && !backend.is_terminated() && earlier_process {
-                self.end_here(&backend.id, TerminationReason::Lost, why)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
     async fn on_report(&self, msg: Message) {
         let ack = match msg.decode::<StateReport>() {
             Ok(report) => match self.apply_report(&report).await {
@@ -312,19 +219,19 @@ impl Controller {
                 }
                 Err(error) => {
                     // Not acknowledged: the drone re-sends, and the write is retried then.
-                    warn!(%error, backend = %report.backend, "could not apply state report");
+                    warn!(error = %error_chain(&error), backend = %report.backend, "could not apply state report");
                     return;
                 }
             },
             Err(error) => {
-                warn!(%error, "refusing malformed state report");
+                warn!(error = %error_chain(&error), "refusing malformed state report");
                 Ack::Rejected {
                     error: error_chain(&error),
                 }
             }
         };
         if let Err(error) = self.inner.bus.respond_json(&msg, &ack).await {
-            debug!(%error, "could not acknowledge state report");
+            debug!(error = %error_chain(&error), "could not acknowledge state report");
         }
     }
 
@@ -355,80 +262,6 @@ impl Controller {
                 error: format!("no backend named {}", report.backend),
             },
         })
-    }
-
-    /// Forgets terminated backends and lost drones past retention, and ends backends whose
-    /// drone never reported them.
-    async fn collect_garbage(&self) -> Result<(), StateError> {
-        let now = now_millis();
-        let retention = self.inner.config.retention.as_millis() as u64;
-        let unreported =
-            (self.inner.config.drone_grace * UNREPORTED_GRACE_PERIODS).as_millis() as u64;
-        let state = &self.inner.state;
-        for backend in state.backends().await? {
-            if backend.is_terminated() && now.saturating_sub(backend.updated_at) > retention {
-                debug!(backend = %backend.id, "forgetting terminated backend");
-                state.delete_backend(&backend.id).await?;
-            } else if backend.state == BackendState::Scheduled
-                && backend.last_seq == 0
-                && now.saturating_sub(backend.created_at) > unreported
-            {
-                warn!(backend = %backend.id, drone = %backend.drone, "drone never reported backend; ending it");
-                self.end_here(
-                    &backend.id,
-                    TerminationReason::Lost,
-                    "its drone never reported it",
-                )
-                .await?;
-            }
-        }
-        for drone in state.drones().await? {
-            if drone.lost && now.saturating_sub(drone.last_heartbeat) > retention {
-                debug!(drone = %drone.id, "forgetting lost drone");
-                state.delete_drone(&drone.id).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks drones that stopped beating as lost, and their backends `terminated/lost`.
-    async fn declare_lost_drones(&self, recheck_lost: bool) -> Result<(), StateError> {
-        let liveness = self.liveness();
-        let state = &self.inner.state;
-        let mut newly_lost = Vec::new();
-        for drone in state.drones().await? {
-            if drone.lost {
-                // A controller that died (or failed) between marking a drone and ending its
-                // backends left work behind: the first check after a start, or after a
-                // failure, finishes it.
-                if recheck_lost {
-                    newly_lost.push(drone.id);
-                }
-                continue;
-            }
-            if drone.is_live(&liveness) {
-                continue;
-            }
-            let marked = state
-                .update_drone(&drone.id, |d| {
-                    if d.lost || d.is_live(&liveness) {
-                        Change::Keep(false)
-                    } else {
-                        d.lost = true;
-                        Change::Write(true)
-                    }
-                })
-                .await?;
-            if marked == Some(true) {
-                warn!(drone = %drone.id, "drone stopped beating; declaring it lost");
-                newly_lost.push(drone.id);
-            }
-        }
-        for drone in &newly_lost {
-            self.end_backends_of(drone, None, "its drone stopped beating")
-                .await?;
-        }
-        Ok(())
     }
 
     /// Terminates a backend in the cluster state only (its drone cannot be told).
