@@ -57,3 +57,31 @@ async fn ctrl_c_stops_every_backend() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A drone at capacity takes no more backends: the spawn fails with a clear 503, and frees
+/// its place once a backend ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drone_takes_no_more_backends() -> anyhow::Result<()> {
+    bounded(async {
+        let c = Cluster::dev_with(&["--capacity", "1"]).await?;
+        let first = id_of(&c.spawn_ready("", &["--idle", "60"]).await?)?;
+        let refused = c
+            .plane(&["spawn", "--command", &common::backend_bin()])
+            .await?;
+        anyhow::ensure!(!refused.status.success(), "a second backend was accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        anyhow::ensure!(
+            stderr.contains("503") && stderr.contains("no drone available"),
+            "says why: {stderr}"
+        );
+        c.plane_json(&["terminate", &first]).await?;
+        c.watch_until_terminated(&first).await?;
+        // The drone's next heartbeat tells the scheduler it has room again.
+        plane_test_support::eventually(common::STATE_TIMEOUT, "room for a new backend", || async {
+            Ok(c.spawn_ready("", &["--idle", "60"]).await.ok())
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

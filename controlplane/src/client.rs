@@ -32,7 +32,10 @@ pub enum ClientError {
     },
     /// `detail` is the whole cause chain: hyper's own message ("client error (Connect)") says
     /// little by itself.
-    #[error("could not reach the Plane API at {url}: {detail}")]
+    #[error(
+        "could not reach the Plane API at {url}: {detail} (is Plane running there? \
+         `plane dev` starts one; --api or PLANE_API names another)"
+    )]
     Unreachable { url: String, detail: String },
     #[error("reading the API's answer")]
     Body(#[from] hyper::Error),

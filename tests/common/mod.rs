@@ -76,6 +76,11 @@ impl Cluster {
 
     /// One `plane dev` process.
     pub async fn dev() -> anyhow::Result<Cluster> {
+        Self::dev_with(&[]).await
+    }
+
+    /// `plane dev` with extra flags.
+    pub async fn dev_with(extra: &[&str]) -> anyhow::Result<Cluster> {
         let mut dev = Command::new(plane_bin());
         dev.args([
             "dev",
@@ -88,6 +93,7 @@ impl Cluster {
             "--ready-timeout-secs",
             READY_TIMEOUT_SECS,
         ]);
+        dev.args(extra);
         let dev = ChildGuard::spawn("dev", dev)?;
         let api = after(&dev, "API      ")?;
         let proxy = after(&dev, "(listening on ")?;
