@@ -12,3 +12,5 @@ pub fn route(table: &RouteTable, host: &str) -> Option<Arc<Route>> {
     let label = backend_label(host, table.cluster()).ok()?;
     table.lookup(label)
 }
+
+pub mod controller_load;
