@@ -3,10 +3,10 @@
 
 use crate::cli::{BackendArgs, ClientArgs, SpawnArgs};
 use anyhow::{bail, Context as _};
-use plane_controlplane::client::ApiClient;
-use plane_controlplane::records::{BackendRecord, DroneView};
-use plane_controlplane::spawn_request::SpawnRequest;
+use plane_client::ApiClient;
 use plane_protocol::messages::{BackendState, Executable, UnixMillis};
+use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::spawn_request::SpawnRequest;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

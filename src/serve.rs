@@ -4,19 +4,20 @@
 //! while the controller still listens; only then do the controller and the proxy stop.
 
 use crate::cli::{ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg};
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown;
 use anyhow::Context as _;
 use plane_agent::executor::Executor;
 use plane_agent::process::ProcessExecutor;
 use plane_agent::{Drone, DroneConfig};
+use plane_bus::Bus;
 use plane_controlplane::{api, Controller, ControllerConfig};
 use plane_dataplane::{ProxyConfig, RouteTable};
-use plane_protocol::bus::Bus;
 use plane_protocol::ids::DroneId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -82,7 +83,7 @@ fn check_cluster(cluster: &str) -> anyhow::Result<String> {
 
 /// Fires `trigger` on SIGINT/SIGTERM; a second signal exits at once (the backends still die
 /// with us: see the process executor).
-fn on_signal(trigger: shutdown::Trigger) {
+fn on_signal(trigger: CancellationToken) {
     tokio::spawn(async move {
         match shutdown::signal().await {
             Ok(name) => info!(
@@ -91,11 +92,11 @@ fn on_signal(trigger: shutdown::Trigger) {
             ),
             Err(error) => {
                 tracing::error!(%error, "cannot listen for signals; shutting down");
-                trigger.fire();
+                trigger.cancel();
                 return;
             }
         }
-        trigger.fire();
+        trigger.cancel();
         if let Ok(name) = shutdown::signal().await {
             tracing::warn!(signal = name, "exiting without a graceful shutdown");
             std::process::exit(130);
@@ -140,20 +141,21 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         proxy_listener.local_addr()?
     );
 
-    let (stop_drone, drone_shutdown) = shutdown::channel();
-    let (stop_controller, controller_shutdown) = shutdown::channel();
-    on_signal(stop_drone);
+    let drone_shutdown = CancellationToken::new();
+    let controller_shutdown = CancellationToken::new();
+    on_signal(drone_shutdown.clone());
     // Listening before the drone starts, so that its first heartbeat is heard.
     let listening = controller.listen().await.context("controller")?;
-    let controller_task = tokio::spawn(listening.run(controller_shutdown.clone().wait()));
+    let controller_task =
+        tokio::spawn(listening.run(controller_shutdown.clone().cancelled_owned()));
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller,
-        controller_shutdown.wait(),
+        controller_shutdown.clone().cancelled_owned(),
     ));
     // The controller outlives the drone, to take the reports of the backends it stops.
     let drone_result = run_drone(drone, proxy_listener, table, drone_shutdown).await;
-    stop_controller.fire();
+    controller_shutdown.cancel();
     drone_result?;
     controller_task.await?.context("controller")?;
     api_task.await?.context("API server")?;
@@ -166,17 +168,17 @@ async fn run_drone(
     drone: Drone,
     proxy_listener: TcpListener,
     table: RouteTable,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (stop_proxy, proxy_shutdown) = shutdown::channel();
+    let proxy_shutdown = CancellationToken::new();
     let proxy_task = tokio::spawn(plane_dataplane::serve(
         proxy_listener,
         table,
         ProxyConfig::default(),
-        proxy_shutdown.wait(),
+        proxy_shutdown.clone().cancelled_owned(),
     ));
-    let result = drone.run(shutdown.wait()).await;
-    stop_proxy.fire();
+    let result = drone.run(shutdown.cancelled_owned()).await;
+    proxy_shutdown.cancel();
     result.context("drone")?;
     proxy_task.await?.context("proxy")?;
     Ok(())
@@ -201,15 +203,15 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("API listening on http://{}", api_listener.local_addr()?);
     info!(%cluster, "controller started");
-    let (trigger, shutdown) = shutdown::channel();
-    on_signal(trigger);
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller.clone(),
-        shutdown.clone().wait(),
+        shutdown.clone().cancelled_owned(),
     ));
     controller
-        .run(shutdown.wait())
+        .run(shutdown.cancelled_owned())
         .await
         .context("controller")?;
     api_task.await?.context("API server")?;
@@ -239,7 +241,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("proxy listening on {}", proxy_listener.local_addr()?);
     info!(drone = %id, %cluster, "drone started");
-    let (trigger, shutdown) = shutdown::channel();
-    on_signal(trigger);
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
     run_drone(drone, proxy_listener, table, shutdown).await
 }

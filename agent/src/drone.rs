@@ -6,8 +6,8 @@ use crate::lifecycle::{self, BackendHandle, Context};
 use crate::limits::{ENDED_MEMORY, REPORT_FLUSH_TIMEOUT, SWEEP_INTERVAL};
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
+use plane_bus::{Bus, BusError, Message};
 use plane_dataplane::RouteTable;
-use plane_protocol::bus::{Bus, BusError, Message};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{

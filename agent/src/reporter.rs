@@ -3,7 +3,7 @@
 //! a single queue keeps each backend's reports in sequence without per-backend tasks.
 
 use crate::limits::{REPORT_ACK_TIMEOUT, REPORT_RETRY_MAX, REPORT_RETRY_MIN};
-use plane_protocol::bus::Bus;
+use plane_bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendState, StateReport, TerminationReason, UnixMillis,

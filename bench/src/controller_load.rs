@@ -1,13 +1,13 @@
 //! Paced loads on a controller over the in-memory bus, measured in process CPU time: the code
 //! behind `benches/controller.rs`, kept here so that it compiles (and is checked) with the rest.
 
-use plane_controlplane::records::BackendRecord;
+use plane_bus::Bus;
 use plane_controlplane::{Controller, ControllerConfig};
-use plane_protocol::bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, Executable, ExecutorKind, Heartbeat,
 };
+use plane_protocol::records::BackendRecord;
 use plane_protocol::subjects::Subjects;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,6 @@
 
 use crate::controller::{ControlError, Controller};
 use crate::limits::{EVENTS_REREAD_INTERVAL, MAX_API_BODY_BYTES};
-use crate::records::{BackendRecord, DroneView};
-use crate::spawn_request::SpawnRequest;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -15,10 +13,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::Stream;
-use plane_protocol::bus::{Kv, KvChange, KvEntry, KvWatch};
+use plane_bus::{Kv, KvChange, KvEntry, KvWatch};
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::BackendState;
+use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::spawn_request::SpawnRequest;
 use serde_json::json;
 use std::convert::Infallible;
 use std::future::Future;

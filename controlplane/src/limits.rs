@@ -11,18 +11,8 @@ pub const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a drone gets to acknowledge a command before the next one is tried.
 pub const DRONE_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Idle timeout of a backend whose spawn request does not give one.
-pub const DEFAULT_MAX_IDLE_SECS: u64 = 300;
-
-/// The longest idle timeout a spawn may ask for (one week).
-pub const MAX_MAX_IDLE_SECS: u64 = 7 * 24 * 3600;
-
 /// Spawn bodies larger than this are refused.
 pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
-
-/// Most arguments a command may have, and most environment variables a spawn may set.
-pub const MAX_COMMAND_ARGS: usize = 1024;
-pub const MAX_ENV_VARS: usize = 1024;
 
 /// How many compare-and-set attempts a state update makes before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 32;

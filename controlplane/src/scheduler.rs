@@ -2,8 +2,8 @@
 //! room, preferring the least loaded. The result is an ordered list so that the caller can fall
 //! back to the next drone when one does not acknowledge in time.
 
-use crate::records::{DroneRecord, Liveness};
 use plane_protocol::messages::ExecutorKind;
+use plane_protocol::records::{DroneRecord, Liveness};
 use rand::seq::SliceRandom;
 
 /// Why no drone can take a backend; the text is shown to API users.

@@ -2,9 +2,9 @@
 //! was read, retried on conflict, so that several controllers can serve the same cluster.
 
 use crate::limits::MAX_CAS_ATTEMPTS;
-use crate::records::{BackendRecord, DroneRecord};
-use plane_protocol::bus::{Bus, BusError, Kv, KvError};
+use plane_bus::{Bus, BusError, Kv, KvError};
 use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::records::{BackendRecord, DroneRecord};
 use plane_protocol::subjects::Subjects;
 
 /// Why reading or writing cluster state failed.

@@ -99,30 +99,27 @@ label_id!(
 );
 label_id!(DroneId, "A drone's id, unique in its cluster.");
 
-/// A random lowercase base-36 string of `len` characters, starting with a letter.
+/// A random lowercase base-36 string of `len` characters, starting with a letter, drawn from
+/// the operating system's CSPRNG: a backend's id is all a client needs to reach a backend that
+/// has no token, so it must not be guessable. Rejection sampling keeps every character uniform.
 fn random_label(len: usize) -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(len);
-    let mut state = 0u64;
-    for i in 0..len {
-        if i % 8 == 0 {
-            // RandomState is seeded from the OS per instance; mixing in the time and a counter
-            // makes every call distinct without another dependency.
-            let mut h = RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default(),
-            );
-            h.write_usize(i);
-            state = h.finish();
+    let mut pool = [0u8; 64];
+    while out.len() < len {
+        // The OS's random source failing is not something a server can work around; getrandom
+        // documents it as unreachable on Linux once the pool is seeded.
+        getrandom::getrandom(&mut pool).expect("the OS random source works");
+        for &byte in &pool {
+            let range = if out.is_empty() { 26 } else { ALPHABET.len() };
+            // Bytes at or above the largest multiple of `range` would bias the low characters.
+            if usize::from(byte) < 256 - 256 % range {
+                out.push(ALPHABET[usize::from(byte) % range] as char);
+                if out.len() == len {
+                    break;
+                }
+            }
         }
-        let range = if i == 0 { 26 } else { ALPHABET.len() as u64 };
-        out.push(ALPHABET[(state % range) as usize] as char);
-        state /= ALPHABET.len() as u64;
     }
     out
 }
@@ -138,6 +135,18 @@ mod tests {
         assert_eq!(a.as_str().len(), GENERATED_ID_LEN);
         assert!(BackendId::new(a.as_str()).is_ok());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn generated_ids_start_with_a_letter_and_use_the_whole_alphabet() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2_000 {
+            let id = BackendId::generate();
+            assert!(id.as_str().as_bytes()[0].is_ascii_lowercase(), "{id}");
+            seen.extend(id.as_str().bytes());
+        }
+        // 32,000 characters drawn: every one of the 36 shows up unless the draw is broken.
+        assert_eq!(seen.len(), 36, "{seen:?}");
     }
 
     #[test]

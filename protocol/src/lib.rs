@@ -1,11 +1,12 @@
-//! The one thing the controller and the drones share: the messages they exchange, the subjects
-//! and buckets those messages live under, and the bus that carries them (a real NATS server in
-//! production, an in-memory twin for `plane dev` and unit tests).
+//! The types Plane's parts agree on: the messages controller and drones exchange and the subjects
+//! and buckets they live under, and the records and spawn body of the HTTP API. Kept apart from
+//! any behaviour, so that an app calling Plane compiles these and the client, nothing more.
 
-pub mod bus;
 mod error_chain;
 pub mod ids;
 pub mod messages;
+pub mod records;
+pub mod spawn_request;
 pub mod subjects;
 
 pub use error_chain::error_chain;

@@ -4,14 +4,14 @@
 
 use super::Controller;
 use crate::limits::UNREPORTED_GRACE_PERIODS;
-use crate::records::DroneRecord;
 use crate::state::{Change, StateError};
-use plane_protocol::bus::Message;
+use plane_bus::Message;
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendState, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
 };
+use plane_protocol::records::DroneRecord;
 use tracing::{debug, info, warn};
 
 impl Controller {

@@ -7,16 +7,16 @@ mod drone_health;
 use crate::limits::{
     DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, UNREPORTED_GRACE_PERIODS,
 };
-use crate::records::{BackendRecord, DroneRecord, Liveness, ReportOutcome};
 use crate::scheduler::{self, NoDrone};
 use crate::state::{Change, ClusterState, StateError};
-use plane_protocol::bus::{Bus, BusError, KvError, Message, Subscription};
+use plane_bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, StateReport,
     TerminationReason,
 };
+use plane_protocol::records::{BackendRecord, DroneRecord, Liveness, ReportOutcome};
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,14 +3,14 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
-use plane_controlplane::records::{BackendRecord, DroneRecord};
+use plane_bus::{Bus, BusError};
 use plane_controlplane::{Controller, ControllerConfig};
-use plane_protocol::bus::{Bus, BusError};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, Executable, ExecutorKind, Heartbeat,
     StateReport, TerminationReason, UnixMillis,
 };
+use plane_protocol::records::{BackendRecord, DroneRecord};
 use plane_protocol::subjects::Subjects;
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -35,7 +35,7 @@ pub enum BusError {
         #[source]
         source: Source,
     },
-    /// The payload is larger than the bus carries ([`crate::bus::Bus::max_payload`]).
+    /// The payload is larger than the bus carries ([`crate::Bus::max_payload`]).
     #[error("payload of {size} bytes for {subject} exceeds the bus maximum of {max} bytes")]
     PayloadTooLarge {
         subject: String,
@@ -55,7 +55,7 @@ pub enum BusError {
         #[source]
         source: Source,
     },
-    /// [`crate::bus::Bus::respond`] on a message that was published, not requested.
+    /// [`crate::Bus::respond`] on a message that was published, not requested.
     #[error("message on {subject} has no reply subject to respond to")]
     NoReplySubject { subject: String },
     /// Waiting for the server to process everything sent so far failed.
@@ -64,7 +64,7 @@ pub enum BusError {
         #[source]
         source: Source,
     },
-    /// The bus was closed with [`crate::bus::Bus::close`].
+    /// The bus was closed with [`crate::Bus::close`].
     #[error("the bus is closed")]
     Closed,
     /// A typed message could not be serialised.
@@ -109,7 +109,7 @@ pub enum KvError {
     /// `update` with a revision that is not the key's latest one.
     #[error("key {key} has changed since the revision given (compare-and-set failed)")]
     WrongRevision { key: String },
-    /// The value is larger than the bus carries ([`crate::bus::Bus::max_payload`]).
+    /// The value is larger than the bus carries ([`crate::Bus::max_payload`]).
     #[error("value of {size} bytes for key {key} in KV bucket {bucket} exceeds the maximum of {max} bytes")]
     ValueTooLarge {
         bucket: String,

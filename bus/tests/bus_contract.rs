@@ -7,7 +7,7 @@
 
 use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
-use plane_protocol::bus::{Bus, BusError, KvChange, KvError, Message, Subscription};
+use plane_bus::{Bus, BusError, KvChange, KvError, Message, Subscription};
 use plane_test_support::NatsServer;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -582,7 +582,7 @@ async fn kv_garbage_value_is_a_decode_error(world: World) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn next_change(watch: &mut plane_protocol::bus::KvWatch) -> anyhow::Result<KvChange> {
+async fn next_change(watch: &mut plane_bus::KvWatch) -> anyhow::Result<KvChange> {
     within("next KV change", watch.next())
         .await?
         .context("watch ended")

@@ -1,10 +1,19 @@
 //! The body of `POST /v1/backends`, and its validation. Kept apart from the handler so that the
 //! CLI builds the very same type it will be checked against.
 
-use crate::limits::{DEFAULT_MAX_IDLE_SECS, MAX_COMMAND_ARGS, MAX_ENV_VARS, MAX_MAX_IDLE_SECS};
-use plane_protocol::messages::{BackendSpec, Executable};
+use crate::messages::{BackendSpec, Executable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Idle timeout of a backend whose spawn request does not give one.
+pub const DEFAULT_MAX_IDLE_SECS: u64 = 300;
+
+/// The longest idle timeout a spawn may ask for (one week).
+pub const MAX_MAX_IDLE_SECS: u64 = 7 * 24 * 3600;
+
+/// Most arguments a command may have, and most environment variables a spawn may set.
+pub const MAX_COMMAND_ARGS: usize = 1024;
+pub const MAX_ENV_VARS: usize = 1024;
 
 /// Environment variables Plane sets itself; a spawn may not override them.
 pub const RESERVED_ENV: &[&str] = &["PORT", "PLANE_BACKEND_ID", "PLANE_CLUSTER", "PLANE_KEY"];

@@ -1,6 +1,6 @@
 //! The bus that carries the controller <-> drone protocol: NATS in production, an in-memory twin
 //! for `plane dev` and unit tests, with the same semantics (checked by one contract test suite
-//! against both, `protocol/tests/bus_contract.rs`). Dispatch is a plain enum: two known
+//! against both, `bus/tests/bus_contract.rs`). Dispatch is a plain enum: two known
 //! implementations need no trait objects, and async fns stay zero-cost.
 //!
 //! Names (subjects, queue groups, buckets, keys) are validated here before dispatch, so both

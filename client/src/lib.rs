@@ -1,8 +1,8 @@
 //! A typed client of the HTTP API, used by the `plane` CLI (and usable by apps written in Rust).
 
-use crate::records::{BackendRecord, DroneView};
-use crate::spawn_request::SpawnRequest;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -11,7 +11,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
+use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::spawn_request::SpawnRequest;
 use serde::de::DeserializeOwned;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// How long connecting to the API may take.
@@ -45,6 +48,8 @@ pub enum ClientError {
     Api { status: StatusCode, message: String },
     #[error("the API's answer did not decode")]
     Decode(#[from] serde_json::Error),
+    #[error("the event stream is malformed: {0}")]
+    Stream(String),
 }
 
 /// A client of one Plane API, e.g. `http://127.0.0.1:9080`.
@@ -110,10 +115,7 @@ impl ApiClient {
         if !response.status().is_success() {
             return Err(api_error(response).await);
         }
-        Ok(EventStream {
-            body: response.into_body(),
-            buffer: BytesMut::new(),
-        })
+        Ok(EventStream::new(response.into_body()))
     }
 
     async fn send(
@@ -186,81 +188,52 @@ async fn api_error(response: hyper::Response<Incoming>) -> ClientError {
     ClientError::Api { status, message }
 }
 
-/// A server-sent event stream of backend records.
+/// A server-sent event stream of backend records (parsed by `eventsource-stream`).
 pub struct EventStream {
-    body: Incoming,
-    buffer: BytesMut,
+    events: Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<hyper::Error>>> + Send>>,
 }
 
 impl EventStream {
+    fn new(body: Incoming) -> Self {
+        EventStream {
+            events: Box::pin(body.into_data_stream().eventsource()),
+        }
+    }
+
     /// The next state change; `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Result<BackendRecord, ClientError>> {
         loop {
-            if let Some(event) = take_event(&mut self.buffer) {
-                if let Some(data) = state_data(&event) {
-                    return Some(serde_json::from_str(&data).map_err(ClientError::from));
-                }
-                continue;
-            }
-            match self.body.frame().await? {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buffer.extend_from_slice(data.chunk());
-                    }
-                }
-                Err(e) => return Some(Err(e.into())),
+            let event = match self.events.next().await? {
+                Ok(event) => event,
+                Err(EventStreamError::Transport(e)) => return Some(Err(e.into())),
+                Err(e) => return Some(Err(ClientError::Stream(e.to_string()))),
+            };
+            if event.event == "state" {
+                return Some(serde_json::from_str(&event.data).map_err(ClientError::from));
             }
         }
     }
-}
-
-/// Removes one complete event (up to a blank line) from the buffer. Works on bytes, so that a
-/// multi-byte character split across reads, or invalid UTF-8, cannot stall the stream.
-fn take_event(buffer: &mut BytesMut) -> Option<String> {
-    let find = |needle: &[u8]| buffer.windows(needle.len()).position(|w| w == needle);
-    let (at, len) = match (find(b"\n\n"), find(b"\r\n\r\n")) {
-        (Some(lf), Some(crlf)) if crlf < lf => (crlf, 4),
-        (Some(lf), _) => (lf, 2),
-        (None, Some(crlf)) => (crlf, 4),
-        (None, None) => return None,
-    };
-    let event = String::from_utf8_lossy(&buffer[..at]).into_owned();
-    buffer.advance(at + len);
-    Some(event)
-}
-
-/// The data of a `state` event; `None` for comments, keep-alives and other events.
-fn state_data(event: &str) -> Option<String> {
-    let mut name = "message";
-    let mut data: Vec<&str> = Vec::new();
-    for line in event.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    (name == "state" && !data.is_empty()).then(|| data.join("\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_events_split_anywhere() {
-        let stream = b": keep-alive\n\nevent: state\ndata: {\"a\":1}\n\nevent: state\ndata: 2\n\n";
+    /// Feeds `chunks` through the same parser `EventStream` uses and returns the state data.
+    async fn state_data(chunks: Vec<&'static [u8]>) -> Vec<String> {
+        let body = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        body.eventsource()
+            .filter_map(|e| async move { e.ok().filter(|e| e.event == "state").map(|e| e.data) })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn parses_events_split_anywhere() {
+        let stream: &'static [u8] =
+            b": keep-alive\n\nevent: state\ndata: {\"a\":1}\n\nevent: state\r\ndata: 2\r\n\r\n";
         for split in 0..stream.len() {
-            let mut buffer = BytesMut::new();
-            let mut found = Vec::new();
-            for part in [&stream[..split], &stream[split..]] {
-                buffer.extend_from_slice(part);
-                while let Some(event) = take_event(&mut buffer) {
-                    if let Some(data) = state_data(&event) {
-                        found.push(data);
-                    }
-                }
-            }
+            let found = state_data(vec![&stream[..split], &stream[split..]]).await;
             assert_eq!(found, ["{\"a\":1}", "2"], "split at {split}");
         }
     }

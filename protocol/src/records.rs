@@ -1,8 +1,8 @@
 //! The records the controller keeps in the cluster's KV buckets. They are also what the API
 //! returns, so their field names are part of the API contract.
 
-use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::{
+use crate::ids::{BackendId, DroneId};
+use crate::messages::{
     BackendSpec, BackendState, ExecutorKind, Heartbeat, StateReport, TerminationReason, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
@@ -182,7 +182,7 @@ pub struct DroneView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plane_protocol::messages::Executable;
+    use crate::messages::Executable;
 
     fn record() -> BackendRecord {
         BackendRecord {
