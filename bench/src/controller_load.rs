@@ -128,7 +128,7 @@ pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
         }
     };
     beat_all_once_a_second(Instant::now() + Duration::from_secs(2)).await;
-    let known = controller.drones().await.expect("drones").len();
+    let known = controller.drones().len();
     assert_eq!(known, drones, "every drone is known after the warm-up");
     let (cpu0, wall0) = (process_cpu(), Instant::now());
     let events = beat_all_once_a_second(Instant::now() + window).await;
@@ -167,6 +167,7 @@ pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
             updated_at: now,
             last_seq: 3,
             drone_started_at: Some(1),
+            reported_at: Some(now),
         };
         backends
             .create_json(id.as_str(), &record)
@@ -205,8 +206,8 @@ pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
         }));
     }
     loop {
-        let live_drones = controller.drones().await.expect("drones");
-        if live_drones.iter().filter(|(_, live)| *live).count() == DRONES {
+        let live_drones = controller.drones();
+        if live_drones.iter().filter(|d| d.status.live).count() == DRONES {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

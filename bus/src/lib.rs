@@ -104,6 +104,24 @@ impl Bus {
         })
     }
 
+    /// Follows whether the bus can carry messages now: `true` while connected (always, in
+    /// memory, where the channel never changes). Use [`Bus::is_connected`] for the current
+    /// state; a change marks the receiver changed.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Memory(_) => tokio::sync::watch::channel(true).1,
+            Backend::Nats(n) => n.connection(),
+        }
+    }
+
+    /// Whether the bus is connected now (always, in memory).
+    pub fn is_connected(&self) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Nats(n) => n.is_connected(),
+        }
+    }
+
     /// The largest payload (and KV value) this bus carries: the server's `max_payload` on NATS
     /// (1 MiB by default), the same 1 MiB in memory.
     pub fn max_payload(&self) -> usize {

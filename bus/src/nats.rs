@@ -15,18 +15,48 @@ use tracing::{debug, info, warn};
 /// history.
 const KV_HISTORY: i64 = 1;
 
+/// The longest pause between two attempts to reconnect (async-nats' default is 4 s): a drone
+/// must be heard again well within the drone grace of the moment the server is back.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
 /// How long [`NatsBus::sync`] waits for the server to echo its probe.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct NatsBus {
     client: Client,
     jetstream: jetstream::Context,
+    /// Whether the connection is up now, as async-nats' events tell it.
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NatsBus {
     pub(crate) async fn connect(url: &str) -> Result<Self, BusError> {
+        let (connected_tx, connected) = tokio::sync::watch::channel(false);
+        let connected_tx = std::sync::Arc::new(connected_tx);
         let client = async_nats::ConnectOptions::new()
-            .event_callback(|event| async move { log_event(event) })
+            .event_callback(move |event| {
+                let connected = connected_tx.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            connected.send_replace(true);
+                        }
+                        Event::Disconnected | Event::Closed => {
+                            connected.send_replace(false);
+                        }
+                        _ => {}
+                    }
+                    log_event(event)
+                }
+            })
+            .reconnect_delay_callback(|attempts| {
+                // 0, 2, 4, 8 ... ms, at most MAX_RECONNECT_DELAY.
+                let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+                match attempts {
+                    0 | 1 => Duration::ZERO,
+                    _ => Duration::from_millis(2u64.saturating_pow(exponent)).min(MAX_RECONNECT_DELAY),
+                }
+            })
             .connect(url)
             .await
             .map_err(|err| BusError::Connect {
@@ -34,7 +64,19 @@ impl NatsBus {
                 source: Box::new(err),
             })?;
         let jetstream = jetstream::new(client.clone());
-        Ok(Self { client, jetstream })
+        Ok(Self {
+            client,
+            jetstream,
+            connected,
+        })
+    }
+
+    pub(crate) fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The server's `max_payload`, as announced when connecting.

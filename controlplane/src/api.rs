@@ -2,8 +2,9 @@
 //! [`Controller`] methods; every error is JSON `{"error": "..."}` with a status that says whose
 //! fault it is (4xx: the caller's, 5xx: ours or a drone's).
 
-use crate::controller::{ControlError, Controller};
-use crate::limits::{EVENTS_REREAD_INTERVAL, MAX_API_BODY_BYTES};
+use crate::controller::{ControlError, Controller, DroneNow};
+use crate::limits::MAX_API_BODY_BYTES;
+use crate::view::ClusterView;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -13,7 +14,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::Stream;
-use plane_bus::{Kv, KvChange, KvEntry, KvWatch};
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::BackendState;
@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 /// An API error: a status and a message for the caller.
@@ -169,8 +169,8 @@ async fn spawn_backend(
 
 async fn list_backends(
     State(ApiState { controller, .. }): State<ApiState>,
-) -> Result<Json<Vec<BackendRecord>>, ApiError> {
-    Ok(Json(controller.backends().await?))
+) -> Json<Vec<Arc<BackendRecord>>> {
+    Json(controller.backends())
 }
 
 async fn get_backend(
@@ -193,19 +193,12 @@ async fn terminate_backend(
     Ok((status, Json(record)))
 }
 
-async fn list_drones(
-    State(ApiState { controller, .. }): State<ApiState>,
-) -> Result<Json<Vec<DroneView>>, ApiError> {
-    let drones = controller.drones().await?;
-    Ok(Json(
-        drones
-            .into_iter()
-            .map(|(drone, live)| DroneView { drone, live })
-            .collect(),
-    ))
+async fn list_drones(State(ApiState { controller, .. }): State<ApiState>) -> Json<Vec<DroneView>> {
+    Json(controller.drones().iter().map(DroneNow::to_view).collect())
 }
 
-/// One `state` event per state change of the backend, ending after `terminated`.
+/// One `state` event per state change of the backend, ending after `terminated`. Fed by the
+/// controller's view: a stream costs no watch of its own on the bus.
 async fn backend_events(
     State(ApiState {
         controller,
@@ -214,25 +207,17 @@ async fn backend_events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = backend_id(&id)?;
-    let kv = controller.state().backends_kv().clone();
-    // Watch before reading, so that no change falls between the read and the watch.
-    let watch = kv
-        .watch(id.as_str())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)))?;
-    // One read gives both the record and its revision: two reads could straddle a change,
-    // which the watch would then skip as already seen.
-    let (current, revision) = kv
-        .get_json::<BackendRecord>(id.as_str())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)))?
+    // Another controller may have created it a moment ago.
+    controller.backend(&id).await?;
+    let (current, changes) = controller
+        .view()
+        .subscribe(&id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {id}")))?;
     let events = EventStream {
         closing: closing.subscribe(),
-        kv,
+        view: controller.view().clone(),
         id,
-        watch,
-        last_revision: revision,
+        changes,
         last_state: None,
         pending: Some(current),
         done: false,
@@ -246,80 +231,42 @@ async fn backend_events(
 
 struct EventStream {
     closing: watch::Receiver<bool>,
-    kv: Kv,
+    view: ClusterView,
     id: BackendId,
-    watch: KvWatch,
-    last_revision: u64,
+    changes: broadcast::Receiver<Arc<BackendRecord>>,
     last_state: Option<BackendState>,
-    pending: Option<BackendRecord>,
+    pending: Option<Arc<BackendRecord>>,
     done: bool,
 }
 
-/// Why an event stream woke up.
-enum Wake {
-    Closing,
-    Change(KvChange),
-    WatchEnded,
-    Reread,
-}
-
 impl EventStream {
-    /// The next record whose state differs from the last one sent; `None` after `terminated`.
-    async fn next_record(&mut self) -> Option<BackendRecord> {
+    /// The next record whose state differs from the last one sent; `None` after `terminated`,
+    /// when the backend is forgotten, or when the server shuts down.
+    async fn next_record(&mut self) -> Option<Arc<BackendRecord>> {
         if self.done {
             return None;
         }
-        let mut reread = tokio::time::interval(EVENTS_REREAD_INTERVAL);
-        reread.reset();
         loop {
-            let change = match self.pending.take() {
-                Some(record) => Some(record),
-                None => match self.wait(&mut reread).await {
-                    Wake::Closing => return None,
-                    Wake::Change(KvChange::Put(entry)) => self.newer(entry),
-                    Wake::Change(KvChange::Delete { .. }) | Wake::WatchEnded => return None,
-                    // A watch that lost a change (a bus reconnect) must not leave the stream
-                    // stuck: the record is also read now and then.
-                    Wake::Reread => match self.kv.get(self.id.as_str()).await {
-                        Ok(Some(entry)) => self.newer(entry),
-                        Ok(None) => return None,
-                        Err(error) => {
-                            warn!(error = %error_chain(&error), backend = %self.id, "re-reading backend record failed");
-                            None
+            let record = match self.pending.take() {
+                Some(record) => record,
+                None => tokio::select! {
+                    _ = self.closing.wait_for(|closing| *closing) => return None,
+                    change = self.changes.recv() => match change {
+                        Ok(record) => record,
+                        // Fell behind: skip to the latest version.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            Arc::clone(&self.view.backend(&self.id)?.record)
                         }
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     },
                 },
             };
-            let Some(record) = change else { continue };
             if self.last_state == Some(record.state) {
                 continue;
             }
             self.last_state = Some(record.state);
             self.done = record.is_terminated();
             return Some(record);
-        }
-    }
-
-    async fn wait(&mut self, reread: &mut tokio::time::Interval) -> Wake {
-        tokio::select! {
-            _ = self.closing.wait_for(|closing| *closing) => Wake::Closing,
-            change = self.watch.next() => change.map_or(Wake::WatchEnded, Wake::Change),
-            _ = reread.tick() => Wake::Reread,
-        }
-    }
-
-    /// The record in `entry`, if it is newer than the last one seen.
-    fn newer(&mut self, entry: KvEntry) -> Option<BackendRecord> {
-        if entry.revision <= self.last_revision {
-            return None;
-        }
-        self.last_revision = entry.revision;
-        match serde_json::from_slice::<BackendRecord>(&entry.value) {
-            Ok(record) => Some(record),
-            Err(error) => {
-                warn!(%error, key = %entry.key, "undecodable backend record");
-                None
-            }
         }
     }
 }

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod controller;
 pub mod limits;
+pub mod liveness;
 pub mod scheduler;
 pub mod state;
+pub mod view;
 
 pub use controller::{Controller, ControllerConfig};

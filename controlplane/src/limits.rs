@@ -17,8 +17,9 @@ pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
 /// How many compare-and-set attempts a state update makes before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 32;
 
-/// An event stream re-reads its backend's record this often, in case its watch missed a change.
-pub const EVENTS_REREAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the controller retries reloading its view when a watch of the cluster state ended
+/// and the reload failed.
+pub const RESYNC_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Terminated backends and lost drones are forgotten this long after they ended.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);

@@ -1,10 +1,14 @@
 //! Where a new backend goes: a live drone that is not draining, runs the wanted executor and has
-//! room, preferring the least loaded. The result is an ordered list so that the caller can fall
-//! back to the next drone when one does not acknowledge in time.
+//! room. The first choice is the less loaded of two picked at random (power of two choices: close
+//! to the least loaded, without every controller and every spawn between two heartbeats herding
+//! onto the same drone); the rest follow least loaded first, so that the caller can fall back to
+//! the next drone when one does not acknowledge in time.
 
+use crate::liveness::DroneStatus;
 use plane_protocol::messages::ExecutorKind;
-use plane_protocol::records::{DroneRecord, Liveness};
+use plane_protocol::records::DroneRecord;
 use rand::seq::SliceRandom;
+use std::sync::Arc;
 
 /// Why no drone can take a backend; the text is shown to API users.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -17,37 +21,51 @@ pub enum NoDrone {
     NoneWithRoom,
 }
 
-/// Drones that can take a backend now, best first: lowest load/capacity ratio, ties shuffled so
-/// that simultaneous spawns spread out.
+/// A drone as the scheduler weighs it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub drone: Arc<DroneRecord>,
+    pub status: DroneStatus,
+}
+
+impl Candidate {
+    /// Compares load/capacity ratios as cross products, in integers.
+    fn lighter_than(&self, other: &Candidate) -> std::cmp::Ordering {
+        (u64::from(self.status.load) * u64::from(other.drone.capacity))
+            .cmp(&(u64::from(other.status.load) * u64::from(self.drone.capacity)))
+    }
+}
+
+/// Drones that can take a backend now, in the order to try them.
 pub fn candidates(
-    drones: &[DroneRecord],
+    drones: Vec<Candidate>,
     executor: ExecutorKind,
-    liveness: &Liveness,
-) -> Result<Vec<DroneRecord>, NoDrone> {
+) -> Result<Vec<Candidate>, NoDrone> {
     if drones.is_empty() {
         return Err(NoDrone::NoneRegistered);
     }
-    let live: Vec<&DroneRecord> = drones.iter().filter(|d| d.is_live(liveness)).collect();
+    let known = drones.len();
+    let live: Vec<Candidate> = drones.into_iter().filter(|d| d.status.live).collect();
     if live.is_empty() {
-        return Err(NoDrone::NoneLive {
-            known: drones.len(),
-        });
+        return Err(NoDrone::NoneLive { known });
     }
-    let mut usable: Vec<DroneRecord> = live
+    let mut usable: Vec<Candidate> = live
         .into_iter()
-        .filter(|d| !d.draining && d.executor == executor && d.load < d.capacity)
-        .cloned()
+        .filter(|d| {
+            !d.drone.draining && d.drone.executor == executor && d.status.load < d.drone.capacity
+        })
         .collect();
     if usable.is_empty() {
         return Err(NoDrone::NoneWithRoom);
     }
     usable.shuffle(&mut rand::thread_rng());
-    // Stable sort keeps the shuffled order among equally loaded drones. Compare load/capacity
-    // as cross products to stay in integers.
-    usable.sort_by(|a, b| {
-        (u64::from(a.load) * u64::from(b.capacity))
-            .cmp(&(u64::from(b.load) * u64::from(a.capacity)))
-    });
+    if usable.len() >= 2 && usable[1].lighter_than(&usable[0]).is_lt() {
+        usable.swap(0, 1);
+    }
+    // The rest, least loaded first; the stable sort keeps the shuffled order among equals.
+    if usable.len() > 2 {
+        usable[1..].sort_by(Candidate::lighter_than);
+    }
     Ok(usable)
 }
 
@@ -55,105 +73,100 @@ pub fn candidates(
 mod tests {
     use super::*;
     use plane_protocol::ids::DroneId;
-    use plane_protocol::messages::UnixMillis;
 
-    fn at(now: UnixMillis, grace_ms: u64) -> Liveness {
-        Liveness {
-            now,
-            grace_ms,
-            listening_since: 0,
+    fn drone(id: &str, load: u32, capacity: u32, live: bool) -> Candidate {
+        Candidate {
+            drone: Arc::new(DroneRecord {
+                id: DroneId::new(id).expect("valid"),
+                executor: ExecutorKind::Process,
+                capacity,
+                load,
+                draining: false,
+                proxy_scheme: "http".into(),
+                proxy_port: 9090,
+                last_heartbeat: 0,
+                started_at: 0,
+                lost: false,
+                lost_at: None,
+            }),
+            status: DroneStatus {
+                live,
+                load,
+                last_heartbeat: None,
+            },
         }
     }
 
-    fn drone(id: &str, load: u32, capacity: u32, last_heartbeat: UnixMillis) -> DroneRecord {
-        DroneRecord {
-            id: DroneId::new(id).expect("valid"),
-            executor: ExecutorKind::Process,
-            capacity,
-            load,
-            draining: false,
-            proxy_scheme: "http".into(),
-            proxy_port: 9090,
-            last_heartbeat,
-            started_at: 0,
-            lost: false,
-        }
-    }
-
-    #[test]
-    fn least_loaded_first() {
-        let drones = [
-            drone("a", 5, 10, 100),
-            drone("b", 1, 10, 100),
-            drone("c", 3, 4, 100),
-        ];
-        let order: Vec<String> = candidates(&drones, ExecutorKind::Process, &at(100, 10))
+    fn order(drones: Vec<Candidate>) -> Vec<String> {
+        candidates(drones, ExecutorKind::Process)
             .expect("candidates")
             .into_iter()
-            .map(|d| d.id.to_string())
-            .collect();
-        assert_eq!(order, ["b", "a", "c"]);
+            .map(|d| d.drone.id.to_string())
+            .collect()
     }
 
     #[test]
-    fn skips_stale_full_draining_and_other_executors() {
-        let mut draining = drone("d", 0, 10, 100);
-        draining.draining = true;
-        let mut docker = drone("e", 0, 10, 100);
-        docker.executor = ExecutorKind::Docker;
-        let drones = [
-            drone("stale", 0, 10, 0),
-            drone("full", 10, 10, 100),
+    fn the_first_is_the_lighter_of_two_and_the_rest_least_loaded_first() {
+        let drones = || {
+            vec![
+                drone("a", 5, 10, true),
+                drone("b", 1, 10, true),
+                drone("c", 3, 4, true),
+                drone("d", 2, 10, true),
+            ]
+        };
+        let ratio = |id: &str| match id {
+            "a" => 0.5,
+            "b" => 0.1,
+            "c" => 0.75,
+            _ => 0.2,
+        };
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let order = order(drones());
+            assert_eq!(order.len(), 4);
+            // c (3/4) is the heaviest: it loses whichever pair it is drawn in.
+            assert_ne!(order[0], "c", "{order:?}");
+            firsts.insert(order[0].clone());
+            assert!(
+                order[1..].windows(2).all(|w| ratio(&w[0]) <= ratio(&w[1])),
+                "{order:?}"
+            );
+        }
+        // Not always the global minimum: that is what spreads simultaneous spawns.
+        assert!(firsts.len() > 1, "{firsts:?}");
+        assert!(firsts.contains("b"));
+    }
+
+    #[test]
+    fn skips_silent_full_draining_and_other_executors() {
+        let mut draining = drone("d", 0, 10, true);
+        Arc::make_mut(&mut draining.drone).draining = true;
+        let mut docker = drone("e", 0, 10, true);
+        Arc::make_mut(&mut docker.drone).executor = ExecutorKind::Docker;
+        let drones = vec![
+            drone("silent", 0, 10, false),
+            drone("full", 10, 10, true),
             draining,
             docker,
-            drone("ok", 9, 10, 100),
+            drone("ok", 9, 10, true),
         ];
-        let order = candidates(&drones, ExecutorKind::Process, &at(100, 10)).expect("one usable");
-        assert_eq!(order.len(), 1);
-        assert_eq!(order[0].id.as_str(), "ok");
+        assert_eq!(order(drones), ["ok"]);
     }
 
     #[test]
     fn says_why_nothing_fits() {
         assert_eq!(
-            candidates(&[], ExecutorKind::Process, &at(0, 10)),
+            candidates(vec![], ExecutorKind::Process).map(|_| ()),
             Err(NoDrone::NoneRegistered)
         );
         assert_eq!(
-            candidates(&[drone("a", 0, 1, 0)], ExecutorKind::Process, &at(100, 10)),
+            candidates(vec![drone("a", 0, 1, false)], ExecutorKind::Process).map(|_| ()),
             Err(NoDrone::NoneLive { known: 1 })
         );
         assert_eq!(
-            candidates(
-                &[drone("a", 1, 1, 100)],
-                ExecutorKind::Process,
-                &at(100, 10)
-            ),
+            candidates(vec![drone("a", 1, 1, true)], ExecutorKind::Process).map(|_| ()),
             Err(NoDrone::NoneWithRoom)
-        );
-    }
-
-    #[test]
-    fn silence_before_the_controller_listened_does_not_count() {
-        let just_restarted = Liveness {
-            now: 100,
-            grace_ms: 10,
-            listening_since: 95,
-        };
-        let old_heartbeat = drone("a", 0, 1, 0);
-        let order = candidates(
-            std::slice::from_ref(&old_heartbeat),
-            ExecutorKind::Process,
-            &just_restarted,
-        );
-        assert!(order.is_ok(), "{order:?}");
-        let later = Liveness {
-            now: 106,
-            ..just_restarted
-        };
-        assert_eq!(
-            candidates(&[old_heartbeat], ExecutorKind::Process, &later),
-            Err(NoDrone::NoneLive { known: 1 })
         );
     }
 }

@@ -1,11 +1,16 @@
-//! Cluster state in the bus's KV buckets. Every write is a compare-and-set on the revision that
-//! was read, retried on conflict, so that several controllers can serve the same cluster.
+//! Cluster state: the KV buckets (the truth, shared by every controller) and this controller's
+//! [`ClusterView`] of them. Reads come from the view; every write is a compare-and-set on the
+//! revision the view held, retried from a fresh read of that one key when another writer got
+//! there first, and applied to the view as soon as it succeeds.
 
 use crate::limits::MAX_CAS_ATTEMPTS;
-use plane_bus::{Bus, BusError, Kv, KvError};
+use crate::view::{Bucket, ClusterView, Versioned};
+use plane_bus::{Bus, BusError, Kv, KvChange, KvError, KvWatch};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::records::{BackendRecord, DroneRecord};
 use plane_protocol::subjects::Subjects;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Why reading or writing cluster state failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,11 +23,12 @@ pub enum StateError {
     Contended { key: String },
 }
 
-/// The controller's view of the cluster's buckets.
+/// The cluster's buckets and this controller's view of them. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterState {
     backends: Kv,
     drones: Kv,
+    view: ClusterView,
 }
 
 /// What an update closure decided.
@@ -33,122 +39,207 @@ pub enum Change<T> {
     Keep(T),
 }
 
+/// The watches that keep a [`ClusterView`] current; see [`ClusterState::follow`].
+pub struct Watches {
+    backends: KvWatch,
+    drones: KvWatch,
+}
+
+impl Watches {
+    /// The next change of either bucket; `None` when a watch ended (the bus closed, or the
+    /// watch failed for good): [`ClusterState::resync`] then.
+    pub async fn next(&mut self) -> Option<(Bucket, KvChange)> {
+        tokio::select! {
+            change = self.backends.next() => change.map(|c| (Bucket::Backends, c)),
+            change = self.drones.next() => change.map(|c| (Bucket::Drones, c)),
+        }
+    }
+}
+
+/// A record type stored in one of the buckets.
+trait Stored: Serialize + DeserializeOwned {
+    const BUCKET: Bucket;
+    fn key(&self) -> &str;
+    fn held(view: &ClusterView, key: &str) -> Option<Versioned<Self>>;
+    fn store(view: &ClusterView, record: Self, revision: u64);
+}
+
+impl Stored for BackendRecord {
+    const BUCKET: Bucket = Bucket::Backends;
+    fn key(&self) -> &str {
+        self.id.as_str()
+    }
+    fn held(view: &ClusterView, key: &str) -> Option<Versioned<Self>> {
+        BackendId::new(key).ok().and_then(|id| view.backend(&id))
+    }
+    fn store(view: &ClusterView, record: Self, revision: u64) {
+        view.put_backend(record, revision);
+    }
+}
+
+impl Stored for DroneRecord {
+    const BUCKET: Bucket = Bucket::Drones;
+    fn key(&self) -> &str {
+        self.id.as_str()
+    }
+    fn held(view: &ClusterView, key: &str) -> Option<Versioned<Self>> {
+        DroneId::new(key).ok().and_then(|id| view.drone(&id))
+    }
+    fn store(view: &ClusterView, record: Self, revision: u64) {
+        view.put_drone(record, revision);
+    }
+}
+
 impl ClusterState {
-    /// Opens (creating when absent) the cluster's buckets.
-    pub async fn open(bus: &Bus, subjects: &Subjects) -> Result<Self, StateError> {
-        Ok(ClusterState {
+    /// Opens (creating when absent) the cluster's buckets and loads the view: the watches start
+    /// first, then one snapshot of each bucket, so that no change falls in between.
+    pub async fn open(bus: &Bus, subjects: &Subjects) -> Result<(Self, Watches), StateError> {
+        let state = ClusterState {
             backends: bus.kv(&subjects.backends_bucket()).await?,
             drones: bus.kv(&subjects.drones_bucket()).await?,
-        })
+            view: ClusterView::default(),
+        };
+        let watches = state.resync().await?;
+        Ok((state, watches))
     }
 
-    pub fn backends_kv(&self) -> &Kv {
-        &self.backends
+    /// Watches both buckets anew and replaces the view with a fresh snapshot.
+    pub async fn resync(&self) -> Result<Watches, StateError> {
+        let watches = Watches {
+            backends: self.backends.watch(">").await?,
+            drones: self.drones.watch(">").await?,
+        };
+        let backends = self.backends.entries().await?;
+        let drones = self.drones.entries().await?;
+        self.view.replace(backends, drones);
+        Ok(watches)
     }
 
-    pub async fn create_backend(&self, record: &BackendRecord) -> Result<(), StateError> {
-        self.backends
-            .create_json(record.id.as_str(), record)
+    /// Applies a change a watch saw.
+    pub fn follow(&self, bucket: Bucket, change: KvChange) {
+        self.view.apply_change(bucket, change);
+    }
+
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    fn kv(&self, bucket: Bucket) -> &Kv {
+        match bucket {
+            Bucket::Backends => &self.backends,
+            Bucket::Drones => &self.drones,
+        }
+    }
+
+    /// Creates the record; [`KvError::AlreadyExists`] if the key is taken.
+    async fn create<R: Stored>(&self, record: R) -> Result<(), StateError> {
+        let revision = self
+            .kv(R::BUCKET)
+            .create_json(record.key(), &record)
             .await?;
+        R::store(&self.view, record, revision);
         Ok(())
     }
 
-    pub async fn backend(&self, id: &BackendId) -> Result<Option<BackendRecord>, StateError> {
-        Ok(self
-            .backends
-            .get_json::<BackendRecord>(id.as_str())
-            .await?
-            .map(|(record, _)| record))
+    pub async fn create_backend(&self, record: BackendRecord) -> Result<(), StateError> {
+        self.create(record).await
+    }
+
+    pub async fn create_drone(&self, record: DroneRecord) -> Result<(), StateError> {
+        self.create(record).await
     }
 
     pub async fn delete_backend(&self, id: &BackendId) -> Result<(), StateError> {
-        Ok(self.backends.delete(id.as_str()).await?)
-    }
-
-    /// Every backend record; records that do not decode are logged and skipped.
-    pub async fn backends(&self) -> Result<Vec<BackendRecord>, StateError> {
-        decode_all(&self.backends).await
-    }
-
-    /// Every drone record; records that do not decode are logged and skipped.
-    pub async fn drones(&self) -> Result<Vec<DroneRecord>, StateError> {
-        decode_all(&self.drones).await
-    }
-
-    pub async fn drone(&self, id: &DroneId) -> Result<Option<DroneRecord>, StateError> {
-        Ok(self
-            .drones
-            .get_json::<DroneRecord>(id.as_str())
-            .await?
-            .map(|(record, _)| record))
-    }
-
-    pub async fn delete_drone(&self, id: &DroneId) -> Result<(), StateError> {
-        Ok(self.drones.delete(id.as_str()).await?)
-    }
-
-    pub async fn put_drone(&self, record: &DroneRecord) -> Result<(), StateError> {
-        self.drones.put_json(record.id.as_str(), record).await?;
+        let held = self.view.backend(id).map_or(0, |v| v.revision);
+        self.backends.delete(id.as_str()).await?;
+        // The delete's own revision is not returned; one past the held record's is enough for
+        // the view to drop it now, and the watch brings the real one.
+        self.view.remove_backend(id, held + 1);
         Ok(())
     }
 
-    /// Reads the backend, lets `change` decide, and writes the result with compare-and-set,
-    /// retrying from a fresh read when another writer got there first. `None` when absent.
+    pub async fn delete_drone(&self, id: &DroneId) -> Result<(), StateError> {
+        let held = self.view.drone(id).map_or(0, |v| v.revision);
+        self.drones.delete(id.as_str()).await?;
+        self.view.remove_drone(id, held + 1);
+        Ok(())
+    }
+
+    /// Reads one key from the store into the view (when the view may be behind).
+    async fn refresh<R: Stored>(&self, key: &str) -> Result<Option<Versioned<R>>, StateError> {
+        if let Some(entry) = self.kv(R::BUCKET).get(key).await? {
+            self.view.apply_entry(R::BUCKET, entry);
+        }
+        Ok(R::held(&self.view, key))
+    }
+
+    /// Lets `change` decide on the record and writes the result with compare-and-set on the
+    /// revision it saw, retrying from a fresh read when another writer got there first. `None`
+    /// when there is no such record.
+    async fn update<R: Stored + Clone, T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut R) -> Change<T>,
+    ) -> Result<Option<T>, StateError> {
+        let mut held = match R::held(&self.view, key) {
+            Some(held) => Some(held),
+            // Written by another controller a moment ago, and not seen by the watch yet?
+            None => self.refresh::<R>(key).await?,
+        };
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(current) = held else {
+                return Ok(None);
+            };
+            let mut record = R::clone(&current.record);
+            match change(&mut record) {
+                Change::Keep(out) => return Ok(Some(out)),
+                Change::Write(out) => {
+                    match self
+                        .kv(R::BUCKET)
+                        .update_json(key, &record, current.revision)
+                        .await
+                    {
+                        Ok(revision) => {
+                            R::store(&self.view, record, revision);
+                            return Ok(Some(out));
+                        }
+                        Err(KvError::WrongRevision { .. }) => {
+                            held = self.refresh::<R>(key).await?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(StateError::Contended {
+            key: key.to_string(),
+        })
+    }
+
+    /// [`ClusterState::update`] of a backend record.
     pub async fn update_backend<T>(
         &self,
         id: &BackendId,
-        mut change: impl FnMut(&mut BackendRecord) -> Change<T>,
+        change: impl FnMut(&mut BackendRecord) -> Change<T>,
     ) -> Result<Option<T>, StateError> {
-        update(&self.backends, id.as_str(), |r: &mut BackendRecord| {
-            change(r)
-        })
-        .await
+        self.update(id.as_str(), change).await
     }
 
-    /// As [`ClusterState::update_backend`], for a drone record.
+    /// [`ClusterState::update`] of a drone record.
     pub async fn update_drone<T>(
         &self,
         id: &DroneId,
-        mut change: impl FnMut(&mut DroneRecord) -> Change<T>,
+        change: impl FnMut(&mut DroneRecord) -> Change<T>,
     ) -> Result<Option<T>, StateError> {
-        update(&self.drones, id.as_str(), |r: &mut DroneRecord| change(r)).await
+        self.update(id.as_str(), change).await
     }
-}
 
-async fn update<R, T>(
-    kv: &Kv,
-    key: &str,
-    mut change: impl FnMut(&mut R) -> Change<T>,
-) -> Result<Option<T>, StateError>
-where
-    R: serde::Serialize + serde::de::DeserializeOwned,
-{
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((mut record, revision)) = kv.get_json::<R>(key).await? else {
-            return Ok(None);
-        };
-        match change(&mut record) {
-            Change::Keep(out) => return Ok(Some(out)),
-            Change::Write(out) => match kv.update_json(key, &record, revision).await {
-                Ok(_) => return Ok(Some(out)),
-                Err(KvError::WrongRevision { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            },
+    /// The backend's record, from the view, or from the store when the view does not have it
+    /// (yet): a backend another controller created a moment ago.
+    pub async fn backend(&self, id: &BackendId) -> Result<Option<Versioned<BackendRecord>>, StateError> {
+        match self.view.backend(id) {
+            Some(held) => Ok(Some(held)),
+            None => self.refresh::<BackendRecord>(id.as_str()).await,
         }
     }
-    Err(StateError::Contended {
-        key: key.to_string(),
-    })
-}
-
-async fn decode_all<R: serde::de::DeserializeOwned>(kv: &Kv) -> Result<Vec<R>, StateError> {
-    let entries = kv.entries().await?;
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match serde_json::from_slice(&entry.value) {
-            Ok(record) => out.push(record),
-            Err(error) => tracing::warn!(key = %entry.key, %error, "skipping undecodable record"),
-        }
-    }
-    Ok(out)
 }

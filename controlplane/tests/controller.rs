@@ -20,7 +20,7 @@ async fn spawn_with_no_drone_says_none_registered() {
         matches!(result, Err(ControlError::NoDrone(NoDrone::NoneRegistered))),
         "{result:?}"
     );
-    let backends = cluster.controller.backends().await.expect("list");
+    let backends = cluster.controller.backends();
     assert!(backends.is_empty(), "{backends:?}");
 }
 
@@ -118,7 +118,7 @@ async fn when_every_drone_refuses_no_record_is_left() {
         cluster.controller.backend(&backend).await,
         Err(ControlError::NotFound(_))
     ));
-    let backends = cluster.controller.backends().await.expect("list");
+    let backends = cluster.controller.backends();
     assert!(backends.is_empty(), "{backends:?}");
 }
 
@@ -245,9 +245,9 @@ async fn a_drone_that_stops_beating_is_lost_and_so_are_its_backends() {
 
     let drone = cluster.wait_for_drone("d1", |d| d.lost).await;
     assert!(drone.lost);
-    let drones = cluster.controller.drones().await.expect("list");
+    let drones = cluster.controller.drones();
     assert_eq!(drones.len(), 1);
-    assert!(!drones[0].1, "a lost drone is shown live");
+    assert!(!drones[0].status.live, "a lost drone is shown live");
     assert!(
         matches!(
             within("spawn", cluster.controller.spawn(spec())).await,
@@ -275,8 +275,8 @@ async fn a_drone_that_keeps_beating_is_not_lost() {
         let record = cluster.controller.backend(&id).await.expect("exists");
         assert!(!record.is_terminated(), "{record:?}");
     }
-    let drone = cluster.controller.state().drone(&drone_id("d1")).await;
-    assert!(!drone.expect("read").expect("recorded").lost);
+    let drone = cluster.controller.view().drone(&drone_id("d1"));
+    assert!(!drone.expect("recorded").record.lost);
 }
 
 /// Waits until the wall clock is past `millis`, so that what follows happens strictly later.
@@ -304,8 +304,8 @@ async fn a_restarted_drone_loses_its_earlier_backends() {
     let message = ended.message.as_deref().unwrap_or_default();
     assert!(message.contains("restarted"), "{ended:?}");
     // The drone itself is live (it is beating), not lost.
-    let drone = cluster.controller.state().drone(&drone_id("d1")).await;
-    assert!(!drone.expect("read").expect("recorded").lost);
+    let drone = cluster.controller.view().drone(&drone_id("d1"));
+    assert!(!drone.expect("recorded").record.lost);
     // Its late report about the old backend is refused, so it stops whatever is left of it.
     let ack = cluster
         .report(&report(&before, "d1", 2, BackendState::Ready, None))
@@ -331,13 +331,13 @@ async fn a_backend_taken_by_the_restarted_drone_before_its_first_heartbeat_survi
     loading.drone_started_at = restarted_at;
     assert_eq!(cluster.report(&loading).await, Ack::Accepted);
     clock_past(after.created_at).await;
-    cluster.heartbeat("d1", 1, restarted_at).await;
+    cluster
+        .heartbeat_listing("d1", 1, restarted_at, &[&after.id])
+        .await;
 
     cluster
         .wait_for_backend(&before, |b| b.is_terminated())
         .await;
-    // Heartbeats are handled one at a time: once this one is recorded, the restart is done.
-    cluster.heartbeat("d1", 2, restarted_at).await;
     let kept = cluster.controller.backend(&after.id).await.expect("exists");
     assert_eq!(
         kept.state,
@@ -456,7 +456,7 @@ async fn terminated_backends_and_lost_drones_are_forgotten() {
     })
     .await;
     eventually("the lost drone to be forgotten", || async {
-        let drones = cluster.controller.drones().await.expect("list drones");
+        let drones = cluster.controller.drones();
         drones.is_empty().then_some(())
     })
     .await;

@@ -33,6 +33,10 @@ pub struct BackendRecord {
     /// Which process of its drone runs it (its start time), once the drone has reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drone_started_at: Option<UnixMillis>,
+    /// When the drone sent the last report applied, by the drone's clock: a heartbeat the drone
+    /// sent later than this that does not list the backend means the drone no longer runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<UnixMillis>,
 }
 
 /// What applying a drone's report to a record did.
@@ -86,6 +90,7 @@ impl BackendRecord {
             self.message.clone_from(&report.message);
         }
         self.updated_at = report.at.max(self.updated_at);
+        self.reported_at = Some(report.at);
         ReportOutcome::Applied
     }
 
@@ -98,18 +103,9 @@ impl BackendRecord {
     }
 }
 
-/// How a controller judges drone liveness at one moment.
-#[derive(Clone, Copy, Debug)]
-pub struct Liveness {
-    pub now: UnixMillis,
-    /// A drone silent for longer than this is lost.
-    pub grace_ms: u64,
-    /// When this controller started listening to heartbeats: silence before that is the
-    /// controller's, not the drone's (after an outage, every last heartbeat is old).
-    pub listening_since: UnixMillis,
-}
-
-/// One drone as last heard from (bucket `plane_{cluster}_drones`, key = id).
+/// One drone (bucket `plane_{cluster}_drones`, key = id). Written when the drone first beats,
+/// restarts, changes what it offers, or is declared lost or comes back; not on every heartbeat.
+/// `load` and `last_heartbeat` are as of that write in the store; the API shows the live values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroneRecord {
     pub id: DroneId,
@@ -126,6 +122,9 @@ pub struct DroneRecord {
     /// Set when the drone stopped beating for longer than the grace period.
     #[serde(default)]
     pub lost: bool,
+    /// When it was declared lost (the controller's clock); it is forgotten a retention later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<UnixMillis>,
 }
 
 impl DroneRecord {
@@ -141,17 +140,8 @@ impl DroneRecord {
             last_heartbeat: received_at,
             started_at: hb.started_at,
             lost: false,
+            lost_at: None,
         }
-    }
-
-    /// Whether the drone counts as live at `at`: not lost, and heard from within the grace
-    /// period (counted from when the controller started listening, at the earliest).
-    pub fn is_live(&self, at: &Liveness) -> bool {
-        !self.lost
-            && at
-                .now
-                .saturating_sub(self.last_heartbeat.max(at.listening_since))
-                <= at.grace_ms
     }
 
     /// The URL of a backend on this drone.
@@ -205,6 +195,7 @@ mod tests {
             updated_at: 1,
             last_seq: 0,
             drone_started_at: None,
+            reported_at: None,
         }
     }
 
@@ -278,6 +269,7 @@ mod tests {
             last_heartbeat: 0,
             started_at: 0,
             lost: false,
+            lost_at: None,
         };
         let b = BackendId::new("b1").expect("valid");
         assert_eq!(d.backend_url(&b, "c.dev"), "http://b1.c.dev/");

@@ -1,6 +1,13 @@
 //! Keeping the cluster's picture of its drones true: heartbeats, drones that go silent, restart
-//! or come back, and forgetting what ended long ago. Every path ends backends in the cluster
-//! state only where the drone cannot be asked, and asks the drone wherever it can.
+//! or come back, and forgetting what ended long ago.
+//!
+//! A heartbeat is handled in the controller's loop from the view alone (no store access), and
+//! only what needs a write or a command goes on in a task of its own. Each heartbeat also lists
+//! what the drone runs (or still has to report on), and is reconciled with the cluster state:
+//! a listed backend the cluster holds ended (or does not know) is stopped on the drone; a backend
+//! the cluster holds live on the drone that a later heartbeat no longer lists is ended. Together
+//! with compare-and-set on drone records, that makes a heartbeat racing a loss decision harmless:
+//! whichever lands first, no backend stays running that the cluster holds lost.
 
 use super::Controller;
 use crate::limits::UNREPORTED_GRACE_PERIODS;
@@ -9,67 +16,188 @@ use plane_bus::Message;
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendState, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
+    now_millis, Ack, BackendState, DroneCommand, Heartbeat, TerminationReason,
 };
 use plane_protocol::records::DroneRecord;
+use std::collections::HashSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// What a heartbeat says must change in the drone's record.
+#[derive(Debug, PartialEq, Eq)]
+enum RecordChange {
+    None,
+    /// First heard of.
+    Register,
+    /// A new process under the same id: whatever the earlier one ran is gone.
+    Restarted,
+    /// Declared lost, and beating again (the same process).
+    Returned,
+    /// Capacity, executor, draining or the proxy's address changed.
+    Updated,
+}
+
+/// What a heartbeat's list of backends disagrees with in the cluster state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Disagreement {
+    /// Listed, but ended in the cluster, or given to another drone: the drone must stop them.
+    pub(crate) stop: Vec<BackendId>,
+    /// Listed, and not in the view: stopped unless the store has them live on this drone.
+    pub(crate) unknown: Vec<BackendId>,
+    /// Live on this drone in the cluster, reported by this drone process before the heartbeat
+    /// was sent, and not listed: the drone no longer runs them and has nothing left to report.
+    pub(crate) gone: Vec<BackendId>,
+}
+
+impl Disagreement {
+    fn is_empty(&self) -> bool {
+        self.stop.is_empty() && self.unknown.is_empty() && self.gone.is_empty()
+    }
+}
+
 impl Controller {
-    pub(super) async fn on_heartbeat(&self, msg: &Message) {
-        let heartbeat: Heartbeat = match msg.decode() {
-            Ok(hb) => hb,
-            Err(error) => {
-                warn!(error = %error_chain(&error), "dropping malformed heartbeat");
-                return;
-            }
+    pub(super) fn on_heartbeat(&self, msg: &Message) {
+        match msg.decode::<Heartbeat>() {
+            Ok(heartbeat) => self.handle_heartbeat(heartbeat),
+            Err(error) => warn!(error = %error_chain(&error), "dropping malformed heartbeat"),
+        }
+    }
+
+    /// Records that the drone was heard, and starts whatever the heartbeat calls for.
+    pub fn handle_heartbeat(&self, heartbeat: Heartbeat) {
+        self.inner.hearing.heard(&heartbeat, Instant::now());
+        let change = match self.view().drone(&heartbeat.drone) {
+            None => RecordChange::Register,
+            Some(held) => record_change(&held.record, &heartbeat),
         };
-        let record = DroneRecord::from_heartbeat(&heartbeat, now_millis());
-        let previous = self.inner.state.drone(&heartbeat.drone).await;
-        if let Err(error) = self.inner.state.put_drone(&record).await {
-            warn!(error = %error_chain(&error), drone = %heartbeat.drone, "could not record heartbeat");
+        let disagreement = self.disagreement(&heartbeat);
+        if change == RecordChange::None && disagreement.is_empty() {
             return;
         }
-        match previous {
-            Ok(Some(previous)) if previous.lost && previous.started_at == heartbeat.started_at => {
-                warn!(drone = %heartbeat.drone, "a lost drone is back; stopping the backends given up on");
-                self.stop_abandoned(&heartbeat).await;
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.update_drone_record(&heartbeat, change).await {
+                warn!(error = %error_chain(&error), drone = %heartbeat.drone, "could not record heartbeat");
             }
-            Ok(Some(previous)) if previous.started_at != heartbeat.started_at => {
-                warn!(drone = %heartbeat.drone, "drone restarted; its earlier backends are gone");
-                if let Err(error) = self
-                    .end_backends_of(
-                        &heartbeat.drone,
-                        Some(heartbeat.started_at),
-                        "its drone restarted",
-                    )
-                    .await
-                {
-                    warn!(error = %error_chain(&error), drone = %heartbeat.drone, "could not end a restarted drone's backends");
+            this.settle(&heartbeat, disagreement).await;
+        });
+    }
+
+    /// Compares what the heartbeat lists with what the view holds for its drone.
+    pub(crate) fn disagreement(&self, heartbeat: &Heartbeat) -> Disagreement {
+        let view = self.view();
+        let mut out = Disagreement::default();
+        for id in &heartbeat.backends {
+            match view.backend(id) {
+                None => out.unknown.push(id.clone()),
+                Some(held) if held.record.is_terminated() || held.record.drone != heartbeat.drone => {
+                    out.stop.push(id.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        let held = view.live_backends_of(&heartbeat.drone);
+        if !held.is_empty() {
+            let listed: HashSet<&BackendId> = heartbeat.backends.iter().collect();
+            for record in held {
+                let reported_by_this_process_before = record.last_seq > 0
+                    && record.drone_started_at == Some(heartbeat.started_at)
+                    && record.reported_at.is_some_and(|at| at < heartbeat.at);
+                if reported_by_this_process_before && !listed.contains(&record.id) {
+                    out.gone.push(record.id.clone());
                 }
             }
-            Ok(_) => {}
-            Err(error) => {
-                warn!(error = %error_chain(&error), drone = %heartbeat.drone, "could not read drone record")
+        }
+        out
+    }
+
+    /// Acts on a disagreement: stops on the drone what the cluster holds ended, ends in the
+    /// cluster what the drone no longer runs.
+    async fn settle(&self, heartbeat: &Heartbeat, disagreement: Disagreement) {
+        let drone = &heartbeat.drone;
+        let mut stop = disagreement.stop;
+        for id in disagreement.unknown {
+            // Perhaps created by another controller a moment ago: ask the store.
+            match self.inner.state.backend(&id).await {
+                Ok(Some(held))
+                    if !held.record.is_terminated() && &held.record.drone == drone => {}
+                Ok(_) => stop.push(id),
+                Err(error) => {
+                    warn!(error = %error_chain(&error), backend = %id, "cannot read backend record")
+                }
+            }
+        }
+        for id in stop {
+            self.tell_drone_to_stop(drone, &id).await;
+        }
+        for id in disagreement.gone {
+            warn!(backend = %id, %drone, "drone no longer runs backend; ending it");
+            if let Err(error) = self
+                .end_here(&id, TerminationReason::Lost, "its drone no longer runs it")
+                .await
+            {
+                warn!(error = %error_chain(&error), backend = %id, "could not end backend");
             }
         }
     }
 
-    /// Tells a drone that came back to stop what it runs that the cluster no longer knows as
-    /// running on it (ended while the drone was lost, or never recorded).
-    pub(super) async fn stop_abandoned(&self, heartbeat: &Heartbeat) {
-        for backend in &heartbeat.backends {
-            let abandoned = match self.inner.state.backend(backend).await {
-                Ok(Some(record)) => record.is_terminated() || record.drone != heartbeat.drone,
-                Ok(None) => true,
-                Err(error) => {
-                    warn!(error = %error_chain(&error), %backend, "cannot read backend record");
-                    continue;
+    /// Writes what the heartbeat changes in the drone's record (compare-and-set), and ends the
+    /// backends of an earlier process of a restarted drone.
+    async fn update_drone_record(
+        &self,
+        heartbeat: &Heartbeat,
+        change: RecordChange,
+    ) -> Result<(), StateError> {
+        let state = &self.inner.state;
+        let drone = &heartbeat.drone;
+        let fresh = DroneRecord::from_heartbeat(heartbeat, now_millis());
+        let mut restarted = change == RecordChange::Restarted;
+        match change {
+            RecordChange::None => return Ok(()),
+            RecordChange::Register => match state.create_drone(fresh.clone()).await {
+                Ok(()) => info!(%drone, "drone registered"),
+                // Another controller registered it first: compare with that record instead.
+                Err(StateError::Kv(plane_bus::KvError::AlreadyExists { .. })) => {}
+                Err(error) => return Err(error),
+            },
+            _ => {}
+        }
+        let outcome = state
+            .update_drone(drone, |record| {
+                let change = record_change(record, heartbeat);
+                if change == RecordChange::None {
+                    return Change::Keep(change);
                 }
-            };
-            if abandoned {
-                self.tell_drone_to_stop(&heartbeat.drone, backend).await;
+                *record = fresh.clone();
+                Change::Write(change)
+            })
+            .await?;
+        match outcome {
+            Some(RecordChange::Restarted) => {
+                warn!(%drone, "drone restarted; its earlier backends are gone");
+                restarted = true;
+            }
+            Some(RecordChange::Returned) => {
+                warn!(%drone, "a lost drone is back; stopping the backends given up on")
+            }
+            _ => {}
+        }
+        if restarted {
+            self.end_earlier_process(drone, heartbeat.started_at).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the backends a restarted drone's earlier process reported (its new process's, and
+    /// those not reported yet, are not affected).
+    async fn end_earlier_process(&self, drone: &DroneId, current: u64) -> Result<(), StateError> {
+        for backend in self.view().live_backends_of(drone) {
+            if backend.drone_started_at.is_some_and(|p| p != current) {
+                self.end_here(&backend.id, TerminationReason::Lost, "its drone restarted")
+                    .await?;
             }
         }
+        Ok(())
     }
 
     /// Best effort: the drone may be gone again.
@@ -79,7 +207,7 @@ impl Controller {
         };
         match self.command_drone(drone, &command).await {
             Ok(Ack::Accepted) => {
-                info!(%drone, %backend, "asked drone to stop an abandoned backend")
+                info!(%drone, %backend, "asked drone to stop a backend the cluster holds ended")
             }
             Ok(Ack::Rejected { error }) => {
                 warn!(%drone, %backend, %error, "drone refused to stop a backend")
@@ -90,37 +218,16 @@ impl Controller {
         }
     }
 
-    /// Marks the drone's unterminated backends `terminated/lost`. With `except_process`, only
-    /// those an earlier process of the drone reported (a restarted drone's new backends, and
-    /// those not reported yet, are not affected).
-    pub(super) async fn end_backends_of(
-        &self,
-        drone: &DroneId,
-        except_process: Option<UnixMillis>,
-        why: &str,
-    ) -> Result<(), StateError> {
-        for backend in self.inner.state.backends().await? {
-            let earlier_process = match except_process {
-                None => true,
-                Some(current) => backend.drone_started_at.is_some_and(|p| p != current),
-            };
-            if &backend.drone == drone && !backend.is_terminated() && earlier_process {
-                self.end_here(&backend.id, TerminationReason::Lost, why)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Forgets terminated backends and lost drones past retention, and ends backends whose
-    /// drone never reported them.
+    /// drone never reported them. Reads the view; writes only what it changes.
     pub(super) async fn collect_garbage(&self) -> Result<(), StateError> {
         let now = now_millis();
         let retention = self.inner.config.retention.as_millis() as u64;
         let unreported =
             (self.inner.config.drone_grace * UNREPORTED_GRACE_PERIODS).as_millis() as u64;
         let state = &self.inner.state;
-        for backend in state.backends().await? {
+        self.view().prune_deleted();
+        for backend in self.view().backends() {
             if backend.is_terminated() && now.saturating_sub(backend.updated_at) > retention {
                 debug!(backend = %backend.id, "forgetting terminated backend");
                 state.delete_backend(&backend.id).await?;
@@ -137,52 +244,74 @@ impl Controller {
                 .await?;
             }
         }
-        for drone in state.drones().await? {
-            if drone.lost && now.saturating_sub(drone.last_heartbeat) > retention {
+        for held in self.view().drones() {
+            let drone = &held.record;
+            if drone.lost && now.saturating_sub(drone.lost_at.unwrap_or(0)) > retention {
                 debug!(drone = %drone.id, "forgetting lost drone");
                 state.delete_drone(&drone.id).await?;
+                self.inner.hearing.forget(&drone.id);
             }
         }
         Ok(())
     }
 
-    /// Marks drones that stopped beating as lost, and their backends `terminated/lost`.
-    pub(super) async fn declare_lost_drones(&self, recheck_lost: bool) -> Result<(), StateError> {
-        let liveness = self.liveness();
-        let state = &self.inner.state;
-        let mut newly_lost = Vec::new();
-        for drone in state.drones().await? {
-            if drone.lost {
-                // A controller that died (or failed) between marking a drone and ending its
-                // backends left work behind: the first check after a start, or after a
-                // failure, finishes it.
-                if recheck_lost {
-                    newly_lost.push(drone.id);
-                }
-                continue;
-            }
-            if drone.is_live(&liveness) {
-                continue;
-            }
-            let marked = state
-                .update_drone(&drone.id, |d| {
-                    if d.lost || d.is_live(&liveness) {
-                        Change::Keep(false)
-                    } else {
-                        d.lost = true;
-                        Change::Write(true)
-                    }
-                })
-                .await?;
-            if marked == Some(true) {
-                warn!(drone = %drone.id, "drone stopped beating; declaring it lost");
-                newly_lost.push(drone.id);
-            }
+    /// Marks drones silent past the grace as lost (compare-and-set, re-judged on the record it
+    /// writes), and ends the live backends of lost drones. Does nothing while the bus connection
+    /// is down: that silence is the controller's own.
+    pub async fn declare_lost_drones(&self) -> Result<(), StateError> {
+        let hearing = &self.inner.hearing;
+        if !hearing.can_judge() {
+            return Ok(());
         }
-        for drone in &newly_lost {
-            self.end_backends_of(drone, None, "its drone stopped beating")
-                .await?;
+        let state = &self.inner.state;
+        for held in self.view().drones() {
+            let drone = &held.record;
+            if !drone.lost {
+                if hearing.status(drone, Instant::now()).live {
+                    continue;
+                }
+                let marked = state
+                    .update_drone(&drone.id, |d| {
+                        if d.lost || hearing.status(d, Instant::now()).live || !hearing.can_judge()
+                        {
+                            Change::Keep(false)
+                        } else {
+                            d.lost = true;
+                            d.lost_at = Some(now_millis());
+                            Change::Write(true)
+                        }
+                    })
+                    .await?;
+                if marked != Some(true) {
+                    continue;
+                }
+                warn!(drone = %drone.id, "drone stopped beating; declaring it lost");
+            }
+            // Also finishes the work of a controller that died between marking a drone lost
+            // and ending its backends: a lost drone has no live backend.
+            for backend in self.view().live_backends_of(&drone.id) {
+                self.end_here(&backend.id, TerminationReason::Lost, "its drone stopped beating")
+                    .await?;
+            }
         }
         Ok(())
+    }
+}
+
+/// What `heartbeat` changes in `record`.
+fn record_change(record: &DroneRecord, heartbeat: &Heartbeat) -> RecordChange {
+    if record.started_at != heartbeat.started_at {
+        RecordChange::Restarted
+    } else if record.lost {
+        RecordChange::Returned
+    } else if record.capacity != heartbeat.capacity
+        || record.executor != heartbeat.executor
+        || record.draining != heartbeat.draining
+        || record.proxy_scheme != heartbeat.proxy_scheme
+        || record.proxy_port != heartbeat.proxy_port
+    {
+        RecordChange::Updated
+    } else {
+        RecordChange::None
     }
 }

@@ -1,14 +1,18 @@
 //! The controller's behaviour, independent of HTTP: spawning and terminating backends on drones
 //! and applying drones' state reports; `drone_health` keeps the picture of the drones themselves
-//! true. The API module is a thin translation of these methods.
+//! true. Reads come from the in-memory [`ClusterView`](crate::view::ClusterView), so no event
+//! costs more in a bigger cluster; the API module is a thin translation of these methods.
 
 mod drone_health;
 
 use crate::limits::{
-    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, UNREPORTED_GRACE_PERIODS,
+    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, RESYNC_RETRY_INTERVAL,
+    UNREPORTED_GRACE_PERIODS,
 };
-use crate::scheduler::{self, NoDrone};
-use crate::state::{Change, ClusterState, StateError};
+use crate::liveness::{DroneStatus, Hearing};
+use crate::scheduler::{self, Candidate, NoDrone};
+use crate::state::{Change, ClusterState, StateError, Watches};
+use crate::view::ClusterView;
 use plane_bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
@@ -16,12 +20,12 @@ use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, StateReport,
     TerminationReason,
 };
-use plane_protocol::records::{BackendRecord, DroneRecord, Liveness, ReportOutcome};
+use plane_protocol::records::{BackendRecord, DroneRecord, DroneView, ReportOutcome};
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// How the controller is set up.
@@ -53,18 +57,42 @@ pub enum ControlError {
     State(#[from] StateError),
 }
 
+/// A drone as the API shows it: its record, and its liveness and load as heard now.
+#[derive(Clone, Debug)]
+pub struct DroneNow {
+    pub record: Arc<DroneRecord>,
+    pub status: DroneStatus,
+}
+
+impl DroneNow {
+    /// The API's shape: the record with the load and last heartbeat as heard now.
+    pub fn to_view(&self) -> DroneView {
+        let mut drone = DroneRecord::clone(&self.record);
+        drone.load = self.status.load;
+        if let Some(at) = self.status.last_heartbeat {
+            drone.last_heartbeat = at;
+        }
+        DroneView {
+            drone,
+            live: self.status.live,
+        }
+    }
+}
+
 /// A controller subscribed to its drones, ready to [`Listening::run`].
 pub struct Listening {
     controller: Controller,
     heartbeats: Subscription,
     reports: Subscription,
+    watches: Option<Watches>,
 }
 
 impl Listening {
-    /// Handles drones' messages and watches their liveness until `shutdown` resolves.
+    /// Handles drones' messages, follows the cluster state and judges drones' liveness until
+    /// `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         self.controller
-            .serve_drones(self.heartbeats, self.reports, shutdown)
+            .serve_drones(self.heartbeats, self.reports, self.watches, shutdown)
             .await
     }
 }
@@ -80,22 +108,25 @@ struct Inner {
     subjects: Subjects,
     config: ControllerConfig,
     state: ClusterState,
-    /// When this controller started listening: it cannot have heard from any drone before.
-    listening_since: AtomicU64,
+    hearing: Hearing,
+    /// The watches that feed the view, until [`Controller::listen`] takes them.
+    watches: Mutex<Option<Watches>>,
 }
 
 impl Controller {
-    /// Opens the cluster state on `bus`. Call [`Controller::run`] to start serving drones.
+    /// Opens the cluster state on `bus` and loads the view of it. Call [`Controller::run`] (or
+    /// [`Controller::listen`]) to serve drones and keep the view current.
     pub async fn new(bus: Bus, config: ControllerConfig) -> Result<Self, StateError> {
         let subjects = Subjects::new(&config.cluster);
-        let state = ClusterState::open(&bus, &subjects).await?;
+        let (state, watches) = ClusterState::open(&bus, &subjects).await?;
         Ok(Controller {
             inner: Arc::new(Inner {
                 bus,
                 subjects,
+                hearing: Hearing::new(config.drone_grace),
                 config,
                 state,
-                listening_since: AtomicU64::new(u64::MAX),
+                watches: Mutex::new(Some(watches)),
             }),
         })
     }
@@ -104,42 +135,39 @@ impl Controller {
         &self.inner.config.cluster
     }
 
-    pub fn state(&self) -> &ClusterState {
-        &self.inner.state
+    /// The view of the cluster this controller works from.
+    pub fn view(&self) -> &ClusterView {
+        self.inner.state.view()
     }
 
-    /// How drone liveness is judged now.
-    fn liveness(&self) -> Liveness {
-        Liveness {
-            now: now_millis(),
-            grace_ms: self.inner.config.drone_grace.as_millis() as u64,
-            listening_since: self.inner.listening_since.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Listens to drones (heartbeats, state reports) and watches their liveness until
-    /// `shutdown` resolves.
+    /// Listens to drones and follows the cluster state until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         self.listen().await?.run(shutdown).await
     }
 
     /// Subscribes to the drones' subjects: once this returns, no heartbeat or report is missed.
-    /// [`Listening::run`] then handles them.
+    /// [`Listening::run`] then handles them. Every controller hears every heartbeat; each state
+    /// report goes to one controller of the queue group.
     pub async fn listen(&self) -> Result<Listening, BusError> {
         let bus = &self.inner.bus;
-        let heartbeats = bus
-            .queue_subscribe(&self.inner.subjects.heartbeats(), CONTROLLER_QUEUE_GROUP)
-            .await?;
+        let heartbeats = bus.subscribe(&self.inner.subjects.heartbeats()).await?;
         let reports = bus
             .queue_subscribe(&self.inner.subjects.state_reports(), CONTROLLER_QUEUE_GROUP)
             .await?;
-        self.inner
-            .listening_since
-            .store(now_millis(), Ordering::Relaxed);
+        if bus.is_connected() {
+            self.inner.hearing.connected(Instant::now());
+        }
+        let watches = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         Ok(Listening {
             controller: self.clone(),
             heartbeats,
             reports,
+            watches,
         })
     }
 
@@ -147,6 +175,7 @@ impl Controller {
         &self,
         mut heartbeats: Subscription,
         mut reports: Subscription,
+        mut watches: Option<Watches>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), BusError> {
         let config = &self.inner.config;
@@ -157,7 +186,10 @@ impl Controller {
         collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut recheck_lost = true;
+        let mut resync = tokio::time::interval(RESYNC_RETRY_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection = self.inner.bus.connection();
+        let mut follows_connection = true;
         tokio::pin!(shutdown);
         info!(cluster = %self.cluster(), "controller listening to drones");
         loop {
@@ -165,13 +197,41 @@ impl Controller {
                 () = &mut shutdown => return Ok(()),
                 msg = heartbeats.next() => {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
-                    let this = self.clone();
-                    tokio::spawn(async move { this.on_heartbeat(&msg).await });
+                    self.on_heartbeat(&msg);
                 }
                 msg = reports.next() => {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
                     let this = self.clone();
                     tokio::spawn(async move { this.on_report(msg).await });
+                }
+                change = next_change(&mut watches) => match change {
+                    Some((bucket, change)) => self.inner.state.follow(bucket, change),
+                    None => {
+                        warn!("cluster state watch ended; reloading the view");
+                        watches = None;
+                        resync.reset_immediately();
+                    }
+                },
+                _ = resync.tick(), if watches.is_none() => {
+                    match self.inner.state.resync().await {
+                        Ok(fresh) => {
+                            info!("cluster view reloaded");
+                            watches = Some(fresh);
+                        }
+                        Err(error) => warn!(error = %error_chain(&error), "reloading the cluster view failed; retrying"),
+                    }
+                }
+                changed = connection.changed(), if follows_connection => {
+                    if changed.is_err() {
+                        // In memory: the bus is always connected.
+                        follows_connection = false;
+                    } else if *connection.borrow_and_update() {
+                        info!("bus connection back; drones' silence counts from now");
+                        self.inner.hearing.connected(Instant::now());
+                    } else {
+                        warn!("bus connection lost; no drone is judged until it is back");
+                        self.inner.hearing.disconnected();
+                    }
                 }
                 _ = collect.tick() => {
                     if let Err(error) = self.collect_garbage().await {
@@ -179,13 +239,8 @@ impl Controller {
                     }
                 }
                 _ = liveness.tick() => {
-                    match self.declare_lost_drones(recheck_lost).await {
-                        Ok(()) => recheck_lost = false,
-                        Err(error) => {
-                            warn!(error = %error_chain(&error), "liveness check failed");
-                            // Some lost drone's backends may not be ended yet: look at all again.
-                            recheck_lost = true;
-                        }
+                    if let Err(error) = self.declare_lost_drones().await {
+                        warn!(error = %error_chain(&error), "liveness check failed");
                     }
                 }
             }
@@ -264,7 +319,8 @@ impl Controller {
         })
     }
 
-    /// Terminates a backend in the cluster state only (its drone cannot be told).
+    /// Terminates a backend in the cluster state only (its drone cannot be told, or no longer
+    /// runs it).
     async fn end_here(
         &self,
         id: &BackendId,
@@ -283,14 +339,34 @@ impl Controller {
             .await
     }
 
+    /// Every drone with its liveness and load as heard now.
+    fn drones_now(&self) -> Vec<DroneNow> {
+        let now = Instant::now();
+        self.view()
+            .drones()
+            .into_iter()
+            .map(|held| DroneNow {
+                status: self.inner.hearing.status(&held.record, now),
+                record: held.record,
+            })
+            .collect()
+    }
+
     /// Schedules a backend: picks drones best first and gives it to the first that accepts.
     pub async fn spawn(&self, spec: BackendSpec) -> Result<BackendRecord, ControlError> {
         let state = &self.inner.state;
         let now = now_millis();
-        let drones = state.drones().await?;
-        let order = scheduler::candidates(&drones, ExecutorKind::Process, &self.liveness())?;
+        let drones = self
+            .drones_now()
+            .into_iter()
+            .map(|d| Candidate {
+                drone: d.record,
+                status: d.status,
+            })
+            .collect();
+        let order = scheduler::candidates(drones, ExecutorKind::Process)?;
         let id = BackendId::generate();
-        let first = &order[0];
+        let first = &order[0].drone;
         let record = BackendRecord {
             url: first.backend_url(&id, self.cluster()),
             id: id.clone(),
@@ -305,10 +381,12 @@ impl Controller {
             updated_at: now,
             last_seq: 0,
             drone_started_at: None,
+            reported_at: None,
         };
-        state.create_backend(&record).await?;
+        state.create_backend(record).await?;
         let mut failures = Vec::new();
-        for (i, drone) in order.iter().enumerate() {
+        for (i, candidate) in order.iter().enumerate() {
+            let drone = &candidate.drone;
             if i > 0 {
                 let cluster = self.cluster().to_string();
                 let moved = state
@@ -327,6 +405,7 @@ impl Controller {
                     return self.backend(&id).await;
                 }
             }
+            self.inner.hearing.placed(&drone.id);
             let command = DroneCommand::Spawn {
                 backend: id.clone(),
                 spec: spec.clone(),
@@ -357,32 +436,22 @@ impl Controller {
             .state
             .backend(id)
             .await?
+            .map(|held| BackendRecord::clone(&held.record))
             .ok_or_else(|| ControlError::NotFound(id.clone()))
     }
 
     /// Every backend, oldest first.
-    pub async fn backends(&self) -> Result<Vec<BackendRecord>, ControlError> {
-        let mut all = self.inner.state.backends().await?;
+    pub fn backends(&self) -> Vec<Arc<BackendRecord>> {
+        let mut all = self.view().backends();
         all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(all)
+        all
     }
 
-    /// Every drone with whether it is live now, by id.
-    pub async fn drones(&self) -> Result<Vec<(DroneRecord, bool)>, ControlError> {
-        let liveness = self.liveness();
-        let mut all: Vec<_> = self
-            .inner
-            .state
-            .drones()
-            .await?
-            .into_iter()
-            .map(|d| {
-                let live = d.is_live(&liveness);
-                (d, live)
-            })
-            .collect();
-        all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        Ok(all)
+    /// Every drone with whether it is live now and its load, by id.
+    pub fn drones(&self) -> Vec<DroneNow> {
+        let mut all = self.drones_now();
+        all.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        all
     }
 
     /// Asks the backend's drone to stop it. Idempotent: a terminated backend is returned as is.
@@ -406,12 +475,9 @@ impl Controller {
             }),
             Err(source) => {
                 let drone_lost = self
-                    .inner
-                    .state
-                    .drones()
-                    .await?
-                    .iter()
-                    .any(|d| d.id == record.drone && d.lost);
+                    .view()
+                    .drone(&record.drone)
+                    .is_some_and(|d| d.record.lost);
                 if drone_lost {
                     self.end_here(id, TerminationReason::Lost, "its drone stopped beating")
                         .await?;
@@ -423,5 +489,15 @@ impl Controller {
                 })
             }
         }
+    }
+}
+
+/// The next change of the watches, or never while there are none.
+async fn next_change(
+    watches: &mut Option<Watches>,
+) -> Option<(crate::view::Bucket, plane_bus::KvChange)> {
+    match watches {
+        Some(watches) => watches.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -147,8 +147,20 @@ impl Cluster {
 
     /// Publishes a heartbeat and waits until the controller has recorded it.
     pub async fn heartbeat(&self, drone: &str, load: u32, started_at: UnixMillis) {
-        let heartbeat = heartbeat_message(drone, load, started_at);
-        let sent = now_millis();
+        self.heartbeat_listing(drone, load, started_at, &[]).await
+    }
+
+    /// [`Cluster::heartbeat`] of a drone that runs (or still reports on) `backends`.
+    pub async fn heartbeat_listing(
+        &self,
+        drone: &str,
+        load: u32,
+        started_at: UnixMillis,
+        backends: &[&BackendId],
+    ) {
+        let mut heartbeat = heartbeat_message(drone, load, started_at);
+        heartbeat.backends = backends.iter().map(|b| (*b).clone()).collect();
+        let sent = heartbeat.at;
         within(
             "publish heartbeat",
             self.bus
@@ -157,7 +169,7 @@ impl Cluster {
         .await
         .expect("heartbeat published");
         self.wait_for_drone(drone, |d| {
-            d.last_heartbeat >= sent && d.load == load && d.started_at == started_at
+            d.last_heartbeat == sent && d.load == load && d.started_at == started_at
         })
         .await;
     }
@@ -169,11 +181,14 @@ impl Cluster {
     ) -> DroneRecord {
         let id = drone_id(drone);
         eventually(&format!("drone {drone} to be recorded as expected"), || {
-            let (state, id, ok) = (self.controller.state(), &id, &ok);
-            async move {
-                let record = state.drone(id).await.expect("read drone").filter(|d| ok(d));
-                record
-            }
+            let found = self
+                .controller
+                .drones()
+                .iter()
+                .find(|d| d.record.id == id)
+                .map(|d| d.to_view().drone)
+                .filter(|d| ok(d));
+            async move { found }
         })
         .await
     }
