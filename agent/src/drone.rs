@@ -1,9 +1,14 @@
-//! The drone's main loop: answers the controller's commands, beats its heart, sweeps idle
-//! backends, and on shutdown stops every backend it started before it returns.
+//! The drone: answers the controller's commands, beats its heart, sweeps idle backends, and on
+//! shutdown stops every backend it started before it returns.
+//!
+//! Nothing here waits on the bus where it matters: the sweeper runs in its own task and only
+//! reads the proxy's counts, heartbeats are sent from their own task (and skipped while the
+//! connection is down), answers to commands go out from tasks of their own, and state reports
+//! queue (see `reporter`). A NATS outage stops nothing but the conversation with the controller.
 
 use crate::executor::Executor;
 use crate::lifecycle::{self, BackendHandle, Context};
-use crate::limits::{ENDED_MEMORY, REPORT_FLUSH_TIMEOUT, SWEEP_INTERVAL};
+use crate::limits::{ENDED_MEMORY, HEARTBEAT_SEND_TIMEOUT, REPORT_FLUSH_TIMEOUT, SWEEP_INTERVAL};
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
 use plane_bus::{Bus, BusError, Message};
@@ -18,7 +23,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// How a drone is set up.
@@ -55,8 +61,8 @@ struct Shared {
     backends: Mutex<HashMap<BackendId, Arc<BackendHandle>>>,
     /// Recently ended backends, so that a re-sent spawn does not start one twice.
     ended: Mutex<HashMap<BackendId, Instant>>,
-    /// Signalled whenever a backend ends.
-    backend_ended: Notify,
+    /// Every backend's lifecycle task.
+    lifecycles: TaskTracker,
 }
 
 impl Shared {
@@ -94,7 +100,7 @@ impl Drone {
                 context,
                 backends: Mutex::new(HashMap::new()),
                 ended: Mutex::new(HashMap::new()),
-                backend_ended: Notify::new(),
+                lifecycles: TaskTracker::new(),
             }),
         }
     }
@@ -110,10 +116,8 @@ impl Drone {
         let (refused_tx, mut refused) = mpsc::unbounded_channel();
         let (reports, reporter) =
             reporter::start(self.bus.clone(), self.subjects.state_reports(), refused_tx);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
+        let heartbeat = tokio::spawn(self.heartbeat_forever(reports.clone()));
         info!(drone = %self.config.id, cluster = %self.config.cluster, executor = %self.shared.context.executor.kind(), "drone running");
         tokio::pin!(shutdown);
         let result = loop {
@@ -121,7 +125,7 @@ impl Drone {
                 () = &mut shutdown => break Ok(()),
                 msg = commands.next() => {
                     let Some(msg) = msg else { break Err(BusError::Closed) };
-                    self.on_command(&msg, &reports).await;
+                    self.on_command(msg, &reports);
                 }
                 Some(backend) = refused.recv() => {
                     if let Some(handle) = self.shared.backends().get(&backend) {
@@ -129,46 +133,77 @@ impl Drone {
                         handle.request_stop(TerminationReason::Terminated);
                     }
                 }
-                _ = heartbeat.tick() => self.beat().await,
-                _ = sweep.tick() => sweeper::sweep(&self.shared.backends(), Instant::now()),
             }
         };
+        sweeper.abort();
         self.stop_all().await;
-        drop(reports);
+        heartbeat.abort();
+        reports.close();
         if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, reporter)
             .await
             .is_err()
         {
-            warn!("controller unreachable; some final state reports were not delivered");
+            warn!(
+                pending = reports.len(),
+                "controller unreachable; some final state reports were not delivered"
+            );
         }
         info!(drone = %self.config.id, "drone stopped");
         result
     }
 
-    async fn beat(&self) {
-        let backends: Vec<BackendId> = self.shared.backends().keys().cloned().collect();
-        let heartbeat = Heartbeat {
-            drone: self.config.id.clone(),
-            executor: self.shared.context.executor.kind(),
-            capacity: self.config.capacity,
-            load: backends.len() as u32,
-            backends,
-            draining: false,
-            proxy_scheme: self.config.proxy_scheme.clone(),
-            proxy_port: self.config.proxy_port,
-            started_at: self.started_at,
-            at: now_millis(),
-        };
-        if let Err(error) = self
-            .bus
-            .publish_json(&self.subjects.heartbeats(), &heartbeat)
-            .await
-        {
-            warn!(error = %error_chain(&error), "heartbeat not sent");
+    /// Beats every heartbeat interval, listing the backends it runs and those it still has
+    /// reports queued for. Skips beats while the bus is disconnected: they would only pile up
+    /// and arrive stale.
+    fn heartbeat_forever(&self, reports: Reports) -> impl Future<Output = ()> + Send + 'static {
+        let (bus, subject, shared) = (
+            self.bus.clone(),
+            self.subjects.heartbeats(),
+            self.shared.clone(),
+        );
+        let (config, started_at) = (self.config.clone(), self.started_at);
+        async move {
+            let mut tick = tokio::time::interval(config.heartbeat_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !bus.is_connected() {
+                    continue;
+                }
+                let running: Vec<BackendId> = shared.backends().keys().cloned().collect();
+                let load = running.len() as u32;
+                let mut backends = running;
+                backends.extend(reports.pending());
+                backends.sort();
+                backends.dedup();
+                let heartbeat = Heartbeat {
+                    drone: config.id.clone(),
+                    executor: shared.context.executor.kind(),
+                    capacity: config.capacity,
+                    load,
+                    backends,
+                    draining: false,
+                    proxy_scheme: config.proxy_scheme.clone(),
+                    proxy_port: config.proxy_port,
+                    started_at,
+                    at: now_millis(),
+                };
+                match tokio::time::timeout(
+                    HEARTBEAT_SEND_TIMEOUT,
+                    bus.publish_json(&subject, &heartbeat),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => warn!(error = %error_chain(&error), "heartbeat not sent"),
+                    Err(_) => warn!("heartbeat not sent: the bus is not taking messages"),
+                }
+            }
         }
     }
 
-    async fn on_command(&self, msg: &Message, reports: &Reports) {
+    /// Acts on a command at once; the answer goes out from a task of its own.
+    fn on_command(&self, msg: Message, reports: &Reports) {
         let ack = match msg.decode::<DroneCommand>() {
             Ok(DroneCommand::Spawn { backend, spec }) => self.spawn(backend, spec, reports),
             Ok(DroneCommand::Terminate { backend }) => {
@@ -184,9 +219,12 @@ impl Drone {
                 }
             }
         };
-        if let Err(error) = self.bus.respond_json(msg, &ack).await {
-            debug!(error = %error_chain(&error), "could not answer command");
-        }
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(error) = bus.respond_json(&msg, &ack).await {
+                debug!(error = %error_chain(&error), "could not answer command");
+            }
+        });
     }
 
     /// Starts a backend's lifecycle unless it is known already (then the spawn is a re-send).
@@ -225,7 +263,7 @@ impl Drone {
             self.started_at,
         );
         info!(backend = %backend, command = ?spec.executable.command, "spawning backend");
-        tokio::spawn(async move {
+        self.shared.lifecycles.spawn(async move {
             lifecycle::run(
                 &shared.context,
                 backend.clone(),
@@ -237,7 +275,6 @@ impl Drone {
             .await;
             shared.backends().remove(&backend);
             shared.ended().insert(backend, Instant::now());
-            shared.backend_ended.notify_waiters();
         });
         Ack::Accepted
     }
@@ -254,12 +291,18 @@ impl Drone {
         if count > 0 {
             info!(count, "stopping every backend");
         }
-        loop {
-            let ended = self.shared.backend_ended.notified();
-            if self.shared.backends().is_empty() {
-                return;
-            }
-            ended.await;
-        }
+        // Commands no longer arrive, so no lifecycle starts after this.
+        self.shared.lifecycles.close();
+        self.shared.lifecycles.wait().await;
+    }
+}
+
+/// Sweeps idle backends every [`SWEEP_INTERVAL`], whatever the bus does.
+async fn sweep_forever(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweeper::sweep(&shared.backends(), Instant::now());
     }
 }

@@ -28,11 +28,19 @@ pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REPORT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// State reports queued at most (while the controller is unreachable); past this, superseded
+/// ones are dropped first.
+pub const MAX_QUEUED_REPORTS: usize = 4096;
+
 /// On shutdown, how long pending reports may take to reach the controller.
 pub const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An ended backend's id is remembered this long, so a re-sent spawn does not start it again.
 pub const ENDED_MEMORY: Duration = Duration::from_secs(600);
+
+/// The longest a heartbeat may wait to be handed to the bus; a heartbeat that cannot go out
+/// soon is worthless, the next one is due anyway.
+pub const HEARTBEAT_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The longest line of a backend's output that is logged whole.
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;

@@ -54,7 +54,8 @@ impl NatsBus {
                 let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
                 match attempts {
                     0 | 1 => Duration::ZERO,
-                    _ => Duration::from_millis(2u64.saturating_pow(exponent)).min(MAX_RECONNECT_DELAY),
+                    _ => Duration::from_millis(2u64.saturating_pow(exponent))
+                        .min(MAX_RECONNECT_DELAY),
                 }
             })
             .connect(url)

@@ -178,15 +178,26 @@ mod tests {
         hearing.connected(t0);
         hearing.heard(&heartbeat("d", 2), t0);
         assert!(hearing.status(&d, t0 + GRACE).live);
-        assert!(!hearing.status(&d, t0 + GRACE + Duration::from_millis(1)).live);
+        assert!(
+            !hearing
+                .status(&d, t0 + GRACE + Duration::from_millis(1))
+                .live
+        );
         // An outage: the connection drops right after the heartbeat and comes back much later.
         hearing.disconnected();
         assert!(!hearing.can_judge());
         assert!(hearing.status(&d, t0 + GRACE * 3).live);
         let back = t0 + GRACE * 3;
         hearing.connected(back);
-        assert!(hearing.status(&d, back + GRACE).live, "a full grace after reconnecting");
-        assert!(!hearing.status(&d, back + GRACE + Duration::from_millis(1)).live);
+        assert!(
+            hearing.status(&d, back + GRACE).live,
+            "a full grace after reconnecting"
+        );
+        assert!(
+            !hearing
+                .status(&d, back + GRACE + Duration::from_millis(1))
+                .live
+        );
     }
 
     #[test]
@@ -213,7 +224,11 @@ mod tests {
         assert_eq!(status.load, 5);
         assert_eq!(status.last_heartbeat, Some(1234));
         hearing.heard(&heartbeat("d", 4), t0);
-        assert_eq!(hearing.status(&d, t0).load, 4, "a heartbeat tells the real load");
+        assert_eq!(
+            hearing.status(&d, t0).load,
+            4,
+            "a heartbeat tells the real load"
+        );
         d.lost = true;
         assert!(!hearing.status(&d, t0).live);
     }

@@ -236,7 +236,10 @@ impl ClusterState {
 
     /// The backend's record, from the view, or from the store when the view does not have it
     /// (yet): a backend another controller created a moment ago.
-    pub async fn backend(&self, id: &BackendId) -> Result<Option<Versioned<BackendRecord>>, StateError> {
+    pub async fn backend(
+        &self,
+        id: &BackendId,
+    ) -> Result<Option<Versioned<BackendRecord>>, StateError> {
         match self.view.backend(id) {
             Some(held) => Ok(Some(held)),
             None => self.refresh::<BackendRecord>(id.as_str()).await,

@@ -90,7 +90,9 @@ impl Controller {
         for id in &heartbeat.backends {
             match view.backend(id) {
                 None => out.unknown.push(id.clone()),
-                Some(held) if held.record.is_terminated() || held.record.drone != heartbeat.drone => {
+                Some(held)
+                    if held.record.is_terminated() || held.record.drone != heartbeat.drone =>
+                {
                     out.stop.push(id.clone())
                 }
                 Some(_) => {}
@@ -119,8 +121,7 @@ impl Controller {
         for id in disagreement.unknown {
             // Perhaps created by another controller a moment ago: ask the store.
             match self.inner.state.backend(&id).await {
-                Ok(Some(held))
-                    if !held.record.is_terminated() && &held.record.drone == drone => {}
+                Ok(Some(held)) if !held.record.is_terminated() && &held.record.drone == drone => {}
                 Ok(_) => stop.push(id),
                 Err(error) => {
                     warn!(error = %error_chain(&error), backend = %id, "cannot read backend record")
@@ -183,7 +184,8 @@ impl Controller {
             _ => {}
         }
         if restarted {
-            self.end_earlier_process(drone, heartbeat.started_at).await?;
+            self.end_earlier_process(drone, heartbeat.started_at)
+                .await?;
         }
         Ok(())
     }
@@ -290,8 +292,12 @@ impl Controller {
             // Also finishes the work of a controller that died between marking a drone lost
             // and ending its backends: a lost drone has no live backend.
             for backend in self.view().live_backends_of(&drone.id) {
-                self.end_here(&backend.id, TerminationReason::Lost, "its drone stopped beating")
-                    .await?;
+                self.end_here(
+                    &backend.id,
+                    TerminationReason::Lost,
+                    "its drone stopped beating",
+                )
+                .await?;
             }
         }
         Ok(())

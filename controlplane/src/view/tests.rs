@@ -113,9 +113,18 @@ fn subscribers_see_every_newer_version_and_the_end() {
     view.put_backend(backend("b1", "d1", BackendState::Loading), 2);
     view.put_backend(backend("b1", "d1", BackendState::Loading), 2);
     view.put_backend(backend("b1", "d1", BackendState::Ready), 3);
-    assert_eq!(changes.try_recv().expect("loading").state, BackendState::Loading);
-    assert_eq!(changes.try_recv().expect("ready").state, BackendState::Ready);
-    assert!(changes.try_recv().is_err(), "a repeated revision is not news");
+    assert_eq!(
+        changes.try_recv().expect("loading").state,
+        BackendState::Loading
+    );
+    assert_eq!(
+        changes.try_recv().expect("ready").state,
+        BackendState::Ready
+    );
+    assert!(
+        changes.try_recv().is_err(),
+        "a repeated revision is not news"
+    );
     view.remove_backend(&id("b1"), 4);
     assert!(matches!(
         changes.try_recv(),
