@@ -96,8 +96,9 @@ impl Bus {
         }
     }
 
-    /// Connects to NATS; async-nats reconnects (and resubscribes) by itself afterwards. Fails if
-    /// the first connection fails.
+    /// Connects to NATS at `url`, or at any of several comma-separated URLs (a NATS cluster's
+    /// nodes); async-nats reconnects (to any of them, and resubscribes) by itself afterwards.
+    /// Fails if the first connection fails.
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
         Ok(Bus {
             backend: Backend::Nats(Arc::new(NatsBus::connect(url).await?)),

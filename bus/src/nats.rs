@@ -30,7 +30,26 @@ pub(crate) struct NatsBus {
 }
 
 impl NatsBus {
-    pub(crate) async fn connect(url: &str) -> Result<Self, BusError> {
+    /// `urls`: one server's URL, or several separated by commas (the nodes of a NATS cluster;
+    /// the client picks one and fails over to the others).
+    pub(crate) async fn connect(urls: &str) -> Result<Self, BusError> {
+        let url = urls;
+        let servers = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| BusError::Connect {
+                url: url.to_owned(),
+                source: Box::new(err),
+            })?;
+        if servers.is_empty() {
+            return Err(BusError::Connect {
+                url: url.to_owned(),
+                source: "no server URL given".into(),
+            });
+        }
         let (connected_tx, connected) = tokio::sync::watch::channel(false);
         let connected_tx = std::sync::Arc::new(connected_tx);
         let client = async_nats::ConnectOptions::new()
@@ -58,7 +77,7 @@ impl NatsBus {
                         .min(MAX_RECONNECT_DELAY),
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|err| BusError::Connect {
                 url: url.to_owned(),

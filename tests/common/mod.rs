@@ -7,7 +7,7 @@
 pub mod flows;
 
 use anyhow::{bail, Context};
-use plane_test_support::{curl, eventually, ChildGuard, CurlResponse, NatsServer};
+use plane_test_support::{curl, eventually, ChildGuard, CurlResponse, NatsServer, TcpRelay};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +19,7 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Heartbeats are fast and the grace short, so that a killed drone is noticed quickly.
 const HEARTBEAT_SECS: &str = "0.2";
-const DRONE_GRACE_SECS: &str = "2";
+pub const DRONE_GRACE_SECS: &str = "2";
 const STOP_GRACE_SECS: &str = "2";
 /// Short enough for the flow that waits for it, long enough for a loaded machine.
 pub const READY_TIMEOUT_SECS: &str = "5";
@@ -53,14 +53,34 @@ pub struct Cluster {
     pub drone: Option<ChildGuard>,
     controller: Option<ChildGuard>,
     nats: Option<NatsServer>,
+    /// Between the controller and NATS, when the test cuts the controller off.
+    relay: Option<TcpRelay>,
 }
 
 impl Cluster {
     /// nats-server, `plane controller` and `plane drone` as three processes.
     pub async fn over_nats() -> anyhow::Result<Cluster> {
+        Self::start_over_nats(false).await
+    }
+
+    /// [`Cluster::over_nats`], with the controller reaching NATS through a relay the test can
+    /// cut ([`Cluster::cut_controller`]) while the drone's connection stays up.
+    pub async fn over_nats_with_relay() -> anyhow::Result<Cluster> {
+        Self::start_over_nats(true).await
+    }
+
+    async fn start_over_nats(relay: bool) -> anyhow::Result<Cluster> {
         let nats = NatsServer::start()?;
         let cluster = "plane.test".to_string();
-        let (controller, api) = start_controller(&nats.url(), &cluster)?;
+        let relay = match relay {
+            true => Some(TcpRelay::start(nats.addr()).await?),
+            false => None,
+        };
+        let controller_url = match &relay {
+            Some(relay) => format!("nats://{}", relay.addr()),
+            None => nats.url(),
+        };
+        let (controller, api) = start_controller(&controller_url, &cluster)?;
         let (drone, proxy_port) = start_drone(&nats.url(), &cluster, Some("drone-1"))?;
         let cluster = Cluster {
             cluster,
@@ -69,9 +89,33 @@ impl Cluster {
             drone: Some(drone),
             controller: Some(controller),
             nats: Some(nats),
+            relay,
         };
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
+    }
+
+    /// Stops nats-server (as a crash would), keeping its store for [`Cluster::start_nats`].
+    pub fn stop_nats(&mut self) -> anyhow::Result<()> {
+        self.nats.as_mut().context("no NATS in this cluster")?.kill();
+        Ok(())
+    }
+
+    /// Starts nats-server again, on the same port with the same store.
+    pub fn start_nats(&mut self) -> anyhow::Result<()> {
+        self.nats.as_mut().context("no NATS in this cluster")?.restart()
+    }
+
+    /// Cuts the controller's connection to NATS (the drone's stays up).
+    pub fn cut_controller(&self) -> anyhow::Result<()> {
+        self.relay.as_ref().context("no relay in this cluster")?.cut();
+        Ok(())
+    }
+
+    /// Lets the controller reach NATS again.
+    pub fn restore_controller(&self) -> anyhow::Result<()> {
+        self.relay.as_ref().context("no relay in this cluster")?.restore();
+        Ok(())
     }
 
     /// One `plane dev` process.
@@ -105,6 +149,7 @@ impl Cluster {
             drone: Some(dev),
             controller: None,
             nats: None,
+            relay: None,
         };
         cluster.wait_for_live_drone().await?;
         Ok(cluster)

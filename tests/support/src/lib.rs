@@ -1,17 +1,19 @@
 //! What Plane's tests need to run real components: a `nats-server` with JetStream on a free port,
-//! child processes that cannot outlive the test, the path of the test backend binary, `curl`, and
+//! a TCP relay that can cut one client off from it, child processes that cannot outlive the test, the path of the test backend binary, `curl`, and
 //! a deadline loop for conditions that have no event to await.
 
 pub mod backend;
 pub mod curl;
 pub mod nats;
 pub mod process;
+pub mod relay;
 pub mod wait;
 
 pub use backend::test_backend_path;
 pub use curl::{curl, CurlResponse};
 pub use nats::NatsServer;
 pub use process::{process_alive, processes_with_env, ChildGuard};
+pub use relay::TcpRelay;
 pub use wait::eventually;
 
 /// A TCP port that was free a moment ago (bound to `127.0.0.1:0`, then released).

@@ -48,6 +48,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The client address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Kills the server (as a crash would), keeping its store directory.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,141 @@
+//! Faults of the bus, end to end over a real nats-server: an outage of the server, a controller
+//! cut off from it while the drone is not, and a drone working through an outage on its own.
+//! Each outage lasts twice the drone grace (2 s in these clusters): long enough that judging
+//! liveness on anything but what the controller could hear would end every session.
+
+mod common;
+
+use anyhow::{ensure, Context};
+use common::{bounded, id_of, no_process_left, Cluster, STATE_TIMEOUT};
+use futures::{SinkExt, StreamExt};
+use plane_test_support::eventually;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Twice the clusters' drone grace ([`common::DRONE_GRACE_SECS`]).
+const OUTAGE: Duration = Duration::from_secs(4);
+
+type WebSocket = WebSocketStream<TcpStream>;
+
+/// A WebSocket to the test backend's echo endpoint through the drone's proxy.
+async fn open_websocket(c: &Cluster, id: &str) -> anyhow::Result<WebSocket> {
+    let url = format!("ws://{}:{}/ws", c.host(id), c.proxy_port);
+    let tcp = TcpStream::connect(("127.0.0.1", c.proxy_port)).await?;
+    let (ws, response) = tokio_tungstenite::client_async(url.as_str().into_client_request()?, tcp)
+        .await
+        .context("WebSocket handshake through the proxy")?;
+    ensure!(response.status() == 101, "handshake: {response:?}");
+    Ok(ws)
+}
+
+async fn echo(ws: &mut WebSocket, text: &str) -> anyhow::Result<()> {
+    ws.send(Message::text(text)).await?;
+    let answer = tokio::time::timeout(STATE_TIMEOUT, ws.next())
+        .await
+        .context("no echo")?
+        .context("WebSocket closed")??;
+    ensure!(answer == Message::text(text), "echo: {answer:?}");
+    Ok(())
+}
+
+/// Two live sessions: one idle for up to a minute, one with a 1 s idle timeout kept alive only
+/// by the WebSocket open on it (so it must go on being counted through the fault).
+struct Sessions {
+    idle: String,
+    held: String,
+    ws: WebSocket,
+}
+
+impl Sessions {
+    async fn start(c: &Cluster) -> anyhow::Result<Sessions> {
+        let idle = id_of(&c.spawn_ready("", &["--idle", "60"]).await?)?;
+        let held = id_of(&c.spawn_ready("", &["--idle", "1"]).await?)?;
+        let mut ws = open_websocket(c, &held).await?;
+        echo(&mut ws, "before").await?;
+        Ok(Sessions { idle, held, ws })
+    }
+
+    /// Once the controller hears the drone again (a new backend can be spawned and reached),
+    /// and a whole grace later: both sessions are still ready, reachable and counted, and the
+    /// drone was never declared lost.
+    async fn survived(mut self, c: &Cluster) -> anyhow::Result<()> {
+        let fresh = eventually(STATE_TIMEOUT, "a spawn after the fault", || async {
+            c.spawn_ready("", &["--idle", "60"]).await.map(Some)
+        })
+        .await?;
+        let fresh = id_of(&fresh)?;
+        ensure!(c.get(&c.host(&fresh), "/", &[])?.status == 200);
+        // A grace and more after the controller could hear again: no drone may be judged lost.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for id in [&self.idle, &self.held] {
+            let status = c.status(id).await?;
+            ensure!(status["state"] == "ready", "{id} after the fault: {status}");
+        }
+        let hello = c.get(&c.host(&self.idle), "/", &[])?;
+        ensure!(hello.status == 200, "{hello:?}");
+        echo(&mut self.ws, "after").await?;
+        let drones = c.plane_json(&["drones"]).await?;
+        let drone = &drones[0];
+        ensure!(drone["live"] == true && drone["lost"] == false, "{drones}");
+        // Still counted: closing the WebSocket lets the 1 s backend be swept.
+        self.ws.close(None).await?;
+        drop(self.ws);
+        let events = c.watch_until_terminated(&self.held).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "swept", "{last}");
+        Ok(())
+    }
+}
+
+/// nats-server stops for twice the drone grace and comes back on the same port and store:
+/// every session survives, and no drone is declared lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_ends_no_session() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let sessions = Sessions::start(&cluster).await?;
+        cluster.stop_nats()?;
+        tokio::time::sleep(OUTAGE).await;
+        cluster.start_nats()?;
+        sessions.survived(&cluster).await
+    })
+    .await
+}
+
+/// Only the controller loses NATS (its relay is cut) while the drone keeps beating: the
+/// controller, which could not hear, declares nothing lost once it hears again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_cut_off_from_nats_ends_no_session() -> anyhow::Result<()> {
+    bounded(async {
+        let cluster = Cluster::over_nats_with_relay().await?;
+        let sessions = Sessions::start(&cluster).await?;
+        cluster.cut_controller()?;
+        tokio::time::sleep(OUTAGE).await;
+        cluster.restore_controller()?;
+        sessions.survived(&cluster).await
+    })
+    .await
+}
+
+/// Through an outage the drone goes on by itself: its sweeper stops an idle backend, and the
+/// report of that reaches the controller once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drone_sweeps_through_an_outage_and_reports_after() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let id = id_of(&cluster.spawn_ready("", &["--idle", "1"]).await?)?;
+        cluster.stop_nats()?;
+        no_process_left(&id).await?;
+        let gone = cluster.get(&cluster.host(&id), "/", &[])?;
+        ensure!(gone.status == 404, "swept backends are not routed: {gone:?}");
+        cluster.start_nats()?;
+        let events = cluster.watch_until_terminated(&id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "swept", "{last}");
+        Ok(())
+    })
+    .await
+}
