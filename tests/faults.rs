@@ -130,7 +130,10 @@ async fn a_drone_sweeps_through_an_outage_and_reports_after() -> anyhow::Result<
         cluster.stop_nats()?;
         no_process_left(&id).await?;
         let gone = cluster.get(&cluster.host(&id), "/", &[])?;
-        ensure!(gone.status == 404, "swept backends are not routed: {gone:?}");
+        ensure!(
+            gone.status == 404,
+            "swept backends are not routed: {gone:?}"
+        );
         cluster.start_nats()?;
         let events = cluster.watch_until_terminated(&id).await?;
         let last = events.last().context("events")?;

@@ -1,6 +1,9 @@
 //! Idle shutdown: a ready backend with no active connection for its `max_idle_secs` is stopped
-//! with reason `swept`. The proxy keeps the counts; this only reads them, a few times a second,
-//! so a backend is swept within [`SWEEP_INTERVAL`] of its deadline.
+//! with reason `swept`. The proxy keeps the counts; a few times a second this closes the routes
+//! idle past their timeout (atomically with their count being zero, so that a request arriving
+//! at that moment is either counted first, calling the sweep off, or refused, never forwarded to
+//! a backend being stopped), and stops their backends. A backend is swept within
+//! [`SWEEP_INTERVAL`] of its deadline.
 //!
 //! [`SWEEP_INTERVAL`]: crate::limits::SWEEP_INTERVAL
 
@@ -18,12 +21,11 @@ pub(crate) fn sweep(backends: &HashMap<BackendId, Arc<BackendHandle>>, now: Inst
         let Some(route) = handle.route() else {
             continue; // Not ready yet: starting backends are never swept.
         };
-        let Some(idle_since) = route.idle_since() else {
-            continue; // Active.
-        };
-        let idle = now.saturating_duration_since(idle_since);
-        if idle >= handle.max_idle() {
-            info!(backend = %id, ?idle, "backend idle; sweeping");
+        if route.is_closed() {
+            continue; // Swept already; stopping.
+        }
+        if route.close_if_idle(handle.max_idle(), now) {
+            info!(backend = %id, max_idle = ?handle.max_idle(), "backend idle; sweeping");
             handle.request_stop(TerminationReason::Swept);
         }
     }
@@ -78,7 +80,7 @@ mod tests {
         let all = backends(&[("b1", &handle)]);
         let first_idle = route.idle_since().expect("idle");
 
-        let guard = route.track();
+        let guard = route.track().expect("open");
         sweep(&all, first_idle + Duration::from_secs(3600));
         assert_eq!(*stop.borrow(), None, "swept while a connection was open");
 
@@ -99,6 +101,21 @@ mod tests {
     }
 
     #[test]
+    fn a_swept_backend_takes_no_new_request() {
+        let table = RouteTable::new("plane.test");
+        let (handle, route, stop) = ready_handle(&table, "b1", 1);
+        let idle_since = route.idle_since().expect("idle");
+        sweep(
+            &backends(&[("b1", &handle)]),
+            idle_since + Duration::from_secs(1),
+        );
+        assert_eq!(*stop.borrow(), Some(TerminationReason::Swept));
+        // A request arriving now (the route is still in the table until the lifecycle removes
+        // it) is refused instead of reaching the backend being stopped.
+        assert!(route.track().is_none());
+    }
+
+    #[test]
     fn a_starting_backend_is_never_swept() {
         let (handle, stop) = BackendHandle::new(1);
         sweep(
@@ -114,7 +131,7 @@ mod tests {
         let (short, short_route, short_stop) = ready_handle(&table, "short", 5);
         let (long, long_route, long_stop) = ready_handle(&table, "long", 50);
         let (busy, busy_route, busy_stop) = ready_handle(&table, "busy", 5);
-        let _guard = busy_route.track();
+        let _guard = busy_route.track().expect("open");
         let now = short_route
             .idle_since()
             .expect("idle")

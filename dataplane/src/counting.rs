@@ -4,6 +4,11 @@
 //! with the agent's sweeper. Work is counted by an RAII [`ActiveGuard`], so every exit path
 //! (response body finished or dropped, relay closed, task cancelled) decrements exactly once,
 //! with no lock and no allocation.
+//!
+//! The sweeper does not merely read the counts: it *closes* an idle route, atomically with its
+//! count being zero (a flag bit in the same word), and a closed route takes no more work. So a
+//! request arriving just as the sweeper decides either counts first (and the sweep is called
+//! off) or finds the route closed (and is answered, never forwarded to a backend being stopped).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,9 +27,13 @@ fn nanos_since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Set in `active` once the route is closed for sweeping; the count is in the other bits.
+const CLOSED: u64 = 1 << 63;
+
 /// The counters of one route.
 #[derive(Debug)]
 pub(crate) struct Activity {
+    /// In-flight work, plus [`CLOSED`] once closed.
     active: AtomicU64,
     /// Nanoseconds since [`epoch`] when the count last dropped to zero (or the route was reset).
     last_inactive: AtomicU64,
@@ -39,9 +48,10 @@ impl Activity {
     }
 
     pub(crate) fn active(&self) -> u64 {
-        self.active.load(Ordering::Acquire)
+        self.active.load(Ordering::Acquire) & !CLOSED
     }
 
+    /// `None` while active or once closed.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         if self.active.load(Ordering::Acquire) != 0 {
             return None;
@@ -50,14 +60,50 @@ impl Activity {
         Some(epoch() + Duration::from_nanos(nanos))
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.active.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Closes the route if it has had no work for at least `max_idle` at `now`; `true` if it
+    /// is closed now (by this call or an earlier one). Once closed, [`Activity::enter`] fails.
+    pub(crate) fn close_if_idle(&self, max_idle: Duration, now: Instant) -> bool {
+        let idle_long_enough = |nanos: u64| {
+            now.saturating_duration_since(epoch() + Duration::from_nanos(nanos)) >= max_idle
+        };
+        let seen = self.last_inactive.load(Ordering::Acquire);
+        if !idle_long_enough(seen) {
+            return self.is_closed();
+        }
+        match self
+            .active
+            .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            Err(current) => return current & CLOSED != 0,
+        }
+        // Work that came and went between the read above and the close left the count at zero
+        // but moved `last_inactive` (written before its decrement): it was not idle after all.
+        if self.last_inactive.load(Ordering::Acquire) != seen {
+            self.active.fetch_and(!CLOSED, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
     /// Marks the route idle from now, whatever happened before (a backend that just became ready).
     pub(crate) fn reset_idle(&self) {
         self.last_inactive
             .fetch_max(nanos_since_epoch(Instant::now()), Ordering::AcqRel);
     }
 
-    fn enter(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
+    /// Counts one unit of work; `false` (and nothing counted) if the route is closed.
+    fn enter(&self) -> bool {
+        let before = self.active.fetch_add(1, Ordering::AcqRel);
+        if before & CLOSED != 0 {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     fn leave(&self, touch: bool) {
@@ -82,12 +128,13 @@ pub struct ActiveGuard {
 }
 
 impl ActiveGuard {
-    pub(crate) fn new(route: Arc<Route>) -> ActiveGuard {
-        route.activity().enter();
-        ActiveGuard {
+    /// Counts work against `route`; `None` if it is closed for sweeping.
+    pub(crate) fn new(route: Arc<Route>) -> Option<ActiveGuard> {
+        // `then`, not `then_some`: a guard built for nothing would decrement when dropped.
+        route.activity().enter().then(|| ActiveGuard {
             route,
             touch_on_drop: true,
-        }
+        })
     }
 
     /// The route this guard counts against.
@@ -111,6 +158,8 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use crate::RouteTable;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn guard_counts_while_alive() {
@@ -119,8 +168,8 @@ mod tests {
         let ready_at = route.idle_since().expect("idle when made ready");
         assert_eq!(route.active(), 0);
 
-        let first = route.track();
-        let second = route.track();
+        let first = route.track().expect("open");
+        let second = route.track().expect("open");
         assert_eq!(route.active(), 2);
         assert_eq!(route.idle_since(), None);
 
@@ -139,7 +188,7 @@ mod tests {
         let table = RouteTable::new("c");
         let route = table.set_ready("b", "127.0.0.1:1".parse().expect("addr"));
         let before = route.idle_since();
-        route.track().cancel();
+        route.track().expect("open").cancel();
         assert_eq!(route.active(), 0);
         assert_eq!(route.idle_since(), before);
     }
@@ -152,7 +201,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..10_000 {
-                        let guard = route.track();
+                        let guard = route.track().expect("open");
                         drop(guard);
                     }
                 });
@@ -160,5 +209,78 @@ mod tests {
         });
         assert_eq!(route.active(), 0);
         assert!(route.idle_since().is_some());
+    }
+
+    #[test]
+    fn an_idle_route_closes_and_then_takes_no_work() {
+        let table = RouteTable::new("c");
+        let route = table.set_ready("b", "127.0.0.1:1".parse().expect("addr"));
+        let idle_since = route.idle_since().expect("idle");
+        let max_idle = Duration::from_secs(10);
+        assert!(!route.close_if_idle(max_idle, idle_since + max_idle - Duration::from_millis(1)));
+        assert!(
+            route.track().is_some(),
+            "not closed before its idle timeout"
+        );
+        let idle_since = route.idle_since().expect("idle again");
+        assert!(route.close_if_idle(max_idle, idle_since + max_idle));
+        assert!(route.track().is_none(), "a closed route takes no work");
+        assert_eq!(route.active(), 0);
+        assert_eq!(route.idle_since(), None);
+        assert!(
+            route.close_if_idle(max_idle, idle_since + max_idle),
+            "stays closed"
+        );
+    }
+
+    #[test]
+    fn a_route_with_work_in_flight_does_not_close() {
+        let table = RouteTable::new("c");
+        let route = table.set_ready("b", "127.0.0.1:1".parse().expect("addr"));
+        let guard = route.track().expect("open");
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert!(!route.close_if_idle(Duration::from_secs(1), far));
+        drop(guard);
+        // Work just ended: idle again from now, so not yet idle for a second.
+        assert!(!route.close_if_idle(Duration::from_secs(1), Instant::now()));
+        assert!(route.track().is_some());
+    }
+
+    /// Requests racing the sweeper on two threads: while a request is counted the route cannot
+    /// be closed under it, and once the sweep succeeds no request gets in.
+    #[test]
+    fn requests_racing_the_sweeper_are_either_counted_or_refused() {
+        use std::sync::atomic::AtomicBool;
+        for _ in 0..200 {
+            let table = RouteTable::new("c");
+            let route = table.set_ready("b", "127.0.0.1:1".parse().expect("addr"));
+            let closed = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    while !route.close_if_idle(Duration::ZERO, Instant::now()) {
+                        std::hint::spin_loop();
+                    }
+                    closed.store(true, Ordering::SeqCst);
+                });
+                s.spawn(|| {
+                    while !closed.load(Ordering::SeqCst) {
+                        // `None` is allowed here too: a request that meets a sweep which is
+                        // then called off (work moved the idle time) is refused, not counted.
+                        if let Some(guard) = route.track() {
+                            assert!(
+                                !closed.load(Ordering::SeqCst),
+                                "a request was counted on a closed route"
+                            );
+                            drop(guard);
+                        }
+                    }
+                });
+            });
+            assert!(
+                route.track().is_none(),
+                "closed for good once the sweep succeeded"
+            );
+            assert_eq!(route.active(), 0);
+        }
     }
 }

@@ -36,6 +36,12 @@ pub enum ProxyError {
         /// The (lowercased) label asked for.
         backend: Box<str>,
     },
+    /// The backend was closed by the idle sweep and is being stopped.
+    #[error("backend {backend} is shutting down")]
+    BackendStopping {
+        /// The backend asked for.
+        backend: Box<str>,
+    },
     /// The backend stayed in *starting* for the whole wait.
     #[error("backend {backend} is still starting after {waited:?}")]
     StillStarting {
@@ -91,6 +97,7 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::BadHost(_)
             | ProxyError::UnknownBackend { .. }
+            | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
             ProxyError::StillStarting { .. }
             | ProxyError::BackendConnect { .. }
@@ -114,7 +121,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::MissingHost | ProxyError::BadHost(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ProxyError::UnknownBackend { .. } => StatusCode::NOT_FOUND,
+            // An ended backend is as gone as one never started.
+            ProxyError::UnknownBackend { .. } | ProxyError::BackendStopping { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::StillStarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect { .. }

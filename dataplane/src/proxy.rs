@@ -136,7 +136,7 @@ impl Proxy {
         let label = backend_label(host_str, self.table.cluster())?;
         let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
         // Counted from the request head on, including while held for a starting backend.
-        let mut guard = route.track();
+        let mut guard = route.track().ok_or_else(|| stopping(&route))?;
 
         let upstream = match route.upstream() {
             Some(upstream) => upstream,
@@ -144,7 +144,7 @@ impl Proxy {
                 let (ready, upstream) = self.wait_ready(label, peer).await?;
                 if !Arc::ptr_eq(&ready, guard.route()) {
                     // Removed and added again while we waited: count against the live route.
-                    guard = ready.track();
+                    guard = ready.track().ok_or_else(|| stopping(&ready))?;
                 }
                 upstream
             }
@@ -272,6 +272,12 @@ impl Proxy {
             headers.insert(RETRY_AFTER, self.retry_after.clone());
         }
         response
+    }
+}
+
+fn stopping(route: &Route) -> ProxyError {
+    ProxyError::BackendStopping {
+        backend: route.backend().into(),
     }
 }
 

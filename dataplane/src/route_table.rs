@@ -77,10 +77,24 @@ impl Route {
         self.activity.idle_since()
     }
 
-    /// Counts work against this route until the returned guard is dropped. The proxy does this
-    /// for every request; it is public so that other front ends (and tests) count the same way.
-    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+    /// Counts work against this route until the returned guard is dropped; `None` once the
+    /// route is closed for sweeping (the work must then not reach the backend). The proxy does
+    /// this for every request; it is public so that other front ends (and tests) count the same
+    /// way.
+    pub fn track(self: &Arc<Self>) -> Option<ActiveGuard> {
         ActiveGuard::new(Arc::clone(self))
+    }
+
+    /// Closes the route if it has been idle for at least `max_idle` at `now`, atomically with
+    /// its count being zero; `true` if it is closed (now or before). A closed route takes no
+    /// more work ([`Route::track`] fails): whoever closes it stops its backend.
+    pub fn close_if_idle(&self, max_idle: std::time::Duration, now: Instant) -> bool {
+        self.activity.close_if_idle(max_idle, now)
+    }
+
+    /// Whether the route was closed for sweeping.
+    pub fn is_closed(&self) -> bool {
+        self.activity.is_closed()
     }
 
     pub(crate) fn upstream(&self) -> Option<Arc<Upstream>> {
@@ -307,7 +321,7 @@ mod tests {
     fn remove_ends_routing_but_not_the_route() {
         let table = RouteTable::new("c");
         let route = table.set_ready("b", addr(3));
-        let guard = route.track();
+        let guard = route.track().expect("open");
         table.remove("B");
         assert!(table.get("b").is_none());
         assert!(table.is_empty());

@@ -97,24 +97,36 @@ impl Cluster {
 
     /// Stops nats-server (as a crash would), keeping its store for [`Cluster::start_nats`].
     pub fn stop_nats(&mut self) -> anyhow::Result<()> {
-        self.nats.as_mut().context("no NATS in this cluster")?.kill();
+        self.nats
+            .as_mut()
+            .context("no NATS in this cluster")?
+            .kill();
         Ok(())
     }
 
     /// Starts nats-server again, on the same port with the same store.
     pub fn start_nats(&mut self) -> anyhow::Result<()> {
-        self.nats.as_mut().context("no NATS in this cluster")?.restart()
+        self.nats
+            .as_mut()
+            .context("no NATS in this cluster")?
+            .restart()
     }
 
     /// Cuts the controller's connection to NATS (the drone's stays up).
     pub fn cut_controller(&self) -> anyhow::Result<()> {
-        self.relay.as_ref().context("no relay in this cluster")?.cut();
+        self.relay
+            .as_ref()
+            .context("no relay in this cluster")?
+            .cut();
         Ok(())
     }
 
     /// Lets the controller reach NATS again.
     pub fn restore_controller(&self) -> anyhow::Result<()> {
-        self.relay.as_ref().context("no relay in this cluster")?.restore();
+        self.relay
+            .as_ref()
+            .context("no relay in this cluster")?
+            .restore();
         Ok(())
     }
 

@@ -93,8 +93,8 @@ mod tests {
 
         relay.cut();
         // The open connection is closed by the relay.
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
-            .await??;
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await??;
         assert_eq!(n, 0, "the relayed connection ends when cut");
         let mut refused = TcpStream::connect(relay.addr()).await?;
         let n = tokio::time::timeout(std::time::Duration::from_secs(5), refused.read(&mut buf))
