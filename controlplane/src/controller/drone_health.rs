@@ -257,41 +257,63 @@ impl Controller {
         Ok(())
     }
 
-    /// Marks drones silent past the grace as lost (compare-and-set, re-judged on the record it
-    /// writes), and ends the live backends of lost drones. Does nothing while the bus connection
-    /// is down: that silence is the controller's own.
+    /// Marks drones silent past the grace as lost, and ends the live backends of lost drones:
+    /// [`Controller::silent_drones`], then [`Controller::declare_lost`].
     pub async fn declare_lost_drones(&self) -> Result<(), StateError> {
+        let silent = self.silent_drones();
+        self.declare_lost(&silent).await
+    }
+
+    /// The drones not yet marked lost that have been silent past the grace (none while the bus
+    /// connection is down: that silence is the controller's own), plus those marked lost that
+    /// still have live backends (a controller died between marking one and ending them).
+    pub fn silent_drones(&self) -> Vec<DroneId> {
         let hearing = &self.inner.hearing;
         if !hearing.can_judge() {
-            return Ok(());
+            return Vec::new();
         }
+        let now = Instant::now();
+        self.view()
+            .drones()
+            .into_iter()
+            .filter(|held| {
+                let drone = &held.record;
+                if drone.lost {
+                    !self.view().live_backends_of(&drone.id).is_empty()
+                } else {
+                    !hearing.status(drone, now).live
+                }
+            })
+            .map(|held| held.record.id.clone())
+            .collect()
+    }
+
+    /// Marks `drones` lost and ends their live backends. Each is judged again on the record it
+    /// writes (compare-and-set) at the moment of writing: one heard from since it was found
+    /// silent is left alone.
+    pub async fn declare_lost(&self, drones: &[DroneId]) -> Result<(), StateError> {
+        let hearing = &self.inner.hearing;
         let state = &self.inner.state;
-        for held in self.view().drones() {
-            let drone = &held.record;
-            if !drone.lost {
-                if hearing.status(drone, Instant::now()).live {
-                    continue;
-                }
-                let marked = state
-                    .update_drone(&drone.id, |d| {
-                        if d.lost || hearing.status(d, Instant::now()).live || !hearing.can_judge()
-                        {
-                            Change::Keep(false)
-                        } else {
-                            d.lost = true;
-                            d.lost_at = Some(now_millis());
-                            Change::Write(true)
-                        }
-                    })
-                    .await?;
-                if marked != Some(true) {
-                    continue;
-                }
-                warn!(drone = %drone.id, "drone stopped beating; declaring it lost");
+        for id in drones {
+            let marked = state
+                .update_drone(id, |d| {
+                    if d.lost {
+                        Change::Keep(true)
+                    } else if !hearing.can_judge() || hearing.status(d, Instant::now()).live {
+                        Change::Keep(false)
+                    } else {
+                        d.lost = true;
+                        d.lost_at = Some(now_millis());
+                        Change::Write(true)
+                    }
+                })
+                .await?;
+            if marked != Some(true) {
+                continue;
             }
-            // Also finishes the work of a controller that died between marking a drone lost
-            // and ending its backends: a lost drone has no live backend.
-            for backend in self.view().live_backends_of(&drone.id) {
+            warn!(drone = %id, "drone lost: silent past the grace; ending its backends");
+            for backend in self.view().live_backends_of(id) {
+                warn!(drone = %id, backend = %backend.id, "drone stopped beating; its backend is lost");
                 self.end_here(
                     &backend.id,
                     TerminationReason::Lost,
