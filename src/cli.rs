@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +67,26 @@ pub struct DevArgs {
     pub executor: ExecutorArg,
     #[command(flatten)]
     pub drone: DroneTuning,
+    #[command(flatten)]
+    pub api_auth: ApiServerAuth,
+}
+
+/// Who may call the API.
+#[derive(Args, Debug, Clone)]
+pub struct ApiServerAuth {
+    #[command(flatten)]
+    pub token: ApiTokenArgs,
+    /// Serve the API without a token on an address beyond loopback (refused otherwise).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// The API's bearer token: a file holding it, or `PLANE_API_TOKEN` holding it.
+#[derive(Args, Debug, Clone)]
+pub struct ApiTokenArgs {
+    /// A file holding the API's bearer token (or set PLANE_API_TOKEN to the token itself).
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +106,8 @@ pub struct ControllerArgs {
     /// Seconds after which terminated backends and lost drones are forgotten.
     #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_RETENTION.as_secs_f64())]
     pub retention_secs: f64,
+    #[command(flatten)]
+    pub api_auth: ApiServerAuth,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +157,8 @@ pub struct ClientArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub token: ApiTokenArgs,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,11 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 fn client(args: &ClientArgs) -> anyhow::Result<ApiClient> {
-    ApiClient::new(&args.api).context("--api")
+    let client = ApiClient::new(&args.api).context("--api")?;
+    Ok(match crate::secrets::api_token(&args.token)? {
+        Some(token) => client.with_authorization(&token.header_value())?,
+        None => client,
+    })
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod client_commands;
+mod secrets;
 mod serve;
 mod shutdown;
 

@@ -3,7 +3,8 @@
 //! SIGTERM, and stops in order: the drone stops its backends and delivers their last reports
 //! while the controller still listens; only then do the controller and the proxy stop.
 
-use crate::cli::{ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg};
+use crate::cli::{ApiServerAuth, ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg};
+use crate::secrets;
 use crate::shutdown;
 use anyhow::Context as _;
 use plane_agent::executor::Executor;
@@ -104,8 +105,17 @@ fn on_signal(trigger: CancellationToken) {
     });
 }
 
+/// The API's set-up: its token, which must be given when it listens beyond loopback.
+fn api_config(auth: &ApiServerAuth, addr: SocketAddr) -> anyhow::Result<api::ApiConfig> {
+    Ok(api::ApiConfig {
+        token: secrets::api_server_token(auth, addr)?,
+        ..api::ApiConfig::default()
+    })
+}
+
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
+    let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
     let proxy_listener = bind(args.http, "proxy").await?;
     let proxy_port = proxy_listener.local_addr()?.port();
@@ -151,6 +161,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller,
+        api_config,
         controller_shutdown.clone().cancelled_owned(),
     ));
     // The controller outlives the drone, to take the reports of the backends it stops.
@@ -186,6 +197,7 @@ async fn run_drone(
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
+    let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
     let bus = Bus::connect(&args.nats)
         .await
@@ -208,6 +220,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api::serve(
         api_listener,
         controller.clone(),
+        api_config,
         shutdown.clone().cancelled_owned(),
     ));
     controller

@@ -28,6 +28,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ClientError {
     #[error("invalid API address {url:?}: {reason}")]
     BadAddress { url: String, reason: String },
+    #[error("the API token is not valid in an HTTP header (visible ASCII only)")]
+    BadToken,
     #[error("invalid backend id {id:?}")]
     BadId {
         id: String,
@@ -57,6 +59,8 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Sent with every request (the API's bearer token), marked sensitive.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl ApiClient {
@@ -77,7 +81,24 @@ impl ApiClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(ApiClient { base, http })
+        Ok(ApiClient {
+            base,
+            http,
+            authorization: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer {token}` with every request.
+    pub fn with_token(self, token: &str) -> Result<Self, ClientError> {
+        self.with_authorization(&format!("Bearer {}", token.trim()))
+    }
+
+    /// Sends this `Authorization` value with every request.
+    pub fn with_authorization(mut self, value: &str) -> Result<Self, ClientError> {
+        let mut value = http::HeaderValue::from_str(value).map_err(|_| ClientError::BadToken)?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<BackendRecord, ClientError> {
@@ -128,6 +149,9 @@ impl ApiClient {
         let mut request = Request::builder().method(method).uri(&url);
         if body.is_some() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization.clone());
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

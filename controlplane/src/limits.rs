@@ -31,3 +31,15 @@ pub const MAX_COLLECT_INTERVAL: Duration = Duration::from_secs(30);
 /// grace periods is ended `lost`: the drone took it and then vanished, or a controller died
 /// while placing it. (A live drone reports `loading` at once.)
 pub const UNREPORTED_GRACE_PERIODS: u32 = 3;
+
+/// Connections the API serves at once (event streams included); more are closed on accept.
+pub const MAX_API_CONNECTIONS: usize = 1024;
+
+/// How long a request's headers may take to arrive before the connection is closed.
+pub const API_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most a request's head may take (hyper's read buffer; larger heads are refused).
+pub const MAX_API_HEADER_BYTES: usize = 64 * 1024;
+
+/// On shutdown, how long requests in progress may take to finish.
+pub const API_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

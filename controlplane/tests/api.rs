@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use plane_controlplane::api::{ApiConfig, ApiToken};
 use plane_protocol::messages::{Ack, BackendState, DroneCommand, TerminationReason};
 use plane_protocol::records::BackendRecord;
 use serde_json::Value;
@@ -21,11 +22,17 @@ use tokio::sync::oneshot;
 struct Api {
     addr: SocketAddr,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization` with every request.
+    authorization: Option<String>,
     _shutdown: oneshot::Sender<()>,
 }
 
 impl Api {
     async fn serve(cluster: &Cluster) -> Api {
+        Self::serve_with(cluster, ApiConfig::default()).await
+    }
+
+    async fn serve_with(cluster: &Cluster, config: ApiConfig) -> Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -36,22 +43,27 @@ impl Api {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            plane_controlplane::api::serve(listener, controller, shutdown)
+            plane_controlplane::api::serve(listener, controller, config, shutdown)
                 .await
                 .expect("the API serves");
         });
         Api {
             addr,
             http: Client::builder(TokioExecutor::new()).build_http(),
+            authorization: None,
             _shutdown: shutdown,
         }
     }
 
     async fn send(&self, method: Method, path: &str, body: &str) -> hyper::Response<Incoming> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.addr, path))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("a valid request");
         within(&format!("{path} answers"), self.http.request(request))
@@ -361,4 +373,154 @@ async fn events_of_a_terminated_backend_end_after_one_event() {
     assert_eq!(only.state, BackendState::Terminated);
     assert_eq!(only.reason, Some(TerminationReason::Exited));
     assert!(events.next().await.is_none(), "events after terminated");
+}
+
+const TOKEN: &str = "a-token-of-32-characters-0123456";
+
+#[tokio::test]
+async fn with_a_token_every_endpoint_but_healthz_requires_it() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let config = ApiConfig {
+        token: Some(ApiToken::new(TOKEN).expect("valid token")),
+        ..ApiConfig::default()
+    };
+    let mut api = Api::serve_with(&cluster, config).await;
+    let (status, _) = api.call(Method::GET, "/healthz", "").await;
+    assert_eq!(status, StatusCode::OK, "health checks need no token");
+    for (method, path) in [
+        (Method::GET, "/v1/backends"),
+        (Method::POST, "/v1/backends"),
+        (Method::GET, "/v1/backends/b1"),
+        (Method::DELETE, "/v1/backends/b1"),
+        (Method::GET, "/v1/backends/b1/events"),
+        (Method::GET, "/v1/drones"),
+        (Method::GET, "/no/such/path"),
+    ] {
+        for authorization in [
+            None,
+            Some("Bearer wrong-token-of-32-characters-01"),
+            Some(TOKEN),
+        ] {
+            // The last one lacks the scheme: a bare token is not a bearer token.
+            api.authorization = authorization.map(str::to_string);
+            let response = api.send(method.clone(), path, "{}").await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {authorization:?}"
+            );
+            assert_eq!(
+                response
+                    .headers()
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .map(|v| v.as_bytes()),
+                Some(&b"Bearer"[..])
+            );
+        }
+        api.authorization = None;
+        let (_, json) = api.call(method.clone(), path, "{}").await;
+        assert!(error_of(&json).contains("requires a token"), "{json}");
+    }
+    api.authorization = Some(format!("Bearer {TOKEN}"));
+    let (status, json) = api.call(Method::GET, "/v1/backends", "").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let (status, json) = api
+        .call(Method::GET, "/v1/backends/no-such-backend", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+}
+
+#[tokio::test]
+async fn slow_headers_too_many_connections_and_large_bodies_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(LONG_GRACE).await;
+    let config = ApiConfig {
+        max_connections: 2,
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..ApiConfig::default()
+    };
+    let api = Api::serve_with(&cluster, config).await;
+
+    // Slowloris: half a request head, then nothing. The server closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(api.addr)
+        .await
+        .expect("connects");
+    slow.write_all(b"GET /v1/backends HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("writes");
+    let mut answer = Vec::new();
+    within(
+        "the slow connection to be closed",
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read until closed");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Two connections held open (mid-request) take both slots: a third is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(api.addr)
+            .await
+            .expect("connects");
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut buf = [0u8; 12];
+        within("healthz", conn.read_exact(&mut buf))
+            .await
+            .expect("answered");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(conn);
+    }
+    let mut third = tokio::net::TcpStream::connect(api.addr)
+        .await
+        .expect("accepted");
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = within(
+        "the third connection to be closed",
+        third.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held);
+
+    // A body over the cap is refused with 413, as JSON (once a slot is free again).
+    let big = format!(
+        r#"{{"executable": {{"command": ["{}"]}}}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let (status, json) = when_a_slot_is_free(&api, &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+}
+
+/// Retries the request until the server has noticed the closed connections and freed a slot.
+async fn when_a_slot_is_free(api: &Api, body: &str) -> (StatusCode, Value) {
+    common::eventually("a free connection slot", || async {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/v1/backends", api.addr))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("a valid request");
+        let response = api.http.request(request).await.ok()?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    })
+    .await
 }

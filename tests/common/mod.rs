@@ -298,6 +298,15 @@ impl Cluster {
 
 /// Starts `plane controller`; returns it and its API's URL.
 fn start_controller(nats: &str, cluster: &str) -> anyhow::Result<(ChildGuard, String)> {
+    start_controller_with(nats, cluster, &[])
+}
+
+/// [`start_controller`] with extra flags.
+pub fn start_controller_with(
+    nats: &str,
+    cluster: &str,
+    extra: &[&str],
+) -> anyhow::Result<(ChildGuard, String)> {
     let mut controller = Command::new(plane_bin());
     controller.args([
         "controller",
@@ -310,6 +319,7 @@ fn start_controller(nats: &str, cluster: &str) -> anyhow::Result<(ChildGuard, St
         "--drone-grace-secs",
         DRONE_GRACE_SECS,
     ]);
+    controller.args(extra);
     let controller = ChildGuard::spawn("controller", controller)?;
     let api = after(&controller, "API listening on ")?;
     Ok((controller, api))

@@ -1,30 +1,31 @@
 //! The HTTP API (**contract**: paths and JSON shapes). Handlers translate between HTTP and
 //! [`Controller`] methods; every error is JSON `{"error": "..."}` with a status that says whose
-//! fault it is (4xx: the caller's, 5xx: ours or a drone's).
+//! fault it is (4xx: the caller's, 5xx: ours or a drone's). `auth` guards it with a bearer
+//! token, `server` bounds its connections, `events` streams a backend's changes.
+
+mod auth;
+mod events;
+mod server;
+
+pub use auth::{ApiToken, TokenError, MIN_API_TOKEN_BYTES};
+pub use server::serve;
 
 use crate::controller::{ControlError, Controller, DroneNow};
 use crate::limits::MAX_API_BODY_BYTES;
-use crate::view::ClusterView;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::Stream;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::BackendState;
 use plane_protocol::records::{BackendRecord, DroneView};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde_json::json;
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::warn;
 
 /// An API error: a status and a message for the caller.
@@ -35,7 +36,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -66,7 +67,7 @@ impl From<ControlError> for ApiError {
     }
 }
 
-fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
+pub(super) fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
     BackendId::new(raw).map_err(|e| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -75,21 +76,52 @@ fn backend_id(raw: &str) -> Result<BackendId, ApiError> {
     })
 }
 
+/// How the API is set up.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Required of every caller (but `/healthz`) when set.
+    pub token: Option<ApiToken>,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            max_connections: crate::limits::MAX_API_CONNECTIONS,
+            header_read_timeout: crate::limits::API_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
 /// What every handler sees.
 #[derive(Clone)]
-struct ApiState {
+pub(super) struct ApiState {
     controller: Controller,
+    token: Option<ApiToken>,
     /// Set when the server shuts down: event streams end then, instead of holding the
     /// graceful shutdown open for as long as their backend lives.
     closing: Arc<watch::Sender<bool>>,
 }
 
 /// The API's routes over `controller`.
-pub fn router(controller: Controller) -> Router {
-    router_with(controller, Arc::new(watch::Sender::new(false)))
+pub fn router(controller: Controller, config: ApiConfig) -> Router {
+    router_with(controller, config, Arc::new(watch::Sender::new(false)))
 }
 
-fn router_with(controller: Controller, closing: Arc<watch::Sender<bool>>) -> Router {
+fn router_with(
+    controller: Controller,
+    config: ApiConfig,
+    closing: Arc<watch::Sender<bool>>,
+) -> Router {
+    let state = ApiState {
+        controller,
+        token: config.token,
+        closing,
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/backends", get(list_backends).post(spawn_backend))
@@ -97,31 +129,16 @@ fn router_with(controller: Controller, closing: Arc<watch::Sender<bool>>) -> Rou
             "/v1/backends/{id}",
             get(get_backend).delete(terminate_backend),
         )
-        .route("/v1/backends/{id}/events", get(backend_events))
+        .route("/v1/backends/{id}/events", get(events::backend_events))
         .route("/v1/drones", get(list_drones))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(ApiState {
-            controller,
-            closing,
-        })
-}
-
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    controller: Controller,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let closing = Arc::new(watch::Sender::new(false));
-    let app = router_with(controller, closing.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -195,85 +212,4 @@ async fn terminate_backend(
 
 async fn list_drones(State(ApiState { controller, .. }): State<ApiState>) -> Json<Vec<DroneView>> {
     Json(controller.drones().iter().map(DroneNow::to_view).collect())
-}
-
-/// One `state` event per state change of the backend, ending after `terminated`. Fed by the
-/// controller's view: a stream costs no watch of its own on the bus.
-async fn backend_events(
-    State(ApiState {
-        controller,
-        closing,
-    }): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = backend_id(&id)?;
-    // Another controller may have created it a moment ago.
-    controller.backend(&id).await?;
-    let (current, changes) = controller
-        .view()
-        .subscribe(&id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named {id}")))?;
-    let events = EventStream {
-        closing: closing.subscribe(),
-        view: controller.view().clone(),
-        id,
-        changes,
-        last_state: None,
-        pending: Some(current),
-        done: false,
-    };
-    let stream = futures::stream::unfold(events, |mut s| async move {
-        let record = s.next_record().await?;
-        Some((Ok(state_event(&record)), s))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-struct EventStream {
-    closing: watch::Receiver<bool>,
-    view: ClusterView,
-    id: BackendId,
-    changes: broadcast::Receiver<Arc<BackendRecord>>,
-    last_state: Option<BackendState>,
-    pending: Option<Arc<BackendRecord>>,
-    done: bool,
-}
-
-impl EventStream {
-    /// The next record whose state differs from the last one sent; `None` after `terminated`,
-    /// when the backend is forgotten, or when the server shuts down.
-    async fn next_record(&mut self) -> Option<Arc<BackendRecord>> {
-        if self.done {
-            return None;
-        }
-        loop {
-            let record = match self.pending.take() {
-                Some(record) => record,
-                None => tokio::select! {
-                    _ = self.closing.wait_for(|closing| *closing) => return None,
-                    change = self.changes.recv() => match change {
-                        Ok(record) => record,
-                        // Fell behind: skip to the latest version.
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            Arc::clone(&self.view.backend(&self.id)?.record)
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    },
-                },
-            };
-            if self.last_state == Some(record.state) {
-                continue;
-            }
-            self.last_state = Some(record.state);
-            self.done = record.is_terminated();
-            return Some(record);
-        }
-    }
-}
-
-fn state_event(record: &BackendRecord) -> Event {
-    Event::default()
-        .event("state")
-        .json_data(record)
-        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
 }
