@@ -114,8 +114,11 @@ impl Drone {
             .subscribe(&self.subjects.drone_commands(&self.config.id))
             .await?;
         let (refused_tx, mut refused) = mpsc::unbounded_channel();
-        let (reports, reporter) =
-            reporter::start(self.bus.clone(), self.subjects.state_reports(), refused_tx);
+        let (reports, reporter) = reporter::start(
+            self.bus.clone(),
+            self.subjects.state_reports(&self.config.id),
+            refused_tx,
+        );
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let heartbeat = tokio::spawn(self.heartbeat_forever(reports.clone()));
         info!(drone = %self.config.id, cluster = %self.config.cluster, executor = %self.shared.context.executor.kind(), "drone running");
@@ -158,7 +161,7 @@ impl Drone {
     fn heartbeat_forever(&self, reports: Reports) -> impl Future<Output = ()> + Send + 'static {
         let (bus, subject, shared) = (
             self.bus.clone(),
-            self.subjects.heartbeats(),
+            self.subjects.heartbeat(&self.config.id),
             self.shared.clone(),
         );
         let (config, started_at) = (self.config.clone(), self.started_at);

@@ -106,9 +106,8 @@ async fn start_controller() -> (Bus, Subjects, Controller, tokio::sync::oneshot:
 pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
     let (bus, subjects, controller, _stop) = start_controller().await;
     let ids: Vec<DroneId> = (0..drones).map(drone_name).collect();
-    let subject = subjects.heartbeats();
     let beat_all_once_a_second = |until: Instant| {
-        let (bus, ids, subject) = (bus.clone(), ids.clone(), subject.clone());
+        let (bus, ids, subjects) = (bus.clone(), ids.clone(), subjects.clone());
         async move {
             // One tick every 10 ms sends a hundredth of the drones.
             let per_tick = ids.len().div_ceil(100);
@@ -118,9 +117,12 @@ pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
             while Instant::now() < until {
                 tick.tick().await;
                 for _ in 0..per_tick {
-                    let hb = heartbeat(&ids[next % ids.len()], Vec::new());
+                    let drone = &ids[next % ids.len()];
                     next += 1;
-                    bus.publish_json(&subject, &hb).await.expect("publish");
+                    let hb = heartbeat(drone, Vec::new());
+                    bus.publish_json(&subjects.heartbeat(drone), &hb)
+                        .await
+                        .expect("publish");
                     sent += 1;
                 }
             }
@@ -191,7 +193,7 @@ pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
         }));
         let (bus, subject, drone, list) = (
             bus.clone(),
-            subjects.heartbeats(),
+            subjects.heartbeat(drone),
             drone.clone(),
             per_drone[i].clone(),
         );

@@ -207,7 +207,7 @@ async fn a_malformed_report_is_rejected_and_the_controller_carries_on() {
     let answer = within(
         "malformed report",
         cluster.bus.request(
-            &cluster.subjects.state_reports(),
+            &cluster.subjects.state_reports(&drone_id("d1")),
             bytes::Bytes::from_static(b"{\"not\": \"a report\"}"),
             Duration::from_secs(5),
         ),
@@ -220,7 +220,7 @@ async fn a_malformed_report_is_rejected_and_the_controller_carries_on() {
     within(
         "malformed heartbeat",
         cluster.bus.publish(
-            &cluster.subjects.heartbeats(),
+            &cluster.subjects.heartbeat(&drone_id("d1")),
             bytes::Bytes::from_static(b"nope"),
         ),
     )
@@ -472,7 +472,7 @@ async fn a_backend_never_reported_is_ended() {
     // Keep the drone live, so that only the missing report can end the backend.
     let beating = {
         let cluster_bus = cluster.bus.clone();
-        let subject = cluster.subjects.heartbeats();
+        let subject = cluster.subjects.heartbeat(&drone_id("d1"));
         tokio::spawn(async move {
             loop {
                 let heartbeat = common::heartbeat_message("d1", 0, 1);
@@ -493,4 +493,46 @@ async fn a_backend_never_reported_is_ended() {
     assert_eq!(ended.reason, Some(TerminationReason::Lost), "{ended:?}");
     let message = ended.message.unwrap_or_default();
     assert!(message.contains("never reported"), "{message}");
+}
+
+/// A drone's credentials let it speak only under its own subjects: what arrives under one
+/// drone's subject claiming to be another is not believed.
+#[tokio::test]
+async fn messages_under_another_drones_subject_are_refused() {
+    let (cluster, _drone, id) = one_backend(LONG_GRACE).await;
+    let report = report(&id, "d1", 1, BackendState::Loading, None);
+    let answer = within(
+        "report",
+        cluster.bus.request_json::<_, Ack>(
+            &cluster.subjects.state_reports(&drone_id("intruder")),
+            &report,
+            Duration::from_secs(5),
+        ),
+    )
+    .await
+    .expect("answered");
+    assert!(matches!(answer, Ack::Rejected { .. }), "{answer:?}");
+    assert_eq!(
+        cluster
+            .controller
+            .backend(&id)
+            .await
+            .expect("exists")
+            .last_seq,
+        0,
+        "the report was not applied"
+    );
+    // A heartbeat for d2 sent under d1's subject does not make d2 known.
+    let heartbeat = common::heartbeat_message("d2", 0, 1);
+    within(
+        "publish",
+        cluster
+            .bus
+            .publish_json(&cluster.subjects.heartbeat(&drone_id("d1")), &heartbeat),
+    )
+    .await
+    .expect("published");
+    // The same heartbeat under its own subject is heard: once it is, the first was not.
+    cluster.heartbeat("d3", 0, 1).await;
+    assert!(cluster.controller.view().drone(&drone_id("d2")).is_none());
 }

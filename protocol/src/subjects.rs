@@ -1,5 +1,7 @@
-//! Where each message travels. Everything is scoped by cluster (`plane.{cluster}.…`) so that NATS
-//! permissions can be granted per cluster and per drone.
+//! Where each message travels. Everything is scoped by cluster (`plane.{cluster}.…`), and what a
+//! drone says or is told travels under its own id (`plane.{cluster}.drone.{id}.…`), so that NATS
+//! permissions can be granted per cluster and per drone: a drone's credentials can be limited to
+//! its own subjects and its own reply inbox (see the README's NATS permissions).
 
 use crate::ids::DroneId;
 
@@ -12,6 +14,11 @@ pub struct Subjects {
     /// The cluster name as a single subject token / bucket fragment.
     token: String,
 }
+
+/// The kinds of message a drone's subjects carry.
+const COMMAND: &str = "command";
+const HEARTBEAT: &str = "heartbeat";
+const STATE: &str = "state";
 
 impl Subjects {
     /// Dots (and anything else NATS gives a meaning to) in the cluster name become `_`.
@@ -29,19 +36,55 @@ impl Subjects {
         Self { token }
     }
 
+    fn drone_subject(&self, drone: &str, kind: &str) -> String {
+        format!("plane.{}.drone.{}.{}", self.token, drone, kind)
+    }
+
     /// Requests to one drone: [`crate::messages::DroneCommand`] → [`crate::messages::Ack`].
     pub fn drone_commands(&self, drone: &DroneId) -> String {
-        format!("plane.{}.drone.{}.command", self.token, drone)
+        self.drone_subject(drone.as_str(), COMMAND)
     }
 
-    /// Requests to any controller: [`crate::messages::StateReport`] → [`crate::messages::Ack`].
-    pub fn state_reports(&self) -> String {
-        format!("plane.{}.controller.state", self.token)
+    /// Published by one drone: [`crate::messages::Heartbeat`].
+    pub fn heartbeat(&self, drone: &DroneId) -> String {
+        self.drone_subject(drone.as_str(), HEARTBEAT)
     }
 
-    /// Published to any controller: [`crate::messages::Heartbeat`].
-    pub fn heartbeats(&self) -> String {
-        format!("plane.{}.controller.heartbeat", self.token)
+    /// Every drone's heartbeats (what controllers subscribe to).
+    pub fn all_heartbeats(&self) -> String {
+        self.drone_subject("*", HEARTBEAT)
+    }
+
+    /// Requests from one drone to any controller: [`crate::messages::StateReport`] →
+    /// [`crate::messages::Ack`].
+    pub fn state_reports(&self, drone: &DroneId) -> String {
+        self.drone_subject(drone.as_str(), STATE)
+    }
+
+    /// Every drone's state reports (what controllers subscribe to, as a queue group).
+    pub fn all_state_reports(&self) -> String {
+        self.drone_subject("*", STATE)
+    }
+
+    /// The drone a drone subject of this cluster belongs to: a message's sender, as far as NATS
+    /// permissions vouch for it. `None` for any other subject.
+    pub fn drone_of<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        let rest = subject
+            .strip_prefix("plane.")?
+            .strip_prefix(self.token.as_str())?
+            .strip_prefix(".drone.")?;
+        let (drone, kind) = rest.split_once('.')?;
+        matches!(kind, COMMAND | HEARTBEAT | STATE).then_some(drone)
+    }
+
+    /// Where answers to a drone's own requests arrive (its NATS inbox prefix).
+    pub fn drone_inbox_prefix(&self, drone: &DroneId) -> String {
+        format!("_INBOX.plane.{}.drone.{}", self.token, drone)
+    }
+
+    /// Where answers to controllers' requests arrive.
+    pub fn controller_inbox_prefix(&self) -> String {
+        format!("_INBOX.plane.{}.controller", self.token)
     }
 
     /// KV bucket of backend records, keyed by backend id.
@@ -60,13 +103,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_dots_are_encoded() {
+    fn cluster_dots_are_encoded_and_drones_speak_under_their_id() {
         let s = Subjects::new("plane.localhost");
         let drone = DroneId::new("d1").expect("valid id");
         assert_eq!(
             s.drone_commands(&drone),
             "plane.plane_localhost.drone.d1.command"
         );
+        assert_eq!(
+            s.heartbeat(&drone),
+            "plane.plane_localhost.drone.d1.heartbeat"
+        );
+        assert_eq!(
+            s.state_reports(&drone),
+            "plane.plane_localhost.drone.d1.state"
+        );
+        assert_eq!(
+            s.all_heartbeats(),
+            "plane.plane_localhost.drone.*.heartbeat"
+        );
+        assert_eq!(s.all_state_reports(), "plane.plane_localhost.drone.*.state");
+        assert_eq!(
+            s.drone_inbox_prefix(&drone),
+            "_INBOX.plane.plane_localhost.drone.d1"
+        );
         assert_eq!(s.backends_bucket(), "plane_plane_localhost_backends");
+    }
+
+    #[test]
+    fn the_sender_is_read_from_the_subject() {
+        let s = Subjects::new("plane.localhost");
+        let drone = DroneId::new("d-7").expect("valid id");
+        assert_eq!(s.drone_of(&s.heartbeat(&drone)), Some("d-7"));
+        assert_eq!(s.drone_of(&s.state_reports(&drone)), Some("d-7"));
+        assert_eq!(s.drone_of("plane.other.drone.d-7.heartbeat"), None);
+        assert_eq!(s.drone_of("plane.plane_localhost.drone.d-7.other"), None);
+        assert_eq!(s.drone_of("plane.plane_localhost.controller.state"), None);
     }
 }

@@ -58,9 +58,20 @@ impl Disagreement {
 impl Controller {
     pub(super) fn on_heartbeat(&self, msg: &Message) {
         match msg.decode::<Heartbeat>() {
-            Ok(heartbeat) => self.handle_heartbeat(heartbeat),
+            Ok(heartbeat) if self.sent_by(msg, &heartbeat.drone) => {
+                self.handle_heartbeat(heartbeat)
+            }
+            Ok(heartbeat) => {
+                warn!(subject = %msg.subject, drone = %heartbeat.drone, "dropping a heartbeat sent under another drone's subject")
+            }
             Err(error) => warn!(error = %error_chain(&error), "dropping malformed heartbeat"),
         }
+    }
+
+    /// Whether `msg` came in under `drone`'s own subject: the only claim to be that drone that
+    /// NATS permissions can vouch for.
+    pub(super) fn sent_by(&self, msg: &Message, drone: &DroneId) -> bool {
+        self.inner.subjects.drone_of(&msg.subject) == Some(drone.as_str())
     }
 
     /// Records that the drone was heard, and starts whatever the heartbeat calls for.

@@ -150,9 +150,12 @@ impl Controller {
     /// report goes to one controller of the queue group.
     pub async fn listen(&self) -> Result<Listening, BusError> {
         let bus = &self.inner.bus;
-        let heartbeats = bus.subscribe(&self.inner.subjects.heartbeats()).await?;
+        let heartbeats = bus.subscribe(&self.inner.subjects.all_heartbeats()).await?;
         let reports = bus
-            .queue_subscribe(&self.inner.subjects.state_reports(), CONTROLLER_QUEUE_GROUP)
+            .queue_subscribe(
+                &self.inner.subjects.all_state_reports(),
+                CONTROLLER_QUEUE_GROUP,
+            )
             .await?;
         if bus.is_connected() {
             self.inner.hearing.connected(Instant::now());
@@ -262,6 +265,15 @@ impl Controller {
 
     async fn on_report(&self, msg: Message) {
         let ack = match msg.decode::<StateReport>() {
+            Ok(report) if !self.sent_by(&msg, &report.drone) => {
+                warn!(subject = %msg.subject, drone = %report.drone, "refusing a report sent under another drone's subject");
+                Ack::Rejected {
+                    error: format!(
+                        "a report of drone {} must come in under its own subject",
+                        report.drone
+                    ),
+                }
+            }
             Ok(report) => match self.apply_report(&report).await {
                 Ok(ack) => ack,
                 // A record this controller cannot read will not become readable by retrying:

@@ -134,7 +134,11 @@ impl Cluster {
         eventually("the controller to listen to drones", || async {
             match self
                 .bus
-                .request_json::<_, Ack>(&self.subjects.state_reports(), &probe, STEP)
+                .request_json::<_, Ack>(
+                    &self.subjects.state_reports(&drone_id("probe")),
+                    &probe,
+                    STEP,
+                )
                 .await
             {
                 Ok(_) => Some(()),
@@ -164,7 +168,7 @@ impl Cluster {
         within(
             "publish heartbeat",
             self.bus
-                .publish_json(&self.subjects.heartbeats(), &heartbeat),
+                .publish_json(&self.subjects.heartbeat(&heartbeat.drone), &heartbeat),
         )
         .await
         .expect("heartbeat published");
@@ -213,7 +217,7 @@ impl Cluster {
         within(
             "state report",
             self.bus.request_json::<_, Ack>(
-                &self.subjects.state_reports(),
+                &self.subjects.state_reports(&report.drone),
                 report,
                 Duration::from_secs(5),
             ),
