@@ -89,11 +89,52 @@ pub struct ApiTokenArgs {
     pub api_token_file: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-pub struct ControllerArgs {
-    /// NATS server URL.
+/// How to reach NATS. Secrets come from files, never from the command line.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("nats_credentials").multiple(false)))]
+pub struct NatsArgs {
+    /// NATS server URL, or several comma-separated (the nodes of a NATS cluster).
     #[arg(long, env = "PLANE_NATS")]
     pub nats: String,
+    /// NATS user name (with --nats-password-file).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "nats_password_file",
+        group = "nats_credentials"
+    )]
+    pub nats_user: Option<String>,
+    /// A file holding the NATS user's password.
+    #[arg(long, value_name = "FILE", requires = "nats_user")]
+    pub nats_password_file: Option<PathBuf>,
+    /// A file holding a NATS token.
+    #[arg(long, value_name = "FILE", group = "nats_credentials")]
+    pub nats_token_file: Option<PathBuf>,
+    /// A file holding an nkey seed (SU...) whose public key the server knows.
+    #[arg(long, value_name = "FILE", group = "nats_credentials")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// A NATS .creds file (user JWT and seed), for servers in operator mode.
+    #[arg(long, value_name = "FILE", group = "nats_credentials")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) for the server's TLS certificate; turns TLS on.
+    #[arg(long, value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for servers that verify clients (with --nats-tls-key).
+    #[arg(long, value_name = "FILE", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Replicas of the cluster's KV buckets when this controller creates them (3 on a
+    /// three-node NATS cluster, so that losing a node loses nothing).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub kv_replicas: u8,
     /// The cluster domain.
     #[arg(long)]
     pub cluster: String,
@@ -112,9 +153,8 @@ pub struct ControllerArgs {
 
 #[derive(Args, Debug)]
 pub struct DroneArgs {
-    /// NATS server URL.
-    #[arg(long, env = "PLANE_NATS")]
-    pub nats: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// The cluster domain.
     #[arg(long)]
     pub cluster: String,

@@ -1,8 +1,9 @@
 //! Secrets handed to Plane's processes: read from files (never from flags, which any user can
 //! see in the process list) or, for the API token, from `PLANE_API_TOKEN`.
 
-use crate::cli::{ApiServerAuth, ApiTokenArgs};
+use crate::cli::{ApiServerAuth, ApiTokenArgs, NatsArgs};
 use anyhow::{bail, Context};
+use plane_bus::{NatsAuth, NatsOptions, NatsTls};
 use plane_controlplane::api::ApiToken;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,4 +48,30 @@ pub fn api_server_token(
         );
     }
     Ok(token)
+}
+
+/// The NATS connection settings `args` describe, reading the secret files they name.
+pub fn nats_options(args: &NatsArgs) -> anyhow::Result<NatsOptions> {
+    let auth = if let (Some(user), Some(file)) = (&args.nats_user, &args.nats_password_file) {
+        NatsAuth::UserPassword {
+            user: user.clone(),
+            password: read_secret(file, "NATS password")?,
+        }
+    } else if let Some(file) = &args.nats_token_file {
+        NatsAuth::Token(read_secret(file, "NATS token")?)
+    } else if let Some(file) = &args.nats_nkey_file {
+        NatsAuth::NKey(read_secret(file, "NATS nkey seed")?.trim().to_string())
+    } else if let Some(file) = &args.nats_creds {
+        NatsAuth::CredsFile(file.clone())
+    } else {
+        NatsAuth::None
+    };
+    let mut options = NatsOptions::new(args.nats.clone());
+    options.auth = auth;
+    options.tls = NatsTls {
+        ca: args.nats_tls_ca.clone(),
+        cert: args.nats_tls_cert.clone(),
+        key: args.nats_tls_key.clone(),
+    };
+    Ok(options)
 }

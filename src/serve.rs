@@ -14,6 +14,7 @@ use plane_bus::Bus;
 use plane_controlplane::{api, Controller, ControllerConfig};
 use plane_dataplane::{ProxyConfig, RouteTable};
 use plane_protocol::ids::DroneId;
+use plane_protocol::subjects::Subjects;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +104,13 @@ fn on_signal(trigger: CancellationToken) {
             std::process::exit(130);
         }
     });
+}
+
+async fn connect(options: plane_bus::NatsOptions) -> anyhow::Result<Bus> {
+    let urls = options.urls.clone();
+    Bus::connect_with(options)
+        .await
+        .with_context(|| format!("connecting to NATS at {urls}"))
 }
 
 /// The API's set-up: its token, which must be given when it listens beyond loopback.
@@ -199,9 +207,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
     let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
-    let bus = Bus::connect(&args.nats)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats))?;
+    let mut nats = secrets::nats_options(&args.nats)?;
+    nats.inbox_prefix = Some(Subjects::new(&cluster).controller_inbox_prefix());
+    nats.kv_replicas = usize::from(args.kv_replicas);
+    nats.name = Some(format!("plane controller ({cluster})"));
+    let bus = connect(nats).await?;
     let controller = Controller::new(
         bus,
         ControllerConfig {
@@ -241,9 +251,10 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     let proxy_port = args
         .public_port
         .unwrap_or(proxy_listener.local_addr()?.port());
-    let bus = Bus::connect(&args.nats)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats))?;
+    let mut nats = secrets::nats_options(&args.nats)?;
+    nats.inbox_prefix = Some(Subjects::new(&cluster).drone_inbox_prefix(&id));
+    nats.name = Some(format!("plane drone {id} ({cluster})"));
+    let bus = connect(nats).await?;
     let table = RouteTable::new(&cluster);
     let drone = Drone::new(
         drone_config(id.clone(), &cluster, proxy_port, &args.drone)?,

@@ -12,10 +12,12 @@ mod memory;
 mod memory_kv;
 mod nats;
 mod nats_kv;
+mod options;
 mod subject;
 
 pub use error::{BusError, KvError, Source};
 pub use kv::{Kv, KvChange, KvEntry, KvWatch};
+pub use options::{NatsAuth, NatsOptions, NatsTls};
 
 use bytes::Bytes;
 use memory::{MemoryBus, MemorySubscription};
@@ -100,8 +102,13 @@ impl Bus {
     /// nodes); async-nats reconnects (to any of them, and resubscribes) by itself afterwards.
     /// Fails if the first connection fails.
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        Self::connect_with(NatsOptions::new(url)).await
+    }
+
+    /// [`Bus::connect`] with credentials, TLS, an inbox prefix and KV replicas.
+    pub async fn connect_with(options: NatsOptions) -> Result<Bus, BusError> {
         Ok(Bus {
-            backend: Backend::Nats(Arc::new(NatsBus::connect(url).await?)),
+            backend: Backend::Nats(Arc::new(NatsBus::connect(options).await?)),
         })
     }
 

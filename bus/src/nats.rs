@@ -3,7 +3,7 @@
 //! errors into [`BusError`]s; names are validated before they get here.
 
 use super::nats_kv::NatsKv;
-use super::{BusError, KvError, Message, Source};
+use super::{BusError, KvError, Message, NatsAuth, NatsOptions, Source};
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, Event, RequestErrorKind};
 use bytes::Bytes;
@@ -25,16 +25,22 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct NatsBus {
     client: Client,
     jetstream: jetstream::Context,
+    /// Replicas of the KV buckets this connection creates.
+    kv_replicas: usize,
     /// Whether the connection is up now, as async-nats' events tell it.
     connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NatsBus {
-    /// `urls`: one server's URL, or several separated by commas (the nodes of a NATS cluster;
-    /// the client picks one and fails over to the others).
-    pub(crate) async fn connect(urls: &str) -> Result<Self, BusError> {
-        let url = urls;
-        let servers = urls
+    /// Connects with `options`; with several URLs the client picks one and fails over to the
+    /// others.
+    pub(crate) async fn connect(options: NatsOptions) -> Result<Self, BusError> {
+        let url = options.urls.as_str();
+        let failed = |source: Source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        };
+        let servers = url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
@@ -52,7 +58,43 @@ impl NatsBus {
         }
         let (connected_tx, connected) = tokio::sync::watch::channel(false);
         let connected_tx = std::sync::Arc::new(connected_tx);
-        let client = async_nats::ConnectOptions::new()
+        let mut connect = match &options.auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+            NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            NatsAuth::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|err| {
+                    failed(format!("reading NATS credentials {}: {err}", path.display()).into())
+                })?,
+        };
+        if options.tls.is_on() {
+            connect = connect.require_tls(true);
+            if let Some(ca) = &options.tls.ca {
+                connect = connect.add_root_certificates(ca.clone());
+            }
+            match (&options.tls.cert, &options.tls.key) {
+                (Some(cert), Some(key)) => {
+                    connect = connect.add_client_certificate(cert.clone(), key.clone())
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(failed(
+                        "a client certificate needs both its certificate and its key".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(prefix) = &options.inbox_prefix {
+            connect = connect.custom_inbox_prefix(prefix);
+        }
+        if let Some(name) = &options.name {
+            connect = connect.name(name);
+        }
+        let client = connect
             .event_callback(move |event| {
                 let connected = connected_tx.clone();
                 async move {
@@ -87,6 +129,7 @@ impl NatsBus {
         Ok(Self {
             client,
             jetstream,
+            kv_replicas: options.kv_replicas.max(1),
             connected,
         })
     }
@@ -211,7 +254,7 @@ impl NatsBus {
                 subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: KV_HISTORY,
                 storage: stream::StorageType::File,
-                num_replicas: 1,
+                num_replicas: self.kv_replicas,
                 allow_rollup: true,
                 deny_delete: true,
                 allow_direct: true,

@@ -70,7 +70,17 @@ impl Cluster {
     }
 
     async fn start_over_nats(relay: bool) -> anyhow::Result<Cluster> {
-        let nats = NatsServer::start()?;
+        Self::over(NatsServer::start()?, relay, &[], &[]).await
+    }
+
+    /// A controller and a drone (`drone-1`) over `nats`, each given its extra flags
+    /// (credentials, TLS); the controller through a relay if asked.
+    pub async fn over(
+        nats: NatsServer,
+        relay: bool,
+        controller_flags: &[&str],
+        drone_flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let cluster = "plane.test".to_string();
         let relay = match relay {
             true => Some(TcpRelay::start(nats.addr()).await?),
@@ -80,8 +90,9 @@ impl Cluster {
             Some(relay) => format!("nats://{}", relay.addr()),
             None => nats.url(),
         };
-        let (controller, api) = start_controller(&controller_url, &cluster)?;
-        let (drone, proxy_port) = start_drone(&nats.url(), &cluster, Some("drone-1"))?;
+        let (controller, api) = start_controller_with(&controller_url, &cluster, controller_flags)?;
+        let (drone, proxy_port) =
+            start_drone_with(&nats.url(), &cluster, Some("drone-1"), drone_flags)?;
         let cluster = Cluster {
             cluster,
             api,
@@ -327,6 +338,16 @@ pub fn start_controller_with(
 
 /// Starts `plane drone`; returns it and its proxy's port.
 fn start_drone(nats: &str, cluster: &str, id: Option<&str>) -> anyhow::Result<(ChildGuard, u16)> {
+    start_drone_with(nats, cluster, id, &[])
+}
+
+/// [`start_drone`] with extra flags.
+fn start_drone_with(
+    nats: &str,
+    cluster: &str,
+    id: Option<&str>,
+    extra: &[&str],
+) -> anyhow::Result<(ChildGuard, u16)> {
     let mut drone = Command::new(plane_bin());
     drone.args([
         "drone",
@@ -348,6 +369,7 @@ fn start_drone(nats: &str, cluster: &str, id: Option<&str>) -> anyhow::Result<(C
     if let Some(id) = id {
         drone.args(["--id", id]);
     }
+    drone.args(extra);
     let drone = ChildGuard::spawn("drone", drone)?;
     let proxy_port = port_of(&after(&drone, "proxy listening on ")?)?;
     Ok((drone, proxy_port))

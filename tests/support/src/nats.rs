@@ -17,15 +17,51 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// A configuration file (authorization, TLS) the server is started with.
+    config: Option<tempfile::NamedTempFile>,
+    /// `tls` when the server requires TLS.
+    scheme: &'static str,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` on a free port with a temporary store directory and waits until
     /// it accepts connections. Fails with an install hint when `nats-server` is not installed.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// [`NatsServer::start`] with a configuration file holding `config` (an `authorization`
+    /// block, say); the port, address and store still come from the command line.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        Self::start_inner(config, "nats")
+    }
+
+    /// [`NatsServer::start_with_config`] for a server whose `config` requires TLS: its URL is
+    /// `tls://`, and it is probed as ready by a TCP connect only.
+    pub fn start_tls(config: &str) -> anyhow::Result<Self> {
+        Self::start_inner(config, "tls")
+    }
+
+    fn start_inner(config_text: &str, scheme: &'static str) -> anyhow::Result<Self> {
         let store = tempfile::tempdir().context("creating a JetStream store directory")?;
         let ports_dir = tempfile::tempdir().context("creating a ports file directory")?;
-        let mut child = spawn(None, store.path(), Some(ports_dir.path()))?;
+        let config = if config_text.is_empty() {
+            None
+        } else {
+            let mut file = tempfile::Builder::new()
+                .suffix(".conf")
+                .tempfile()
+                .context("creating a nats-server configuration file")?;
+            std::io::Write::write_all(&mut file, config_text.as_bytes())?;
+            Some(file)
+        };
+        let config_path = config.as_ref().map(|f| f.path().to_path_buf());
+        let mut child = spawn(
+            None,
+            store.path(),
+            Some(ports_dir.path()),
+            config_path.as_deref(),
+        )?;
         let port = match read_port(&mut child, ports_dir.path()) {
             Ok(port) => port,
             Err(error) => {
@@ -38,6 +74,8 @@ impl NatsServer {
             child: Some(child),
             port,
             store,
+            config,
+            scheme,
         };
         server.wait_ready()?;
         Ok(server)
@@ -45,7 +83,7 @@ impl NatsServer {
 
     /// The client URL, e.g. `nats://127.0.0.1:4222`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// The client address.
@@ -64,7 +102,13 @@ impl NatsServer {
     /// Starts the server again on the same port and store, after [`NatsServer::kill`].
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.child = Some(spawn(Some(self.port), self.store.path(), None)?);
+        let config = self.config.as_ref().map(|f| f.path().to_path_buf());
+        self.child = Some(spawn(
+            Some(self.port),
+            self.store.path(),
+            None,
+            config.as_deref(),
+        )?);
         self.wait_ready()
     }
 
@@ -112,18 +156,26 @@ fn read_port(child: &mut Child, dir: &Path) -> anyhow::Result<u16> {
     }
 }
 
-/// The port of `{"nats":["nats://127.0.0.1:PORT"]}`.
+/// The port of `{"nats":["nats://127.0.0.1:PORT"]}` (`tls://` on a TLS-only server).
 fn client_port(ports_file: &str) -> Option<u16> {
-    let start = ports_file.find("nats://")? + "nats://".len();
+    let start = ports_file.find("://")? + "://".len();
     let rest = &ports_file[start..];
     let end = rest.find('"')?;
     let (_, port) = rest[..end].rsplit_once(':')?;
     port.parse().ok()
 }
 
-fn spawn(port: Option<u16>, store: &Path, ports_dir: Option<&Path>) -> anyhow::Result<Child> {
+fn spawn(
+    port: Option<u16>,
+    store: &Path,
+    ports_dir: Option<&Path>,
+    config: Option<&Path>,
+) -> anyhow::Result<Child> {
     let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
     let mut command = Command::new("nats-server");
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
     command
         .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
         .arg(store);
