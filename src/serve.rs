@@ -106,6 +106,25 @@ fn on_signal(trigger: CancellationToken) {
     });
 }
 
+/// How long a starting controller keeps trying to open the cluster state: JetStream may still be
+/// electing its leaders when a NATS cluster and Plane start together.
+const OPEN_STATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens the cluster state, retrying while JetStream is not ready yet.
+async fn open_controller(bus: Bus, config: ControllerConfig) -> anyhow::Result<Controller> {
+    let deadline = tokio::time::Instant::now() + OPEN_STATE_TIMEOUT;
+    loop {
+        match Controller::new(bus.clone(), config.clone()).await {
+            Ok(controller) => return Ok(controller),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %plane_protocol::error_chain(&error), "cannot open the cluster state yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error).context("opening cluster state"),
+        }
+    }
+}
+
 async fn connect(options: plane_bus::NatsOptions) -> anyhow::Result<Bus> {
     let urls = options.urls.clone();
     Bus::connect_with(options)
@@ -212,16 +231,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     nats.kv_replicas = usize::from(args.kv_replicas);
     nats.name = Some(format!("plane controller ({cluster})"));
     let bus = connect(nats).await?;
-    let controller = Controller::new(
-        bus,
-        ControllerConfig {
-            cluster: cluster.clone(),
-            drone_grace: seconds(args.drone_grace_secs, "drone-grace-secs")?,
-            retention: seconds(args.retention_secs, "retention-secs")?,
-        },
-    )
-    .await
-    .context("opening cluster state")?;
+    let config = ControllerConfig {
+        cluster: cluster.clone(),
+        drone_grace: seconds(args.drone_grace_secs, "drone-grace-secs")?,
+        retention: seconds(args.retention_secs, "retention-secs")?,
+    };
+    let controller = open_controller(bus, config).await?;
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("API listening on http://{}", api_listener.local_addr()?);
     info!(%cluster, "controller started");

@@ -94,7 +94,7 @@ impl Kv {
         self.check_key(key)?;
         match &self.backend {
             Backend::Memory(m) => m.get(key),
-            Backend::Nats(n) => n.bounded("get", key, n.get(key)).await,
+            Backend::Nats(n) => n.get(key).await,
         }
     }
 
@@ -105,7 +105,7 @@ impl Kv {
         self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::NotLive),
-            Backend::Nats(n) => n.bounded("create", key, n.create(key, value)).await,
+            Backend::Nats(n) => n.create(key, value).await,
         }
     }
 
@@ -115,10 +115,7 @@ impl Kv {
         self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::Revision(revision)),
-            Backend::Nats(n) => {
-                n.bounded("update", key, n.update(key, value, revision))
-                    .await
-            }
+            Backend::Nats(n) => n.update(key, value, revision).await,
         }
     }
 
@@ -127,7 +124,7 @@ impl Kv {
         self.check_write(key, &value)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, Some(value), Expect::Any),
-            Backend::Nats(n) => n.bounded("put", key, n.put(key, value)).await,
+            Backend::Nats(n) => n.put(key, value).await,
         }
     }
 
@@ -137,7 +134,7 @@ impl Kv {
         self.check_key(key)?;
         match &self.backend {
             Backend::Memory(m) => m.write(key, None, Expect::Any).map(drop),
-            Backend::Nats(n) => n.bounded("delete", key, n.delete(key)).await,
+            Backend::Nats(n) => n.delete(key).await,
         }
     }
 
@@ -145,7 +142,7 @@ impl Kv {
     pub async fn entries(&self) -> Result<Vec<KvEntry>, KvError> {
         match &self.backend {
             Backend::Memory(m) => m.entries(),
-            Backend::Nats(n) => n.bounded("listing", ">", n.entries()).await,
+            Backend::Nats(n) => n.entries().await,
         }
     }
 
@@ -161,9 +158,7 @@ impl Kv {
         }
         let inner = match &self.backend {
             Backend::Memory(m) => WatchInner::Memory(m.watch(key)?),
-            Backend::Nats(n) => {
-                WatchInner::Nats(Box::new(n.bounded("watch", key, n.watch(key)).await?))
-            }
+            Backend::Nats(n) => WatchInner::Nats(Box::new(n.watch(key).await?)),
         };
         Ok(KvWatch { inner })
     }

@@ -6,7 +6,8 @@ use super::KvError;
 use async_nats::jetstream::kv::{CreateErrorKind, Entry, Operation, Store, UpdateErrorKind, Watch};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tracing::warn;
+use std::time::Duration;
+use tracing::{debug, warn};
 
 /// How many `get`s `entries` keeps in flight while reading a bucket.
 const ENTRIES_CONCURRENCY: usize = 32;
@@ -15,8 +16,16 @@ const ENTRIES_CONCURRENCY: usize = 32;
 /// (the ordered consumer recreates itself after transient failures, yielding one error each).
 const MAX_CONSECUTIVE_WATCH_ERRORS: u32 = 16;
 
-/// The longest a single KV operation (including listing a bucket) may take.
-const KV_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest one attempt at a KV operation (including listing a bucket) may take.
+const KV_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a KV operation may take, retries included: long enough for a NATS cluster to
+/// elect a new JetStream leader after losing a node.
+const KV_OP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Pause between attempts: first and longest.
+const KV_RETRY_MIN: Duration = Duration::from_millis(50);
+const KV_RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub(crate) struct NatsKv {
     bucket: String,
@@ -45,31 +54,118 @@ impl NatsKv {
         }
     }
 
-    /// Bounds one operation by [`KV_OP_TIMEOUT`]: a JetStream request whose answer is lost (a
-    /// reconnect, an overloaded server) must fail, not hang its caller forever.
-    pub(crate) async fn bounded<T>(
+    /// Runs `attempt` until it succeeds, fails for a reason retrying cannot mend, or
+    /// [`KV_OP_DEADLINE`] passes. Each attempt is bounded by [`KV_ATTEMPT_TIMEOUT`]: a request
+    /// whose answer is lost (a reconnect, a node dying, a JetStream leader being elected) must
+    /// fail over to another attempt, never hang. Returns whether an earlier attempt failed, as
+    /// such an attempt may have been carried out all the same.
+    async fn retrying<T, F, Fut>(
         &self,
         op: &'static str,
         key: &str,
-        operation: impl std::future::Future<Output = Result<T, KvError>>,
-    ) -> Result<T, KvError> {
-        match tokio::time::timeout(KV_OP_TIMEOUT, operation).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(op, bucket = %self.bucket, key, "KV operation timed out");
-                Err(self.failed(
+        mut attempt: F,
+    ) -> (Result<T, KvError>, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
+    {
+        let deadline = tokio::time::Instant::now() + KV_OP_DEADLINE;
+        let mut pause = KV_RETRY_MIN;
+        let mut retried = false;
+        loop {
+            let error = match tokio::time::timeout(KV_ATTEMPT_TIMEOUT, attempt()).await {
+                // A store failure is the bus's or the server's (names were checked before):
+                // worth another attempt. Anything else is the answer.
+                Ok(Err(error @ KvError::Store { .. })) => error,
+                Ok(result) => return (result, retried),
+                Err(_) => self.failed(
                     op,
                     key,
                     std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("no answer within {KV_OP_TIMEOUT:?}"),
+                        format!("no answer within {KV_ATTEMPT_TIMEOUT:?}"),
                     ),
-                ))
+                ),
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                warn!(op, bucket = %self.bucket, key, "KV operation failed; giving up");
+                return (Err(error), retried);
             }
+            debug!(op, bucket = %self.bucket, key, error = ?error, ?pause, "KV operation failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(KV_RETRY_MAX);
+            retried = true;
+        }
+    }
+
+    /// Whether `key` holds `value` now: a write whose answer was lost may have landed.
+    async fn holds(&self, key: &str, value: &Bytes) -> Option<u64> {
+        match self.retrying("get", key, || self.get_once(key)).await.0 {
+            Ok(Some(entry)) if entry.value == *value => Some(entry.revision),
+            _ => None,
         }
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        self.retrying("get", key, || self.get_once(key)).await.0
+    }
+
+    pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        match self
+            .retrying("create", key, || self.create_once(key, value.clone()))
+            .await
+        {
+            (Err(KvError::AlreadyExists { key }), true) => match self.holds(&key, &value).await {
+                Some(revision) => Ok(revision),
+                None => Err(KvError::AlreadyExists { key }),
+            },
+            (result, _) => result,
+        }
+    }
+
+    pub(crate) async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, KvError> {
+        match self
+            .retrying("update", key, || {
+                self.update_once(key, value.clone(), revision)
+            })
+            .await
+        {
+            (Err(KvError::WrongRevision { key }), true) => match self.holds(&key, &value).await {
+                Some(revision) => Ok(revision),
+                None => Err(KvError::WrongRevision { key }),
+            },
+            (result, _) => result,
+        }
+    }
+
+    pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        self.retrying("put", key, || self.put_once(key, value.clone()))
+            .await
+            .0
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.retrying("delete", key, || self.delete_once(key))
+            .await
+            .0
+    }
+
+    pub(crate) async fn entries(&self) -> Result<Vec<KvEntry>, KvError> {
+        self.retrying("listing", ">", || self.entries_once())
+            .await
+            .0
+    }
+
+    pub(crate) async fn watch(&self, key: &str) -> Result<NatsWatch, KvError> {
+        self.retrying("watch", key, || self.watch_once(key)).await.0
+    }
+
+    async fn get_once(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         let entry = self
             .store
             .entry(key)
@@ -78,7 +174,7 @@ impl NatsKv {
         Ok(entry.and_then(live))
     }
 
-    pub(crate) async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+    async fn create_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         // async-nats' create retries with the delete marker's revision when the key was deleted,
         // and maps a lost race (on either attempt) to AlreadyExists.
         self.store
@@ -92,12 +188,7 @@ impl NatsKv {
             })
     }
 
-    pub(crate) async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        revision: u64,
-    ) -> Result<u64, KvError> {
+    async fn update_once(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
         self.store
             .update(key, value, revision)
             .await
@@ -109,14 +200,14 @@ impl NatsKv {
             })
     }
 
-    pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+    async fn put_once(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         self.store
             .put(key, value)
             .await
             .map_err(|err| self.failed("put", key, err))
     }
 
-    pub(crate) async fn delete(&self, key: &str) -> Result<(), KvError> {
+    async fn delete_once(&self, key: &str) -> Result<(), KvError> {
         self.store
             .delete(key)
             .await
@@ -125,7 +216,7 @@ impl NatsKv {
 
     /// Lists the keys with a live value, then reads each one. A key deleted in between is left
     /// out, so every entry returned was live at some moment during the call.
-    pub(crate) async fn entries(&self) -> Result<Vec<KvEntry>, KvError> {
+    async fn entries_once(&self) -> Result<Vec<KvEntry>, KvError> {
         let keys: Vec<String> = self
             .store
             .keys()
@@ -135,7 +226,7 @@ impl NatsKv {
             .await
             .map_err(|err| self.failed("listing keys", ">", err))?;
         let mut entries: Vec<KvEntry> = futures::stream::iter(keys)
-            .map(|key| async move { self.get(&key).await })
+            .map(|key| async move { self.get_once(&key).await })
             .buffer_unordered(ENTRIES_CONCURRENCY)
             .try_filter_map(|entry| async move { Ok(entry) })
             .try_collect()
@@ -144,7 +235,7 @@ impl NatsKv {
         Ok(entries)
     }
 
-    pub(crate) async fn watch(&self, key: &str) -> Result<NatsWatch, KvError> {
+    async fn watch_once(&self, key: &str) -> Result<NatsWatch, KvError> {
         // The stream's last sequence before the watch exists: whatever the consumer delivers
         // at or below it is history. async-nats recreates a watch's consumer after a reconnect
         // from the last sequence it delivered, which for a watch that has seen nothing yet is

@@ -7,7 +7,9 @@
 pub mod flows;
 
 use anyhow::{bail, Context};
-use plane_test_support::{curl, eventually, ChildGuard, CurlResponse, NatsServer, TcpRelay};
+use plane_test_support::{
+    curl, eventually, ChildGuard, CurlResponse, NatsCluster, NatsServer, TcpRelay,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,6 +55,8 @@ pub struct Cluster {
     pub drone: Option<ChildGuard>,
     controller: Option<ChildGuard>,
     nats: Option<NatsServer>,
+    /// Or the nodes of a NATS cluster.
+    nodes: Option<NatsCluster>,
     /// Between the controller and NATS, when the test cuts the controller off.
     relay: Option<TcpRelay>,
 }
@@ -100,10 +104,40 @@ impl Cluster {
             drone: Some(drone),
             controller: Some(controller),
             nats: Some(nats),
+            nodes: None,
             relay,
         };
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
+    }
+
+    /// A controller (with `controller_flags`) and a drone given every node of a NATS cluster.
+    pub async fn over_nats_cluster(
+        nodes: NatsCluster,
+        controller_flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let cluster = "plane.test".to_string();
+        let urls = nodes.urls();
+        let (controller, api) = start_controller_with(&urls, &cluster, controller_flags)?;
+        let (drone, proxy_port) = start_drone_with(&urls, &cluster, Some("drone-1"), &[])?;
+        let cluster = Cluster {
+            cluster,
+            api,
+            proxy_port,
+            drone: Some(drone),
+            controller: Some(controller),
+            nats: None,
+            nodes: Some(nodes),
+            relay: None,
+        };
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
+    /// Hands the NATS cluster's nodes to the test (to kill and restart one while the cluster
+    /// is in use).
+    pub fn take_nodes(&mut self) -> Option<NatsCluster> {
+        self.nodes.take()
     }
 
     /// Stops nats-server (as a crash would), keeping its store for [`Cluster::start_nats`].
@@ -172,6 +206,7 @@ impl Cluster {
             drone: Some(dev),
             controller: None,
             nats: None,
+            nodes: None,
             relay: None,
         };
         cluster.wait_for_live_drone().await?;

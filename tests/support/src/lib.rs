@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod curl;
 pub mod nats;
+pub mod nats_cluster;
 pub mod pki;
 pub mod process;
 pub mod relay;
@@ -13,6 +14,7 @@ pub mod wait;
 pub use backend::test_backend_path;
 pub use curl::{curl, CurlResponse};
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use pki::Pki;
 pub use process::{process_alive, processes_with_env, ChildGuard};
 pub use relay::TcpRelay;
