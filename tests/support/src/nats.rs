@@ -165,6 +165,12 @@ fn client_port(ports_file: &str) -> Option<u16> {
     port.parse().ok()
 }
 
+/// The `nats-server` the tests run: `PLANE_TEST_NATS_SERVER` names another one (CI runs the
+/// NATS suites once more against a current release).
+pub fn server_binary() -> String {
+    std::env::var("PLANE_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string())
+}
+
 fn spawn(
     port: Option<u16>,
     store: &Path,
@@ -172,7 +178,7 @@ fn spawn(
     config: Option<&Path>,
 ) -> anyhow::Result<Child> {
     let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
-    let mut command = Command::new("nats-server");
+    let mut command = Command::new(server_binary());
     if let Some(config) = config {
         command.arg("-c").arg(config);
     }
