@@ -10,7 +10,7 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use common::{bounded, id_of, Cluster};
 use plane_bus::{Bus, NatsAuth, NatsOptions, NatsTls};
-use plane_test_support::{NatsServer, Pki};
+use plane_test_support::{NatsOperator, NatsServer, Pki};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -190,6 +190,30 @@ async fn a_cluster_on_a_nats_token() -> anyhow::Result<()> {
             false,
             &["--nats-token-file", &file],
             &["--nats-token-file", &file],
+        )
+        .await?;
+        works(&cluster).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_nats_creds() -> anyhow::Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let operator = NatsOperator::new()?;
+        let nats = NatsServer::start_with_config(&operator.server_config())?;
+        ensure!(
+            Bus::connect(&nats.url()).await.is_err(),
+            "connected to an operator-mode server without credentials"
+        );
+        let controller = path_str(&operator.user_creds(dir.path(), "controller")?);
+        let drone = path_str(&operator.user_creds(dir.path(), "drone-1")?);
+        let cluster = Cluster::over(
+            nats,
+            false,
+            &["--nats-creds", &controller],
+            &["--nats-creds", &drone],
         )
         .await?;
         works(&cluster).await

@@ -61,7 +61,15 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
     }
 }
 
-fn spec() -> BackendSpec {
+/// `total` backends spread evenly over `drones`.
+fn spread(total: usize, drones: usize) -> Vec<usize> {
+    (0..drones)
+        .map(|i| total / drones + usize::from(i < total % drones))
+        .collect()
+}
+
+/// What a spawn asks for in these benches.
+pub fn spec() -> BackendSpec {
     BackendSpec {
         executable: Executable {
             command: vec!["server".into()],
@@ -102,9 +110,111 @@ async fn start_controller() -> (Bus, Subjects, Controller, tokio::sync::oneshot:
     (bus, Subjects::new(CLUSTER), controller, stop)
 }
 
-/// `drones` drones each beating once a second for `window` (after a 2 s warm-up).
-pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
+/// Drones that hold the cluster's live backends: each acknowledges every command and beats once
+/// a second listing its backends, as a real drone does. Aborted on drop.
+struct Holders {
+    ids: Vec<DroneId>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Ready backends on holder drones, `counts[i]` of them on `holder-{i}`, written to the
+/// cluster's KV.
+async fn hold(bus: &Bus, subjects: &Subjects, counts: &[usize]) -> Holders {
+    let drones = counts.len();
+    let ids: Vec<DroneId> = (0..drones)
+        .map(|i| DroneId::new(format!("holder-{i}")).expect("valid drone id"))
+        .collect();
+    let backends = bus
+        .kv(&subjects.backends_bucket())
+        .await
+        .expect("backends bucket");
+    let mut per_drone: Vec<Vec<BackendId>> = vec![Vec::new(); drones];
+    let owners = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(drone, &count)| std::iter::repeat_n(drone, count));
+    for (i, owner) in owners.enumerate() {
+        let id = BackendId::new(format!("live-{i:08}")).expect("valid id");
+        let drone = &ids[owner];
+        let now = now_millis();
+        let record = BackendRecord {
+            url: format!("http://{id}.{CLUSTER}:9090/"),
+            id: id.clone(),
+            state: BackendState::Ready,
+            reason: None,
+            exit_code: None,
+            message: None,
+            drone: drone.clone(),
+            max_idle_secs: 300,
+            spec: spec(),
+            created_at: now,
+            updated_at: now,
+            last_seq: 3,
+            drone_started_at: Some(1),
+            reported_at: Some(now),
+        };
+        backends
+            .create_json(id.as_str(), &record)
+            .await
+            .expect("preload");
+        per_drone[owner].push(id);
+    }
+    let mut tasks = Vec::new();
+    for (drone, list) in ids.iter().zip(per_drone) {
+        let mut commands = bus
+            .subscribe(&subjects.drone_commands(drone))
+            .await
+            .expect("subscribe");
+        let responder = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = commands.next().await {
+                let _: Result<DroneCommand, _> = msg.decode();
+                let _ = responder.respond_json(&msg, &Ack::Accepted).await;
+            }
+        }));
+        let (bus, subject, drone) = (bus.clone(), subjects.heartbeat(drone), drone.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let _ = bus
+                    .publish_json(&subject, &heartbeat(&drone, list.clone()))
+                    .await;
+            }
+        }));
+    }
+    Holders { ids, tasks }
+}
+
+/// Waits until every holder is known and live.
+async fn holders_live(controller: &Controller, holders: &Holders) {
+    loop {
+        let live = controller
+            .drones()
+            .iter()
+            .filter(|d| d.status.live && holders.ids.contains(&d.record.id))
+            .count();
+        if live == holders.ids.len() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `drones` drones each beating once a second for `window` (after a 2 s warm-up), in a cluster
+/// with `live` ready backends held by 10 other drones (which beat too, listing them).
+pub async fn heartbeat_load(drones: usize, live: usize, window: Duration) -> LoadResult {
     let (bus, subjects, controller, _stop) = start_controller().await;
+    let holders = hold(&bus, &subjects, &spread(live, 10)).await;
+    holders_live(&controller, &holders).await;
     let ids: Vec<DroneId> = (0..drones).map(drone_name).collect();
     let beat_all_once_a_second = |until: Instant| {
         let (bus, ids, subjects) = (bus.clone(), ids.clone(), subjects.clone());
@@ -131,7 +241,7 @@ pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
     };
     beat_all_once_a_second(Instant::now() + Duration::from_secs(2)).await;
     let known = controller.drones().len();
-    assert_eq!(known, drones, "every drone is known after the warm-up");
+    assert_eq!(known, drones + 10, "every drone is known after the warm-up");
     let (cpu0, wall0) = (process_cpu(), Instant::now());
     let events = beat_all_once_a_second(Instant::now() + window).await;
     LoadResult {
@@ -141,79 +251,12 @@ pub async fn heartbeat_load(drones: usize, window: Duration) -> LoadResult {
     }
 }
 
-/// `spawns` spawns, one after another, with `live` ready backends in the cluster on 10 drones.
+/// `spawns` spawns, one after another, with `live` ready backends in the cluster on 10 drones
+/// (which take the new ones too).
 pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
-    const DRONES: usize = 10;
     let (bus, subjects, controller, _stop) = start_controller().await;
-    let ids: Vec<DroneId> = (0..DRONES).map(drone_name).collect();
-    let backends = bus
-        .kv(&subjects.backends_bucket())
-        .await
-        .expect("backends bucket");
-    let mut per_drone: Vec<Vec<BackendId>> = vec![Vec::new(); DRONES];
-    for i in 0..live {
-        let id = BackendId::new(format!("live-{i:08}")).expect("valid id");
-        let drone = &ids[i % DRONES];
-        let now = now_millis();
-        let record = BackendRecord {
-            url: format!("http://{id}.{CLUSTER}:9090/"),
-            id: id.clone(),
-            state: BackendState::Ready,
-            reason: None,
-            exit_code: None,
-            message: None,
-            drone: drone.clone(),
-            max_idle_secs: 300,
-            spec: spec(),
-            created_at: now,
-            updated_at: now,
-            last_seq: 3,
-            drone_started_at: Some(1),
-            reported_at: Some(now),
-        };
-        backends
-            .create_json(id.as_str(), &record)
-            .await
-            .expect("preload");
-        per_drone[i % DRONES].push(id);
-    }
-    // Fake drones: acknowledge every command, beat once a second with their backend lists.
-    let mut tasks = Vec::new();
-    for (i, drone) in ids.iter().enumerate() {
-        let mut commands = bus
-            .subscribe(&subjects.drone_commands(drone))
-            .await
-            .expect("subscribe");
-        let responder = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(msg) = commands.next().await {
-                let _: Result<DroneCommand, _> = msg.decode();
-                let _ = responder.respond_json(&msg, &Ack::Accepted).await;
-            }
-        }));
-        let (bus, subject, drone, list) = (
-            bus.clone(),
-            subjects.heartbeat(drone),
-            drone.clone(),
-            per_drone[i].clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let _ = bus
-                    .publish_json(&subject, &heartbeat(&drone, list.clone()))
-                    .await;
-            }
-        }));
-    }
-    loop {
-        let live_drones = controller.drones();
-        if live_drones.iter().filter(|d| d.status.live).count() == DRONES {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let holders = hold(&bus, &subjects, &spread(live, 10)).await;
+    holders_live(&controller, &holders).await;
     for _ in 0..20 {
         controller.spawn(spec()).await.expect("warm-up spawn");
     }
@@ -221,13 +264,50 @@ pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
     for _ in 0..spawns {
         controller.spawn(spec()).await.expect("spawn");
     }
-    let result = LoadResult {
+    LoadResult {
         events: spawns,
         wall: wall0.elapsed(),
         cpu: process_cpu() - cpu0,
-    };
-    for task in tasks {
-        task.abort();
     }
-    result
+}
+
+/// A running controller over the in-memory bus and 100 drones beating once a second, with
+/// `live` ready backends: 10 on `holder-0` (the drone whose heartbeat is measured), the rest
+/// spread over the 99 others.
+pub struct EventCluster {
+    pub controller: Controller,
+    heartbeat: Heartbeat,
+    _holders: Holders,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EventCluster {
+    /// A heartbeat of `holder-0`, listing its 10 backends as its drone would.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let mut heartbeat = self.heartbeat.clone();
+        heartbeat.at = now_millis();
+        heartbeat
+    }
+}
+
+pub async fn event_cluster(live: usize) -> EventCluster {
+    assert!(live >= 10, "holder-0 holds 10 backends");
+    let (bus, subjects, controller, stop) = start_controller().await;
+    let mut counts = vec![10];
+    counts.extend(spread(live - 10, 99));
+    let holders = hold(&bus, &subjects, &counts).await;
+    holders_live(&controller, &holders).await;
+    let listed: Vec<BackendId> = controller
+        .view()
+        .live_backends_of(&holders.ids[0])
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(listed.len(), 10);
+    EventCluster {
+        heartbeat: heartbeat(&holders.ids[0], listed),
+        controller,
+        _holders: holders,
+        _stop: stop,
+    }
 }

@@ -85,7 +85,6 @@ impl Cluster {
         controller_flags: &[&str],
         drone_flags: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let cluster = "plane.test".to_string();
         let relay = match relay {
             true => Some(TcpRelay::start(nats.addr()).await?),
             false => None,
@@ -94,19 +93,10 @@ impl Cluster {
             Some(relay) => format!("nats://{}", relay.addr()),
             None => nats.url(),
         };
-        let (controller, api) = start_controller_with(&controller_url, &cluster, controller_flags)?;
-        let (drone, proxy_port) =
-            start_drone_with(&nats.url(), &cluster, Some("drone-1"), drone_flags)?;
-        let cluster = Cluster {
-            cluster,
-            api,
-            proxy_port,
-            drone: Some(drone),
-            controller: Some(controller),
-            nats: Some(nats),
-            nodes: None,
-            relay,
-        };
+        let mut cluster =
+            Self::launch(&controller_url, &nats.url(), controller_flags, drone_flags)?;
+        cluster.nats = Some(nats);
+        cluster.relay = relay;
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
     }
@@ -116,22 +106,34 @@ impl Cluster {
         nodes: NatsCluster,
         controller_flags: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let cluster = "plane.test".to_string();
         let urls = nodes.urls();
-        let (controller, api) = start_controller_with(&urls, &cluster, controller_flags)?;
-        let (drone, proxy_port) = start_drone_with(&urls, &cluster, Some("drone-1"), &[])?;
-        let cluster = Cluster {
+        let mut cluster = Self::launch(&urls, &urls, controller_flags, &[])?;
+        cluster.nodes = Some(nodes);
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
+    /// Starts the controller and the drone; the caller keeps what NATS they run on.
+    fn launch(
+        controller_nats: &str,
+        drone_nats: &str,
+        controller_flags: &[&str],
+        drone_flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let cluster = "plane.test".to_string();
+        let (controller, api) = start_controller_with(controller_nats, &cluster, controller_flags)?;
+        let (drone, proxy_port) =
+            start_drone_with(drone_nats, &cluster, Some("drone-1"), drone_flags)?;
+        Ok(Cluster {
             cluster,
             api,
             proxy_port,
             drone: Some(drone),
             controller: Some(controller),
             nats: None,
-            nodes: Some(nodes),
+            nodes: None,
             relay: None,
-        };
-        cluster.wait_for_live_drone().await?;
-        Ok(cluster)
+        })
     }
 
     /// Hands the NATS cluster's nodes to the test (to kill and restart one while the cluster
