@@ -277,11 +277,17 @@ pub async fn spawn_load(live: usize, spawns: u64) -> LoadResult {
 pub struct EventCluster {
     pub controller: Controller,
     heartbeat: Heartbeat,
+    backends: plane_bus::Kv,
     _holders: Holders,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl EventCluster {
+    /// Deletes a backend's record, so that a run of spawns leaves the cluster its size.
+    pub async fn forget(&self, id: &BackendId) {
+        self.backends.delete(id.as_str()).await.expect("deleted");
+    }
+
     /// A heartbeat of `holder-0`, listing its 10 backends as its drone would.
     pub fn heartbeat(&self) -> Heartbeat {
         let mut heartbeat = self.heartbeat.clone();
@@ -306,6 +312,10 @@ pub async fn event_cluster(live: usize) -> EventCluster {
     assert_eq!(listed.len(), 10);
     EventCluster {
         heartbeat: heartbeat(&holders.ids[0], listed),
+        backends: bus
+            .kv(&subjects.backends_bucket())
+            .await
+            .expect("backends bucket"),
         controller,
         _holders: holders,
         _stop: stop,
