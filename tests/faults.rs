@@ -142,3 +142,54 @@ async fn a_drone_sweeps_through_an_outage_and_reports_after() -> anyhow::Result<
     })
     .await
 }
+
+/// The controller is killed and a new one starts twice the drone grace later: it rebuilds its
+/// view from the KV buckets, takes none of the drones for silent, and every session survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_ends_no_session() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let sessions = Sessions::start(&cluster).await?;
+        cluster.kill_controller();
+        tokio::time::sleep(OUTAGE).await;
+        cluster.start_controller()?;
+        sessions.survived(&cluster).await
+    })
+    .await
+}
+
+/// Two controllers serve one cluster: each hears every heartbeat (liveness is not split by the
+/// queue group that shares the reports), so neither takes the drone for silent, and both show
+/// the same backends, changes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_share_one_view() -> anyhow::Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let first_api = cluster.api.clone();
+        let (_second, second_api) = cluster.second_controller()?;
+        let sessions = Sessions::start(&cluster).await?;
+        // Longer than the grace: each controller must have heard the drone on its own.
+        tokio::time::sleep(OUTAGE).await;
+        for api in [&first_api, &second_api] {
+            cluster.api = api.clone();
+            let drones = cluster.plane_json(&["drones"]).await?;
+            ensure!(
+                drones[0]["live"] == true && drones[0]["lost"] == false,
+                "{api}: {drones}"
+            );
+            for id in [&sessions.idle, &sessions.held] {
+                let status = cluster.status(id).await?;
+                ensure!(status["state"] == "ready", "{api}: {status}");
+            }
+        }
+        // A change made through one is seen, as an event, through the other.
+        cluster.api = first_api;
+        cluster.plane_json(&["terminate", &sessions.idle]).await?;
+        cluster.api = second_api;
+        let events = cluster.watch_until_terminated(&sessions.idle).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "terminated", "{last}");
+        Ok(())
+    })
+    .await
+}

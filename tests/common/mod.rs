@@ -232,6 +232,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts another controller beside the first (several may serve one cluster); returns it
+    /// and its API's URL.
+    pub fn second_controller(&self) -> anyhow::Result<(ChildGuard, String)> {
+        let nats = self
+            .nats
+            .as_ref()
+            .context("only a NATS cluster has separate controllers")?;
+        start_controller(&nats.url(), &self.cluster)
+    }
+
     /// Starts a new drone process with the same id as the first (after that one was killed):
     /// a drone restart. The proxy port changes.
     pub async fn restart_drone(&mut self) -> anyhow::Result<()> {
