@@ -1,5 +1,6 @@
 //! The per-request routing path (`backend_label` + `RouteTable::lookup`) with small and large
-//! tables, for hits, misses and hosts outside the cluster.
+//! tables, for hits, misses and hosts outside the cluster; and counting a request against its
+//! route.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -43,5 +44,18 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing);
+/// Counting one request against its route: the guard taken at the request head and dropped at
+/// the end of the response (an atomic add, and a timestamp and an atomic sub on release).
+fn counting(c: &mut Criterion) {
+    let (table, names) = table_with(10);
+    let route = table.lookup(&names[0]).expect("routed");
+    let mut group = c.benchmark_group("counting");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("track_and_release", |b| {
+        b.iter(|| drop(black_box(route.track())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing, counting);
 criterion_main!(benches);
