@@ -23,6 +23,9 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Run a drone (agent and proxy) against NATS.
     Drone(DroneArgs),
+    /// Run the data plane alone with static routes: a plain reverse proxy (and what the load
+    /// benchmarks measure).
+    Proxy(ProxyArgs),
     /// Start a backend.
     Spawn(SpawnArgs),
     /// Show one backend.
@@ -41,8 +44,18 @@ impl Command {
     pub fn is_server(&self) -> bool {
         matches!(
             self,
-            Command::Dev(_) | Command::Controller(_) | Command::Drone(_)
+            Command::Dev(_) | Command::Controller(_) | Command::Drone(_) | Command::Proxy(_)
         )
+    }
+
+    /// The worker threads asked for (`--threads`), where the command takes them.
+    pub fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Dev(args) => args.threads.threads,
+            Command::Drone(args) => args.threads.threads,
+            Command::Proxy(args) => args.threads.threads,
+            _ => None,
+        }
     }
 }
 
@@ -50,6 +63,56 @@ impl Command {
 pub enum ExecutorArg {
     /// Each backend is a local process.
     Process,
+}
+
+/// How many threads serve requests.
+#[derive(Args, Debug, Clone)]
+pub struct ThreadsArg {
+    /// Worker threads of the runtime that serves the proxy (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub threads: Option<usize>,
+}
+
+/// A static route: requests whose `Host` is `HOST` (any port) go to `ADDR`.
+#[derive(Clone, Debug)]
+pub struct StaticRoute {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for StaticRoute {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected HOST=ADDR"))?;
+        let name = plane_dataplane::host_name(host)
+            .map_err(|e| format!("{host:?} is not a host name: {e}"))?;
+        if name.len() != host.len() {
+            return Err(format!("{host:?}: give the host without a port"));
+        }
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("{addr:?} is not an IP:PORT address: {e}"))?;
+        Ok(StaticRoute {
+            host: host.to_string(),
+            addr,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Where the proxy listens.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// A route, HOST=IP:PORT (repeatable): requests whose Host is HOST (case-insensitive, any
+    /// port) go to that address; any other Host gets 404.
+    #[arg(long = "route", value_name = "HOST=ADDR", required = true)]
+    pub routes: Vec<StaticRoute>,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +132,8 @@ pub struct DevArgs {
     pub drone: DroneTuning,
     #[command(flatten)]
     pub api_auth: ApiServerAuth,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// Who may call the API.
@@ -171,6 +236,8 @@ pub struct DroneArgs {
     pub public_port: Option<u16>,
     #[command(flatten)]
     pub drone: DroneTuning,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 #[derive(Args, Debug)]

@@ -14,7 +14,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = cli.command.threads() {
+        if threads == 0 {
+            eprintln!("error: --threads: at least one thread");
+            return ExitCode::FAILURE;
+        }
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -26,6 +35,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => serve::dev(args).await,
             Command::Controller(args) => serve::controller(args).await,
             Command::Drone(args) => serve::drone(args).await,
+            Command::Proxy(args) => serve::proxy(args).await,
             Command::Spawn(args) => client_commands::spawn(args).await,
             Command::Status(args) => client_commands::status(args).await,
             Command::List(args) => client_commands::list(args).await,

@@ -3,7 +3,9 @@
 //! SIGTERM, and stops in order: the drone stops its backends and delivers their last reports
 //! while the controller still listens; only then do the controller and the proxy stop.
 
-use crate::cli::{ApiServerAuth, ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg};
+use crate::cli::{
+    ApiServerAuth, ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg, ProxyArgs,
+};
 use crate::secrets;
 use crate::shutdown;
 use anyhow::Context as _;
@@ -283,4 +285,26 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     run_drone(drone, proxy_listener, table, shutdown).await
+}
+
+/// `plane proxy`: the data plane alone, with static routes, until SIGINT or SIGTERM.
+pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let table = RouteTable::for_hosts();
+    for route in &args.routes {
+        table.set_ready(&route.host, route.addr);
+    }
+    let listener = bind(args.listen, "proxy").await?;
+    // On stdout, for whoever started us with port 0 to learn the real address.
+    println!("proxy listening on {}", listener.local_addr()?);
+    info!(routes = args.routes.len(), "proxy started");
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    plane_dataplane::serve(
+        listener,
+        table,
+        ProxyConfig::default(),
+        shutdown.cancelled_owned(),
+    )
+    .await
+    .context("proxy")
 }

@@ -3,7 +3,7 @@
 //! Pure, allocation-free string slicing so that the proxy, the benchmark and the fuzz target all
 //! exercise the exact code that routes requests.
 
-use crate::limits::MAX_LABEL_BYTES;
+use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
 
 /// Why a `Host` does not name a backend of this cluster. Every variant is the client's fault (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +74,41 @@ pub fn backend_label<'a>(host: &'a str, cluster: &str) -> Result<&'a str, HostEr
     Ok(label)
 }
 
+/// Returns the host name of `host` (`{name}[:port]`), as written, for tables of static routes
+/// keyed by whole host names: DNS letters, digits, `-`, `_` and dots, at most 253 bytes. Never
+/// allocates and never panics.
+///
+/// ```
+/// # use plane_dataplane::{host_name, HostError};
+/// assert_eq!(host_name("App.Example.com:8080"), Ok("App.Example.com"));
+/// assert_eq!(host_name("a b"), Err(HostError::InvalidLabel));
+/// ```
+pub fn host_name(host: &str) -> Result<&str, HostError> {
+    if host.is_empty() {
+        return Err(HostError::Empty);
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) => {
+            check_port(port)?;
+            name
+        }
+        None => host,
+    };
+    if name.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if name.len() > MAX_HOST_BYTES {
+        return Err(HostError::LabelTooLong);
+    }
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(HostError::InvalidLabel);
+    }
+    Ok(name)
+}
+
 fn check_port(port: &str) -> Result<(), HostError> {
     if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HostError::BadPort);
@@ -103,20 +138,21 @@ fn check_label(label: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-/// A label lowercased into a stack buffer: the route table's lookup key, built without allocating.
-pub(crate) struct LabelKey {
-    buf: [u8; MAX_LABEL_BYTES],
+/// A key lowercased into a stack buffer of `N` bytes: the route table's lookup key, built
+/// without allocating.
+pub(crate) struct LabelKey<const N: usize> {
+    buf: [u8; N],
     len: usize,
 }
 
-impl LabelKey {
+impl<const N: usize> LabelKey<N> {
     /// `None` when `label` is longer than any route key can be.
-    pub(crate) fn new(label: &str) -> Option<LabelKey> {
+    pub(crate) fn new(label: &str) -> Option<LabelKey<N>> {
         let bytes = label.as_bytes();
-        if bytes.len() > MAX_LABEL_BYTES {
+        if bytes.len() > N {
             return None;
         }
-        let mut buf = [0u8; MAX_LABEL_BYTES];
+        let mut buf = [0u8; N];
         for (dst, src) in buf.iter_mut().zip(bytes) {
             *dst = src.to_ascii_lowercase();
         }

@@ -25,6 +25,6 @@ pub use body::ProxyBody;
 pub use config::ProxyConfig;
 pub use counting::ActiveGuard;
 pub use error::{ProxyError, Side};
-pub use host::{backend_label, HostError};
+pub use host::{backend_label, host_name, HostError};
 pub use http1::serve;
 pub use route_table::{Route, RouteTable};

@@ -8,6 +8,10 @@ use std::time::Duration;
 /// Longest backend label (the part of the host before `.{cluster}`): one DNS label.
 pub const MAX_LABEL_BYTES: usize = 63;
 
+/// The longest host name a static route (`plane proxy --route HOST=ADDR`) may have: a DNS name
+/// is at most 253 bytes.
+pub const MAX_HOST_BYTES: usize = 253;
+
 /// Requests whose head (request line and headers) exceeds this get 431.
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 

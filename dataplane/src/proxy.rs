@@ -25,7 +25,6 @@ use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::drain;
 use crate::error::{ProxyError, Side};
 use crate::headers;
-use crate::host::backend_label;
 use crate::limits::{TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_TIME};
 use crate::route_table::{Route, RouteTable, Upstream};
 use crate::upgrade;
@@ -133,7 +132,7 @@ impl Proxy {
         let host_str = host
             .to_str()
             .map_err(|_| ProxyError::BadRequest("Host is not visible ASCII"))?;
-        let label = backend_label(host_str, self.table.cluster())?;
+        let label = self.table.route_key(host_str)?;
         let route = self.table.lookup(label).ok_or_else(|| unknown(label))?;
         // Counted from the request head on, including while held for a starting backend.
         let mut guard = route.track().ok_or_else(|| stopping(&route))?;

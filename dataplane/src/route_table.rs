@@ -16,7 +16,8 @@ use http::uri::Authority;
 use tokio::sync::watch;
 
 use crate::counting::{ActiveGuard, Activity};
-use crate::host::LabelKey;
+use crate::host::{backend_label, host_name, HostError, LabelKey};
+use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
 
 type Routes = HashMap<Arc<str>, Arc<Route>>;
 
@@ -123,6 +124,9 @@ pub struct RouteTable {
 }
 
 struct Inner {
+    /// How a `Host` names a route.
+    naming: Naming,
+    /// The cluster domain in cluster naming; empty for static hosts.
     cluster: Box<str>,
     routes: ArcSwap<Routes>,
     /// Serialises writers so that two concurrent copy-and-swap updates cannot lose one another.
@@ -131,11 +135,32 @@ struct Inner {
     changed: watch::Sender<()>,
 }
 
+/// How a request's `Host` names its route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Naming {
+    /// `{backend}.{cluster}`: the key is the backend label (a drone's table).
+    Cluster,
+    /// The whole host name is the key (`plane proxy --route HOST=ADDR`).
+    Hosts,
+}
+
 impl RouteTable {
-    /// An empty table for `cluster` (matched case-insensitively; stored lowercased).
+    /// An empty table for `cluster` (matched case-insensitively; stored lowercased): `Host`
+    /// `{backend}.{cluster}` routes to the backend named `backend`.
     pub fn new(cluster: &str) -> RouteTable {
+        Self::with_naming(Naming::Cluster, cluster)
+    }
+
+    /// An empty table of static routes keyed by whole host names (case-insensitive, port
+    /// ignored): any host without a route is unknown.
+    pub fn for_hosts() -> RouteTable {
+        Self::with_naming(Naming::Hosts, "")
+    }
+
+    fn with_naming(naming: Naming, cluster: &str) -> RouteTable {
         RouteTable {
             inner: Arc::new(Inner {
+                naming,
                 cluster: cluster.to_ascii_lowercase().into_boxed_str(),
                 routes: ArcSwap::from_pointee(Routes::new()),
                 writer: Mutex::new(()),
@@ -229,8 +254,24 @@ impl RouteTable {
     /// The per-request lookup: lowercases `label` on the stack and reads the current snapshot.
     /// Never allocates or locks.
     pub fn lookup(&self, label: &str) -> Option<Arc<Route>> {
-        let key = LabelKey::new(label)?;
-        self.inner.routes.load().get(key.as_str()).cloned()
+        let routes = self.inner.routes.load();
+        match self.inner.naming {
+            Naming::Cluster => routes
+                .get(LabelKey::<MAX_LABEL_BYTES>::new(label)?.as_str())
+                .cloned(),
+            Naming::Hosts => routes
+                .get(LabelKey::<MAX_HOST_BYTES>::new(label)?.as_str())
+                .cloned(),
+        }
+    }
+
+    /// The key a request's `Host` (or authority) routes by: its backend label in a cluster's
+    /// table, its host name in a table of static hosts. Never allocates.
+    pub fn route_key<'a>(&self, host: &'a str) -> Result<&'a str, HostError> {
+        match self.inner.naming {
+            Naming::Cluster => backend_label(host, &self.inner.cluster),
+            Naming::Hosts => host_name(host),
+        }
     }
 
     /// A receiver that sees every later change to the table (subscribe *before* checking the
@@ -315,6 +356,27 @@ mod tests {
         assert_eq!(starting.address(), Some(addr(2)));
         assert!(changes.has_changed().expect("sender alive"));
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_table_of_hosts_routes_whole_names() {
+        let table = RouteTable::for_hosts();
+        table.set_ready("App.Example.com", addr(4));
+        let key = table
+            .route_key("app.EXAMPLE.com:8080")
+            .expect("a host name");
+        assert_eq!(key, "app.EXAMPLE.com");
+        let route = table.lookup(key).expect("routed");
+        assert_eq!(route.address(), Some(addr(4)));
+        let other = table.route_key("other.example.com").expect("a host name");
+        assert!(table.lookup(other).is_none());
+        assert!(table.route_key("bad host").is_err());
+        // A cluster's table routes labels, not whole names.
+        let cluster = RouteTable::new("example.com");
+        cluster.set_ready("app", addr(5));
+        let label = cluster.route_key("APP.example.com").expect("a label");
+        assert_eq!(label, "APP");
+        assert!(cluster.lookup(label).is_some());
     }
 
     #[test]

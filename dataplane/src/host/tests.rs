@@ -118,8 +118,28 @@ fn every_split_of_valid_hosts_is_consistent() {
 
 #[test]
 fn label_key_lowercases_without_touching_non_ascii() {
-    let key = LabelKey::new("AbC-ü").expect("short label");
+    let key = LabelKey::<63>::new("AbC-ü").expect("short label");
     assert_eq!(key.as_str(), "abc-ü");
-    assert!(LabelKey::new(&"a".repeat(63)).is_some());
-    assert!(LabelKey::new(&"a".repeat(64)).is_none());
+    assert!(LabelKey::<63>::new(&"a".repeat(63)).is_some());
+    assert!(LabelKey::<63>::new(&"a".repeat(64)).is_none());
+    assert!(LabelKey::<253>::new(&"a".repeat(253)).is_some());
+}
+
+#[test]
+fn host_names_for_static_routes() {
+    assert_eq!(host_name("App.Example.com"), Ok("App.Example.com"));
+    assert_eq!(host_name("app.example.com:8080"), Ok("app.example.com"));
+    assert_eq!(host_name("localhost"), Ok("localhost"));
+    assert_eq!(host_name(""), Err(HostError::Empty));
+    assert_eq!(host_name(":80"), Err(HostError::Empty));
+    assert_eq!(host_name("a:b"), Err(HostError::BadPort));
+    assert_eq!(host_name("a:99999"), Err(HostError::BadPort));
+    assert_eq!(host_name("a b.com"), Err(HostError::InvalidLabel));
+    assert_eq!(host_name("[::1]:80"), Err(HostError::InvalidLabel));
+    assert_eq!(host_name(&"a".repeat(254)), Err(HostError::LabelTooLong));
+    // Split at every byte boundary, nothing panics.
+    let host = "Ünï.example.com:80";
+    for i in 0..=host.len() {
+        let _ = host.get(..i).map(host_name);
+    }
 }

@@ -1,0 +1,81 @@
+//! `plane proxy`: the data plane alone, with static routes, in front of a real backend, driven
+//! by curl: the named host is proxied (whatever its case and port), any other gets 404, and a
+//! malformed route is refused at start.
+
+mod common;
+
+use anyhow::{ensure, Context};
+use common::{backend_bin, bounded, plane_bin};
+use plane_test_support::{curl, eventually, free_port, ChildGuard};
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_routes_proxy_their_host_and_nothing_else() -> anyhow::Result<()> {
+    bounded(async {
+        let port = free_port()?;
+        let mut backend = Command::new(backend_bin());
+        backend
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string());
+        let _backend = ChildGuard::spawn("backend", backend)?;
+        eventually(Duration::from_secs(10), "the backend to listen", || async {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop))
+        })
+        .await?;
+
+        let mut proxy = Command::new(plane_bin());
+        proxy.args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--route",
+            &format!("App.Example.test=127.0.0.1:{port}"),
+        ]);
+        let proxy = ChildGuard::spawn("proxy", proxy)?;
+        let line = proxy.wait_for_output("proxy listening on ", Duration::from_secs(20))?;
+        let addr = line
+            .split("proxy listening on ")
+            .nth(1)
+            .context("the proxy's address")?
+            .trim()
+            .to_string();
+        let url = format!("http://{addr}/info");
+
+        let routed = curl(&["-H", "Host: app.EXAMPLE.test:8443", &url])?;
+        ensure!(routed.status == 200, "{routed:?}");
+        ensure!(
+            routed.body.contains("app.EXAMPLE.test:8443"),
+            "the backend sees the Host: {routed:?}"
+        );
+        for host in [
+            "other.example.test",
+            "example.test",
+            "app.example.test.evil",
+        ] {
+            let unknown = curl(&["-H", &format!("Host: {host}"), &url])?;
+            ensure!(unknown.status == 404, "{host}: {unknown:?}");
+        }
+        let bad = curl(&["-H", "Host: bad host", &url])?;
+        ensure!(bad.status == 400, "{bad:?}");
+
+        let refused = Command::new(plane_bin())
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--route",
+                "app.test=nowhere",
+            ])
+            .output()?;
+        ensure!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(stderr.contains("IP:PORT"), "{stderr}");
+        Ok(())
+    })
+    .await
+}
