@@ -14,15 +14,22 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = cli.command.threads() {
-        if threads == 0 {
+    let mut builder = match cli.command.threads() {
+        Some(0) => {
             eprintln!("error: --threads: at least one thread");
             return ExitCode::FAILURE;
         }
-        builder.worker_threads(threads);
-    }
+        // One thread: everything on the thread that polls the sockets, with no hand-off
+        // between an I/O driver and a worker, and no work stealing to pay for.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all();
     let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
