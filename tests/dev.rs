@@ -6,10 +6,11 @@ mod common;
 use common::flows;
 use common::{bounded, id_of, no_process_left, Cluster};
 
+/// Every flow, with the whole of `plane dev` (controller, drone, proxy) on one thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
     bounded(async {
-        let c = Cluster::dev().await?;
+        let c = Cluster::dev_with(&["--threads", "1"]).await?;
         flows::run("route", flows::route_headers_env_and_delete(&c)).await?;
         flows::run("websocket", flows::websocket_keeps_backend_alive(&c)).await?;
         flows::run(
