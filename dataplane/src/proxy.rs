@@ -118,16 +118,19 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
+        // Two Hosts could route by one and reach the backend claiming the other (RFC 9112 §3.2:
+        // a request with more than one is answered 400).
+        let mut hosts = req.headers().get_all(HOST).iter();
+        let header_host = hosts.next().cloned();
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Host header"));
+        }
         // An absolute-form URI's authority overrides Host (RFC 9112 §3.2.2); the backend then
         // gets it as Host too.
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-            None => req
-                .headers()
-                .get(HOST)
-                .cloned()
-                .ok_or(ProxyError::MissingHost)?,
+            None => header_host.ok_or(ProxyError::MissingHost)?,
         };
         let host_str = host
             .to_str()

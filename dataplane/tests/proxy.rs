@@ -124,6 +124,29 @@ async fn unknown_and_unroutable_hosts() {
 }
 
 #[tokio::test]
+async fn more_than_one_host_is_refused() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let backend = Backend::echo("a").await;
+    proxy.table.set_ready("a", backend.addr);
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\nHost: b.plane.localhost\r\nConnection: close\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\nhost: a.plane.localhost\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let response = raw(proxy.addr, request).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(response.contains("more than one Host"), "{response}");
+    }
+    assert_eq!(backend.accepted(), 0, "nothing reached the backend");
+    // One Host is fine.
+    let response = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test]
 async fn absolute_form_uses_its_authority() {
     let proxy = TestProxy::start(ProxyConfig::default()).await;
     let backend = Backend::echo("a").await;
