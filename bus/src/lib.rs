@@ -112,9 +112,9 @@ impl Bus {
         })
     }
 
-    /// Follows whether the bus can carry messages now: `true` while connected (always, in
-    /// memory, where the channel never changes). Use [`Bus::is_connected`] for the current
-    /// state; a change marks the receiver changed.
+    /// Follows whether the bus can carry messages now: each change marks the receiver changed
+    /// (use [`Bus::is_connected`] for the current state). In memory the bus is always
+    /// connected and there is nothing to follow: the receiver's `changed()` fails at once.
     pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
         match &self.backend {
             Backend::Memory(_) => tokio::sync::watch::channel(true).1,

@@ -6,7 +6,7 @@
 //! bus outage is mistaken for silent drones.
 
 use plane_protocol::ids::DroneId;
-use plane_protocol::messages::{Heartbeat, UnixMillis};
+use plane_protocol::messages::{now_millis, Heartbeat, UnixMillis};
 use plane_protocol::records::DroneRecord;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -30,7 +30,8 @@ struct HearingState {
 #[derive(Clone, Copy, Debug)]
 struct Heard {
     at: Instant,
-    /// The drone's wall clock in that heartbeat (shown by the API).
+    /// When it arrived, by this controller's wall clock (shown by the API, like the time in
+    /// the drone's KV record: one clock for both, whatever the drone's says).
     wall: UnixMillis,
     load: u32,
     /// Backends this controller placed on the drone since that heartbeat, which its load does
@@ -44,7 +45,7 @@ pub struct DroneStatus {
     pub live: bool,
     /// Backends it runs, as last told, plus those placed on it since.
     pub load: u32,
-    /// Its last heartbeat's time (its own clock), if this controller heard one.
+    /// When this controller last heard it (its own wall clock), if it did.
     pub last_heartbeat: Option<UnixMillis>,
 }
 
@@ -89,7 +90,7 @@ impl Hearing {
             heartbeat.drone.clone(),
             Heard {
                 at: now,
-                wall: heartbeat.at,
+                wall: now_millis(),
                 load: heartbeat.load,
                 placed: 0,
             },
@@ -217,12 +218,17 @@ mod tests {
         let hearing = Hearing::new(GRACE);
         hearing.connected(t0);
         let mut d = drone("d");
+        let before = now_millis();
         hearing.heard(&heartbeat("d", 3), t0);
         hearing.placed(&d.id);
         hearing.placed(&d.id);
         let status = hearing.status(&d, t0);
         assert_eq!(status.load, 5);
-        assert_eq!(status.last_heartbeat, Some(1234));
+        // The controller's clock, not the drone's (`at: 1234` in the heartbeat).
+        assert!(
+            status.last_heartbeat.is_some_and(|at| at >= before),
+            "{status:?}"
+        );
         hearing.heard(&heartbeat("d", 4), t0);
         assert_eq!(
             hearing.status(&d, t0).load,
