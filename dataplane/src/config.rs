@@ -44,6 +44,9 @@ pub struct ProxyConfig {
     /// Once one side of an upgraded connection has closed, how long the other may still send.
     /// Default: [`limits::UPGRADE_HALF_CLOSE_GRACE`].
     pub upgrade_half_close_grace: Duration,
+    /// A write that makes no progress for this long fails and ends its connection. Default:
+    /// [`limits::WRITE_PROGRESS_TIMEOUT`].
+    pub write_progress_timeout: Duration,
     /// After shutdown, how long in-flight requests and upgraded connections may still run.
     /// Default: [`limits::SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             backend_pool_idle_timeout: limits::BACKEND_POOL_IDLE_TIMEOUT,
             backend_pool_max_idle: limits::BACKEND_POOL_MAX_IDLE,
             upgrade_half_close_grace: limits::UPGRADE_HALF_CLOSE_GRACE,
+            write_progress_timeout: limits::WRITE_PROGRESS_TIMEOUT,
             shutdown_grace: limits::SHUTDOWN_GRACE,
         }
     }

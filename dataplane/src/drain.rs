@@ -66,6 +66,11 @@ impl Watch {
         let _ = self.phase.wait_for(|phase| *phase >= Phase::Draining).await;
     }
 
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.phase.borrow() >= Phase::Draining
+    }
+
     /// Resolves once the grace is over (or the listener is gone).
     pub(crate) async fn cut(&mut self) {
         let _ = self.phase.wait_for(|phase| *phase >= Phase::Cut).await;

@@ -24,6 +24,16 @@ pub enum ProxyError {
     /// The request cannot be proxied as sent (CONNECT, an invalid request target).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request head is larger than `max_request_header_bytes` or has more fields than
+    /// `max_request_headers`.
+    #[error("request header fields too large")]
+    HeadTooLarge,
+    /// The request head did not arrive within `header_read_timeout`.
+    #[error("request head not received in time")]
+    HeadTimeout,
+    /// The client closed or stopped reading in the middle of an exchange.
+    #[error("client connection failed")]
+    ClientGone(#[source] std::io::Error),
     /// The request has no `Host` (and no absolute-form URI authority).
     #[error("missing Host header")]
     MissingHost,
@@ -63,18 +73,18 @@ pub enum ProxyError {
     BackendConnect {
         /// The backend dialled.
         backend: Box<str>,
-        /// What the connector reported.
+        /// What the dial reported.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
     /// The backend closed or reset the connection, or sent an invalid response.
     #[error("backend {backend} failed to answer")]
     BackendRequest {
         /// The backend asked.
         backend: Box<str>,
-        /// What the client reported.
+        /// What the backend connection reported.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
     /// The backend answered in a way the proxy cannot pass on.
     #[error("backend {backend} sent an invalid response: {reason}")]
@@ -95,6 +105,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::MissingHost
+            | ProxyError::HeadTooLarge
+            | ProxyError::HeadTimeout
+            | ProxyError::ClientGone(_)
             | ProxyError::BadHost(_)
             | ProxyError::UnknownBackend { .. }
             | ProxyError::BackendStopping { .. }
@@ -118,9 +131,12 @@ impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::MissingHost | ProxyError::BadHost(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::MissingHost
+            | ProxyError::BadHost(_)
+            | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             // An ended backend is as gone as one never started.
             ProxyError::UnknownBackend { .. } | ProxyError::BackendStopping { .. } => {
                 StatusCode::NOT_FOUND

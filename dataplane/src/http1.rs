@@ -1,21 +1,18 @@
-//! The HTTP/1.1 listener: accept with a connection limit, serve each connection with hyper under
-//! the header limits, and drain on shutdown.
+//! The HTTP/1.1 listener: accept under a connection limit, serve each connection in its own
+//! task (`exchange.rs`), keep the backend pools trimmed, and drain on shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::io;
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
 
 use crate::drain;
 use crate::error::ProxyError;
-use crate::limits::{ACCEPT_ERROR_BACKOFF, TCP_KEEPALIVE_INTERVAL, TCP_KEEPALIVE_TIME};
-use crate::proxy::{Never, Peer, Proxy};
+use crate::exchange::{self, Peer, Proxy};
+use crate::limits::{ACCEPT_ERROR_BACKOFF, BACKEND_POOL_REAP_INTERVAL};
 use crate::{ProxyConfig, RouteTable};
 
 /// Serves HTTP/1.1 on `listener`, routing by `Host` through `table`, until `shutdown` resolves;
@@ -24,7 +21,8 @@ use crate::{ProxyConfig, RouteTable};
 ///
 /// # Errors
 /// [`ProxyError::Listener`] if `listener` has no local address (it is not a bound socket).
-/// Accept errors (e.g. out of file descriptors) are logged and retried, never returned.
+/// Accept errors are logged and retried, never returned; only running out of file descriptors
+/// (or memory) pauses the loop, the rest (a connection reset before it was accepted) do not.
 ///
 /// # Cancel safety
 /// Dropping the future closes every connection it accepted at their next poll.
@@ -37,9 +35,9 @@ pub async fn serve(
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
     let grace = config.shutdown_grace;
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let builder = connection_builder(&config);
     let (drain, watch) = drain::channel();
-    let proxy = Arc::new(Proxy::new(table, config, watch.clone()));
+    let reaper = tokio::spawn(reap_pools(table.clone(), config.backend_pool_idle_timeout));
+    let proxy = Arc::new(Proxy::new(table, config));
     info!(%local, "proxy listening");
 
     tokio::pin!(shutdown);
@@ -58,101 +56,48 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    warn!(%local, %error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    if out_of_resources(&error) {
+                        warn!(%local, %error, "accept failed; pausing");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
                     continue;
                 }
             },
         };
-        tokio::spawn(serve_connection(
-            stream,
-            peer,
+        tokio::spawn(exchange::serve_connection(
             Arc::clone(&proxy),
-            builder.clone(),
+            stream,
+            Peer::new(peer, permit),
             watch.clone(),
-            permit,
         ));
     }
 
     info!(%local, "proxy shutting down");
     drop(listener);
+    reaper.abort();
     // Our own handles would keep the drain waiting for ourselves.
     drop((proxy, watch));
     drain.drain(grace).await;
     Ok(())
 }
 
-fn connection_builder(config: &ProxyConfig) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_request_header_bytes)
-        .max_headers(config.max_request_headers)
-        // The read buffer must hold a whole head, and hyper refuses less than 8 KiB.
-        .max_buf_size(config.max_request_header_bytes.max(8 * 1024) + 8 * 1024);
-    builder
+/// Whether an accept error means the process or system is out of descriptors or memory: the
+/// only accept errors that retrying at once cannot fix.
+fn out_of_resources(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    builder: http1::Builder,
-    mut drain: drain::Watch,
-    permit: OwnedSemaphorePermit,
-) {
-    tune_client_socket(&stream, peer);
-    // The permit lives in the `Peer`, which an upgraded connection's relay keeps after this task
-    // ends: a WebSocket holds its connection slot until it closes.
-    let peer = Arc::new(Peer::new(peer, permit));
-    let service = {
-        let peer = Arc::clone(&peer);
-        service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            let peer = Arc::clone(&peer);
-            async move { Ok::<_, Never>(proxy.handle(req, &peer).await) }
-        })
-    };
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = drain.draining() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drain.cut() => return,
-            }
-        }
-    };
-    if let Err(error) = result {
-        // Client timeouts, resets and malformed requests: expected on the open internet.
-        debug!(peer = %peer.addr, %error, "client connection ended with error");
-    }
-}
-
-/// Sets `TCP_NODELAY` (responses are written whole; do not wait to coalesce) and TCP keepalive
-/// (a client that vanished without a FIN or RST is noticed, so neither a keep-alive connection
-/// nor an upgraded one stays open, and counted, forever). Failures only cost those benefits.
-fn tune_client_socket(stream: &TcpStream, peer: SocketAddr) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%peer, %error, "set_nodelay failed");
-    }
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_TIME);
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "windows"
-    ))]
-    let keepalive = keepalive.with_interval(TCP_KEEPALIVE_INTERVAL);
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        debug!(%peer, %error, "setting TCP keepalive failed");
+/// Closes pooled backend connections that have been idle past the pool's timeout, so an idle
+/// backend is not kept holding sockets it has already given up on.
+async fn reap_pools(table: RouteTable, idle_timeout: std::time::Duration) {
+    let mut tick = tokio::time::interval(BACKEND_POOL_REAP_INTERVAL.min(idle_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        table.for_each_upstream(|upstream| upstream.reap(idle_timeout));
     }
 }
 
@@ -160,32 +105,14 @@ fn tune_client_socket(stream: &TcpStream, peer: SocketAddr) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn client_sockets_get_keepalive() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            tokio::join!(TcpStream::connect(addr), listener.accept())
-        })
-        .await
-        .expect("connect in time");
-        let _client = client.expect("connect");
-        let (stream, peer) = accepted.expect("accept");
-
-        tune_client_socket(&stream, peer);
-        let socket = socket2::SockRef::from(&stream);
-        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
-        assert!(stream.nodelay().expect("TCP_NODELAY"));
-        #[cfg(target_os = "linux")]
-        {
-            assert_eq!(
-                socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
-                TCP_KEEPALIVE_TIME
-            );
-            assert_eq!(
-                socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
-                TCP_KEEPALIVE_INTERVAL
-            );
+    #[test]
+    fn only_resource_exhaustion_pauses_accepting() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&io::Error::from_raw_os_error(errno)));
+        }
+        // ECONNABORTED, EPERM (a firewall), EINTR: accept again at once.
+        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EINTR] {
+            assert!(!out_of_resources(&io::Error::from_raw_os_error(errno)));
         }
     }
 }

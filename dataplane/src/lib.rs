@@ -1,27 +1,31 @@
 //! Plane's data plane: an HTTP proxy that routes `{backend}.{cluster}` to the backend's address
 //! and counts each backend's activity for idle shutdown.
 //!
-//! The shape, front to back: [`serve`] accepts HTTP/1.1 connections (`http1.rs`), each request
-//! is routed by [`backend_label`] and the [`RouteTable`] (`host.rs`, `route_table.rs`), counted
-//! by an [`ActiveGuard`] (`counting.rs`), rewritten (`headers.rs`) and forwarded over pooled
-//! keep-alive connections (`proxy.rs`, with the bodies in `body.rs`); WebSockets are relayed as
-//! bytes (`upgrade.rs`). Every limit lives in [`limits`]; every failure is a [`ProxyError`] that
-//! knows its side.
+//! The shape, front to back: [`serve`] accepts HTTP/1.1 connections (`http1.rs`) and serves
+//! each in one task (`exchange.rs`): heads are parsed in place and checked (`head.rs`), routed by
+//! [`backend_label`] and the [`RouteTable`] (`host.rs`, `route_table.rs`), counted by an
+//! [`ActiveGuard`] (`counting.rs`), rewritten (`headers.rs`) and sent with their bodies, whose
+//! ends `framing.rs` finds, over pooled keep-alive connections (`upstream.rs`); WebSockets are
+//! relayed as bytes (`upgrade.rs`). Every limit lives in [`limits`]; every failure is a
+//! [`ProxyError`] that knows its side.
 
-mod body;
+mod buffer;
 mod config;
 mod counting;
 mod drain;
 mod error;
-pub mod headers;
+mod exchange;
+mod framing;
+mod head;
+mod headers;
 mod host;
 mod http1;
 pub mod limits;
-mod proxy;
 mod route_table;
+mod sockets;
 mod upgrade;
+mod upstream;
 
-pub use body::ProxyBody;
 pub use config::ProxyConfig;
 pub use counting::ActiveGuard;
 pub use error::{ProxyError, Side};

@@ -60,6 +60,16 @@ pub const UPGRADE_HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Buffer per direction of an upgraded connection's relay (what `tokio::io::copy` uses).
 pub const UPGRADE_RELAY_BUFFER_BYTES: usize = 8 * 1024;
 
+/// A write to a client or backend that makes no progress for this long fails and ends the
+/// connection: a peer that stops reading (a zero receive window) cannot hold a connection, and
+/// the backend's activity count with it, open forever. Overridable per listener
+/// (`ProxyConfig::write_progress_timeout`).
+pub const WRITE_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `TCP_USER_TIMEOUT` on client and backend sockets: data the peer leaves unacknowledged this
+/// long (a peer that vanished mid-transfer) ends the connection in the kernel.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Idle time before the first TCP keepalive probe on client and backend sockets, so a peer that
 /// vanished without a FIN or RST (a laptop lid, a NAT timeout) is noticed and its connection,
 /// and the activity it counts, ends.
@@ -72,6 +82,9 @@ pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// After shutdown, in-flight requests and upgraded connections get this long to finish before
 /// they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often idle pooled backend connections are checked for expiry.
+pub const BACKEND_POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Pause after an accept error such as EMFILE, so a full file table does not spin the loop.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);

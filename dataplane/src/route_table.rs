@@ -12,30 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::uri::Authority;
 use tokio::sync::watch;
 
 use crate::counting::{ActiveGuard, Activity};
 use crate::host::{backend_label, host_name, HostError, LabelKey};
 use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
+use crate::upstream::Upstream;
 
 type Routes = HashMap<Arc<str>, Arc<Route>>;
-
-/// Where requests for a ready backend go, with the URI authority prebuilt so that forwarding does
-/// not format the address per request.
-#[derive(Debug)]
-pub(crate) struct Upstream {
-    pub(crate) addr: SocketAddr,
-    pub(crate) authority: Authority,
-}
-
-impl Upstream {
-    fn new(addr: SocketAddr) -> Upstream {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .expect("a formatted socket address is a valid URI authority");
-        Upstream { addr, authority }
-    }
-}
 
 /// One backend as the proxy sees it: where it listens (once ready) and how busy it is.
 ///
@@ -271,6 +255,15 @@ impl RouteTable {
         match self.inner.naming {
             Naming::Cluster => backend_label(host, &self.inner.cluster),
             Naming::Hosts => host_name(host),
+        }
+    }
+
+    /// Every ready route's upstream, for pool upkeep.
+    pub(crate) fn for_each_upstream(&self, mut f: impl FnMut(&Upstream)) {
+        for route in self.inner.routes.load().values() {
+            if let Some(upstream) = route.upstream.load().as_ref() {
+                f(upstream);
+            }
         }
     }
 

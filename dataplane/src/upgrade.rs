@@ -9,84 +9,53 @@
 //! deliberately no idle timeout (long-idle WebSockets are legitimate); TCP keepalive on both
 //! sockets finds peers that disappeared.
 //!
-//! The seam for zero copy is [`relay_io`]: when both `Upgraded` downcast to
-//! `TokioIo<TcpStream>` (plain TCP on both ends), flush the parts' `read_buf` and `splice(2)`
-//! through a pipe per direction with the same half-close rule; TLS client sides keep the copy.
+//! The relay starts only after the backend's 101 has reached the client, with whatever either
+//! side sent early already passed on; the connection's own buffers are freed before it starts.
 
 use std::future::poll_fn;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::counting::ActiveGuard;
-use crate::drain;
 use crate::limits::UPGRADE_RELAY_BUFFER_BYTES;
-use crate::proxy::Peer;
 
-/// What an upgraded connection holds on to, besides its activity guard, until the relay ends.
-pub(crate) struct Hold {
-    /// The client connection, and with it the connection's slot under `max_connections`.
-    pub(crate) peer: Arc<Peer>,
-    /// Shutdown: an open relay runs through the drain and is cut when the grace is over.
-    pub(crate) drain: drain::Watch,
-    /// How long one direction may go on after the other has closed.
-    pub(crate) half_close_grace: Duration,
-}
-
-/// Completes both upgrades and relays until both directions have closed, one has closed and
-/// the other did not follow within the half-close grace, either fails, or the proxy's shutdown
-/// grace is over. `guard` keeps the backend counted as active, and `hold` keeps the client's
-/// connection slot, for exactly that long.
-pub(crate) async fn relay(client: OnUpgrade, backend: OnUpgrade, guard: ActiveGuard, hold: Hold) {
-    let Hold {
-        peer,
-        mut drain,
-        half_close_grace,
-    } = hold;
+/// Relays until both directions have closed, one has closed and the other did not follow
+/// within `half_close_grace`, or either fails. `guard` keeps the backend counted as active for
+/// exactly that long. (Shutdown cuts the relay from outside, with its connection.)
+pub(crate) async fn relay(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    guard: ActiveGuard,
+    peer: SocketAddr,
+    half_close_grace: Duration,
+) {
     let id = guard.route().backend();
-    let relayed = async {
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(both) => both,
-            Err(error) => {
-                debug!(backend = %id, peer = %peer.addr, %error, "upgrade did not complete");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
-        debug!(backend = %id, peer = %peer.addr, "upgraded connection open");
-        match relay_io(&mut client, &mut backend, half_close_grace).await {
-            Ok(done) => debug!(
-                backend = %id,
-                peer = %peer.addr,
-                to_backend = done.to_backend,
-                to_client = done.to_client,
-                closed_first = ?done.closed_first,
-                other_side_lingered = done.lingered,
-                "upgraded connection closed"
-            ),
-            Err(error) => debug!(
-                backend = %id,
-                peer = %peer.addr,
-                %error,
-                "upgraded connection ended with error"
-            ),
-        }
-    };
-    tokio::select! {
-        () = relayed => {}
-        () = drain.cut() => debug!(backend = %id, "upgraded connection cut by shutdown"),
+    debug!(backend = %id, %peer, "upgraded connection open");
+    match relay_io(client, backend, half_close_grace).await {
+        Ok(done) => debug!(
+            backend = %id,
+            %peer,
+            to_backend = done.to_backend,
+            to_client = done.to_client,
+            closed_first = ?done.closed_first,
+            other_side_lingered = done.lingered,
+            "upgraded connection closed"
+        ),
+        Err(error) => debug!(
+            backend = %id,
+            %peer,
+            %error,
+            "upgraded connection ended with error"
+        ),
     }
-    // The sockets are closed by now; release the count, then the connection slot.
     drop(guard);
-    drop(peer);
 }
 
 /// Which side closed its half of the upgraded connection first.

@@ -1,0 +1,835 @@
+//! One client connection, served start to end by one task: read a request head, route it,
+//! forward head and body to a pooled backend connection, stream the response back; then the
+//! next request (keep-alive), or a byte relay once a WebSocket upgrade is accepted.
+//!
+//! This is the hot path, shaped like HAProxy's and Pingora's rather than like a generic HTTP
+//! library's: no task, channel, header map or allocation per request. Heads are parsed in place
+//! (`head.rs`), rewritten straight into one outgoing buffer (`headers.rs`), and written with the
+//! first body bytes in one `writev`; bodies are forwarded as they are, with only their framing
+//! tracked (`framing.rs`). The buffers belong to the connection and are reused by every request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, warn};
+
+use crate::buffer::Buf;
+use crate::drain;
+use crate::error::{ProxyError, Side};
+use crate::framing::BodyProgress;
+use crate::head::{header_slots, Framing, HeadError, RequestHead, ResponseHead};
+use crate::headers::{self, Forwarded};
+use crate::route_table::{Route, RouteTable};
+use crate::sockets::{self, write_all};
+use crate::upgrade;
+use crate::upstream::Upstream;
+use crate::ProxyConfig;
+
+/// First size of a connection's client buffer; it grows (to `max_request_header_bytes`) only
+/// for a head that does not fit.
+const CLIENT_BUFFER_BYTES: usize = 8 * 1024;
+/// Size of a connection's backend buffer: response heads and body data pass through it.
+const BACKEND_BUFFER_BYTES: usize = 16 * 1024;
+/// Largest response head accepted from a backend (backends are not trusted either).
+pub(crate) const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
+/// The client connection a request came in on.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// `X-Forwarded-For` value, formatted once per connection.
+    ip: Box<str>,
+    /// The connection's slot under `max_connections`, held until the connection (or the relay
+    /// that took it over) ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr, permit: OwnedSemaphorePermit) -> Peer {
+        Peer {
+            addr,
+            ip: addr.ip().to_string().into_boxed_str(),
+            _permit: permit,
+        }
+    }
+}
+
+/// State shared by every connection of one listener.
+pub(crate) struct Proxy {
+    pub(crate) table: RouteTable,
+    pub(crate) config: ProxyConfig,
+    proto: Box<str>,
+}
+
+impl Proxy {
+    pub(crate) fn new(table: RouteTable, config: ProxyConfig) -> Proxy {
+        let proto = config.scheme.as_str().into();
+        Proxy {
+            table,
+            config,
+            proto,
+        }
+    }
+}
+
+/// How an exchange left the client connection.
+enum Next {
+    /// Ready for the next request.
+    KeepAlive,
+    /// Closed (or to be closed).
+    Close,
+}
+
+/// A connection's buffers and sockets.
+struct Conn {
+    client: TcpStream,
+    peer: Peer,
+    /// Bytes from the client: the current head, then body or pipelined requests.
+    inbuf: Buf,
+    /// Length of the head at the start of `inbuf` not yet consumed (0 once it is).
+    pending_head: usize,
+    /// Bytes from the backend.
+    bbuf: Buf,
+    /// Heads being written (to either side).
+    out: Vec<u8>,
+}
+
+/// Serves one client connection until it closes, fails, upgrades and the relay ends, or the
+/// drain cuts it.
+pub(crate) async fn serve_connection(
+    proxy: Arc<Proxy>,
+    client: TcpStream,
+    peer: Peer,
+    mut drain: drain::Watch,
+) {
+    sockets::tune(&client);
+    let conn = Conn {
+        client,
+        peer,
+        inbuf: Buf::with_capacity(CLIENT_BUFFER_BYTES),
+        pending_head: 0,
+        bbuf: Buf::with_capacity(BACKEND_BUFFER_BYTES),
+        out: Vec::with_capacity(1024),
+    };
+    let mut cut = drain.clone();
+    tokio::select! {
+        () = run(&proxy, conn, &mut drain) => {}
+        () = cut.cut() => debug!("connection cut by shutdown"),
+    }
+}
+
+async fn run(proxy: &Proxy, mut conn: Conn, drain: &mut drain::Watch) {
+    loop {
+        match read_head(proxy, &mut conn, drain).await {
+            HeadRead::Complete => {}
+            HeadRead::Closed => return,
+            HeadRead::Refused(error) => {
+                debug!(%error, peer = %conn.peer.addr, "request refused");
+                respond_error(proxy, &mut conn, &error, false).await;
+                return;
+            }
+        }
+        let next = match forward(proxy, &mut conn, drain).await {
+            Ok(next) => next,
+            Err(Failure::Respond { error, keep_alive }) => {
+                log_error(&error, conn.peer.addr);
+                respond_error(proxy, &mut conn, &error, keep_alive).await
+            }
+            Err(Failure::Abort(error)) => {
+                log_error(&error, conn.peer.addr);
+                Next::Close
+            }
+        };
+        match next {
+            Next::KeepAlive if !drain.is_draining() => {}
+            _ => return,
+        }
+    }
+}
+
+fn log_error(error: &ProxyError, peer: SocketAddr) {
+    match error.side() {
+        Side::Client => debug!(%error, %peer, "request refused"),
+        Side::Backend | Side::Proxy => warn!(%error, %peer, "request failed"),
+    }
+}
+
+/// The outcome of waiting for a request head.
+enum HeadRead {
+    /// `inbuf` starts with a complete head.
+    Complete,
+    /// The client closed, went quiet between requests, or the proxy is draining.
+    Closed,
+    /// The head is too large or too slow: answer and close.
+    Refused(ProxyError),
+}
+
+/// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout.
+async fn read_head(proxy: &Proxy, conn: &mut Conn, drain: &mut drain::Watch) -> HeadRead {
+    let config = &proxy.config;
+    let deadline = tokio::time::Instant::now() + config.header_read_timeout;
+    loop {
+        if head_end(conn.inbuf.data()).is_some() {
+            return HeadRead::Complete;
+        }
+        if conn.inbuf.is_full() && !conn.inbuf.grow(config.max_request_header_bytes) {
+            return HeadRead::Refused(ProxyError::HeadTooLarge);
+        }
+        let idle = conn.inbuf.is_empty();
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout_at(deadline, conn.inbuf.read_from(&mut conn.client)) => read,
+            // Between requests, a drain closes the connection at once.
+            () = drain.draining(), if idle => return HeadRead::Closed,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
+            Ok(Ok(_)) => {}
+            // Quiet between requests: the keep-alive connection just ends.
+            Err(_) if conn.inbuf.is_empty() => return HeadRead::Closed,
+            Err(_) => return HeadRead::Refused(ProxyError::HeadTimeout),
+        }
+    }
+}
+
+/// Where the blank line ending a head is, if it has arrived (`\r\n\r\n`, or the bare-LF
+/// `\n\n` that the parser also accepts).
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
+}
+
+/// Why an exchange ended other than with a forwarded response.
+enum Failure {
+    /// Answer with the error; `keep_alive` if the connection can take another request after
+    /// (nothing of this one is left unread).
+    Respond { error: ProxyError, keep_alive: bool },
+    /// The response had begun (or the client is gone): close without another word.
+    Abort(ProxyError),
+}
+
+impl From<HeadError> for Failure {
+    fn from(error: HeadError) -> Failure {
+        let error = match error {
+            HeadError::Malformed(why) => ProxyError::BadRequest(why),
+            HeadError::TooManyHeaders => ProxyError::HeadTooLarge,
+        };
+        Failure::Respond {
+            error,
+            keep_alive: false,
+        }
+    }
+}
+
+/// What went wrong on either socket while a request was being forwarded.
+#[derive(Debug)]
+enum Fault {
+    /// The backend closed, reset or timed out.
+    Backend(io::Error),
+    /// The backend sent something that is not a valid response.
+    BackendProtocol(&'static str),
+    /// The client went away or stopped reading.
+    Client(io::Error),
+    /// The client's request body stalled.
+    ClientBodyIdle,
+    /// The client's request body is malformed.
+    ClientBody(&'static str),
+}
+
+/// Turns a fault into what the client gets, naming the backend. `responded` says whether any
+/// of the response has been written to the client (then nothing more can be said).
+fn failure(fault: Fault, backend: &str, proxy: &Proxy, responded: bool) -> Failure {
+    let error = match fault {
+        Fault::Backend(source) => ProxyError::BackendRequest {
+            backend: backend.into(),
+            source,
+        },
+        Fault::BackendProtocol(reason) => ProxyError::BackendProtocol {
+            backend: backend.into(),
+            reason,
+        },
+        Fault::Client(source) => return Failure::Abort(ProxyError::ClientGone(source)),
+        Fault::ClientBodyIdle => ProxyError::RequestBodyTimeout {
+            backend: backend.into(),
+            waited: proxy.config.request_body_idle_timeout,
+        },
+        Fault::ClientBody(why) => ProxyError::BadRequest(why),
+    };
+    if responded {
+        Failure::Abort(error)
+    } else {
+        Failure::Respond {
+            error,
+            keep_alive: false,
+        }
+    }
+}
+
+async fn forward(
+    proxy: &Proxy,
+    conn: &mut Conn,
+    drain: &mut drain::Watch,
+) -> Result<Next, Failure> {
+    let config = &proxy.config;
+    let Conn {
+        client,
+        peer,
+        inbuf,
+        pending_head,
+        bbuf,
+        out,
+    } = conn;
+
+    // The head: parsed, routed, rewritten.
+    let mut slots = header_slots();
+    let head = RequestHead::parse(inbuf.data(), &mut slots)?
+        .ok_or(HeadError::Malformed("invalid line ending in head"))?;
+    *pending_head = head.len;
+    if head.headers.len() > config.max_request_headers {
+        return Err(HeadError::TooManyHeaders.into());
+    }
+    // Another request may follow a refusal only if nothing of this one is left to read.
+    let reusable = head.keep_alive && head.framing == Framing::Empty;
+    let refuse = move |error: ProxyError| Failure::Respond {
+        error,
+        keep_alive: reusable,
+    };
+    if head.method == "CONNECT" {
+        return Err(refuse(ProxyError::BadRequest("CONNECT is not supported")));
+    }
+    let host = head
+        .authority()
+        .ok_or_else(|| refuse(ProxyError::MissingHost))?;
+    let host_str = std::str::from_utf8(host)
+        .map_err(|_| refuse(ProxyError::BadRequest("Host is not visible ASCII")))?;
+    let label = proxy
+        .table
+        .route_key(host_str)
+        .map_err(|e| refuse(e.into()))?;
+    let route = proxy
+        .table
+        .lookup(label)
+        .ok_or_else(|| refuse(unknown(label)))?;
+    // Counted from the request head on, including while held for a starting backend.
+    let mut guard = route.track().ok_or_else(|| refuse(stopping(&route)))?;
+    let upstream = match route.upstream() {
+        Some(upstream) => upstream,
+        None => {
+            let (ready, upstream) = wait_ready(proxy, label, drain).await.map_err(refuse)?;
+            if !Arc::ptr_eq(&ready, guard.route()) {
+                // Removed and added again while we waited: count against the live route.
+                guard = ready.track().ok_or_else(|| refuse(stopping(&ready)))?;
+            }
+            upstream
+        }
+    };
+    out.clear();
+    headers::write_request_head(
+        out,
+        &head,
+        host,
+        &Forwarded {
+            client_ip: peer.ip.as_bytes(),
+            proto: proxy.proto.as_bytes(),
+        },
+    );
+    let framing = head.framing;
+    let client_keep_alive = head.keep_alive;
+    let websocket = head.websocket;
+    let head_request = head.method == "HEAD";
+    let minor = head.minor;
+    let head_len = head.len;
+    inbuf.consume(head_len);
+    *pending_head = 0;
+
+    // The body bytes that came with the head go out with it.
+    let mut body = BodyProgress::new(framing);
+    let prefix = body.advance(inbuf.data()).map_err(|_| Failure::Respond {
+        error: ProxyError::BadRequest("invalid chunked request body"),
+        keep_alive: false,
+    })?;
+    let route = Arc::clone(guard.route());
+    let name = route.backend();
+
+    // Sent on a pooled connection when there is one. One the backend closed while it sat in
+    // the pool shows as an error before any response byte: the request is sent again on a new
+    // connection if all of it is still at hand (no body left to stream from the client).
+    let mut use_pool = true;
+    let (mut backend, head_read) = loop {
+        let pooled = if use_pool {
+            upstream.take_idle(config.backend_pool_idle_timeout)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut backend = match pooled {
+            Some(stream) => stream,
+            None => match upstream.dial(config.backend_connect_timeout).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    // The backend never saw this request: it must not count as activity.
+                    guard.cancel();
+                    return Err(Failure::Respond {
+                        error: ProxyError::BackendConnect {
+                            backend: name.into(),
+                            source,
+                        },
+                        keep_alive: false,
+                    });
+                }
+            },
+        };
+        let sent = write_all(
+            &mut backend,
+            out,
+            &inbuf.data()[..prefix],
+            config.write_progress_timeout,
+        )
+        .await;
+        if let Err(error) = sent {
+            if reused {
+                use_pool = false;
+                continue;
+            }
+            return Err(failure(Fault::Backend(error), name, proxy, false));
+        }
+        if !body.is_done() {
+            break (backend, false);
+        }
+        let mut interim = false;
+        let client_side = ClientSide::Whole {
+            stream: &mut *client,
+            inbuf: &mut *inbuf,
+        };
+        match read_final_head(&mut backend, client_side, bbuf, &mut interim, config).await {
+            Ok(()) => break (backend, true),
+            Err(Fault::Backend(_)) if reused && bbuf.is_empty() && !interim => {
+                use_pool = false;
+            }
+            Err(fault) => return Err(failure(fault, name, proxy, interim)),
+        }
+    };
+    inbuf.consume(prefix);
+
+    // The rest of the request body streams while the backend's response head is awaited: a
+    // backend may answer before it has read the body (100 Continue, or an early 413).
+    if !head_read {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut backend_read, mut backend_write) = backend.split();
+        let mut interim = false;
+        let response = read_final_head(
+            &mut backend_read,
+            ClientSide::Writer(&mut client_write),
+            bbuf,
+            &mut interim,
+            config,
+        );
+        let pump = pump_body(
+            &mut client_read,
+            &mut backend_write,
+            inbuf,
+            &mut body,
+            config,
+        );
+        let result = {
+            tokio::pin!(response, pump);
+            let mut pumping = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut response => break result,
+                    result = &mut pump, if pumping => match result {
+                        Ok(()) => pumping = false,
+                        // The backend stopped reading: it may still have answered.
+                        Err(Fault::Backend(_)) => pumping = false,
+                        Err(fault) => break Err(fault),
+                    },
+                }
+            }
+        };
+        if let Err(fault) = result {
+            return Err(failure(fault, name, proxy, interim));
+        }
+    }
+
+    // The final response head is at the start of `bbuf`.
+    let mut slots = header_slots();
+    let response = ResponseHead::parse(bbuf.data(), &mut slots, head_request)
+        .map_err(|e| {
+            let reason = match e {
+                HeadError::Malformed(why) => why,
+                HeadError::TooManyHeaders => "too many header fields",
+            };
+            failure(Fault::BackendProtocol(reason), name, proxy, false)
+        })?
+        .ok_or_else(|| {
+            failure(
+                Fault::BackendProtocol("invalid line ending in head"),
+                name,
+                proxy,
+                false,
+            )
+        })?;
+    debug!(backend = %name, peer = %peer.addr, status = response.code, "routed");
+
+    if response.code == 101 {
+        if !websocket || !response.websocket {
+            let reason = if websocket {
+                "101 to a protocol other than websocket"
+            } else {
+                "101 to a request that did not ask to upgrade"
+            };
+            return Err(failure(Fault::BackendProtocol(reason), name, proxy, false));
+        }
+        out.clear();
+        headers::write_response_head(out, &response, false);
+        let len = response.len;
+        bbuf.consume(len);
+        // What either side sent after its head (the client's early frames were held until now).
+        let progress = config.write_progress_timeout;
+        write_all(client, out, bbuf.data(), progress)
+            .await
+            .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+        write_all(&mut backend, inbuf.data(), &[], progress)
+            .await
+            .map_err(|e| failure(Fault::Backend(e), name, proxy, true))?;
+        // The relay needs none of the connection's buffers: an idle WebSocket holds none.
+        *inbuf = Buf::with_capacity(0);
+        *bbuf = Buf::with_capacity(0);
+        *out = Vec::new();
+        upgrade::relay(
+            client,
+            &mut backend,
+            guard,
+            peer.addr,
+            config.upgrade_half_close_grace,
+        )
+        .await;
+        return Ok(Next::Close);
+    }
+
+    let resp_framing = response.framing;
+    let backend_keep_alive = response.keep_alive && minor == 1;
+    let close = !client_keep_alive
+        || !body.is_done()
+        || resp_framing == Framing::UntilClose
+        || drain.is_draining();
+    out.clear();
+    headers::write_response_head(out, &response, close);
+    let len = response.len;
+    bbuf.consume(len);
+
+    let mut progress = BodyProgress::new(resp_framing);
+    let first = progress.advance(bbuf.data()).map_err(|_| {
+        failure(
+            Fault::BackendProtocol("invalid chunked body"),
+            name,
+            proxy,
+            false,
+        )
+    })?;
+    let write_progress = config.write_progress_timeout;
+    write_all(client, out, &bbuf.data()[..first], write_progress)
+        .await
+        .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+    bbuf.consume(first);
+    while !progress.is_done() {
+        let read = read_backend(&mut backend, bbuf, Some((&*client, &mut *inbuf))).await;
+        match read {
+            Ok(0) if progress.finish_at_eof() => break,
+            Ok(0) => {
+                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "response body cut short");
+                return Err(failure(Fault::Backend(eof), name, proxy, true));
+            }
+            Ok(_) => {}
+            Err(fault) => return Err(failure(fault, name, proxy, true)),
+        }
+        let n = progress.advance(bbuf.data()).map_err(|_| {
+            failure(
+                Fault::BackendProtocol("invalid chunked body"),
+                name,
+                proxy,
+                true,
+            )
+        })?;
+        write_all(client, &bbuf.data()[..n], &[], write_progress)
+            .await
+            .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+        bbuf.consume(n);
+    }
+    // The body has ended: the request stops counting.
+    drop(guard);
+    if backend_keep_alive && body.is_done() && bbuf.is_empty() {
+        upstream.put_idle(backend, config.backend_pool_max_idle);
+    }
+    Ok(if close { Next::Close } else { Next::KeepAlive })
+}
+
+/// Reads from the backend until `bbuf` starts with a final response head (status 101 or
+/// 2xx–5xx), passing interim ones (100 Continue, 103 Early Hints) on to the client;
+/// `interim` tells whether any was.
+async fn read_final_head<R>(
+    backend: &mut R,
+    mut client: ClientSide<'_, '_>,
+    bbuf: &mut Buf,
+    interim: &mut bool,
+    config: &ProxyConfig,
+) -> Result<(), Fault>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        while head_end(bbuf.data()).is_none() {
+            if bbuf.is_full() && !bbuf.grow(MAX_RESPONSE_HEADER_BYTES) {
+                return Err(Fault::BackendProtocol("response head too large"));
+            }
+            let watch = match &mut client {
+                ClientSide::Whole { stream, inbuf } => Some((&**stream, &mut **inbuf)),
+                ClientSide::Writer(_) => None,
+            };
+            if read_backend(backend, bbuf, watch).await? == 0 {
+                return Err(Fault::Backend(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a response head",
+                )));
+            }
+        }
+        if !is_interim(bbuf.data()) {
+            return Ok(());
+        }
+        let mut slots = header_slots();
+        let head = match ResponseHead::parse(bbuf.data(), &mut slots, false) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Err(Fault::BackendProtocol("invalid line ending in head")),
+            Err(HeadError::Malformed(why)) => return Err(Fault::BackendProtocol(why)),
+            Err(HeadError::TooManyHeaders) => {
+                return Err(Fault::BackendProtocol("too many header fields"))
+            }
+        };
+        if head.code >= 200 {
+            return Ok(());
+        }
+        // Rare enough that its own small buffer is fine.
+        let mut forwarded = Vec::new();
+        headers::write_response_head(&mut forwarded, &head, false);
+        let len = head.len;
+        let progress = config.write_progress_timeout;
+        match &mut client {
+            ClientSide::Whole { stream, .. } => write_all(*stream, &forwarded, &[], progress).await,
+            ClientSide::Writer(writer) => write_all(*writer, &forwarded, &[], progress).await,
+        }
+        .map_err(Fault::Client)?;
+        *interim = true;
+        bbuf.consume(len);
+    }
+}
+
+/// The client's side of an exchange, as the response-head reader gets it.
+enum ClientSide<'a, 'w> {
+    /// The whole connection: interim responses are written to it, and its closing is noticed
+    /// while the backend is awaited (its bytes, pipelined requests, go to `inbuf`).
+    Whole {
+        stream: &'a mut TcpStream,
+        inbuf: &'a mut Buf,
+    },
+    /// Only the writing half (the reading half is streaming the request body).
+    Writer(&'a mut tokio::net::tcp::WriteHalf<'w>),
+}
+
+/// One read from the backend into `bbuf`. With `watch`, the client connection is watched
+/// meanwhile: a client that closes (or resets) while the backend is silent ends the exchange
+/// at once instead of when the backend next writes, so an abandoned long poll or event stream
+/// stops counting. Bytes the client sends meanwhile (a pipelined request) wait in its buffer.
+async fn read_backend<R>(
+    backend: &mut R,
+    bbuf: &mut Buf,
+    mut watch: Option<(&TcpStream, &mut Buf)>,
+) -> Result<usize, Fault>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        let Some((client, _)) = &watch else {
+            return bbuf.read_from(backend).await.map_err(Fault::Backend);
+        };
+        tokio::select! {
+            biased;
+            read = bbuf.read_from(backend) => return read.map_err(Fault::Backend),
+            ready = client.readable() => {
+                let Some((client, inbuf)) = &mut watch else { continue };
+                if let Err(error) = ready {
+                    return Err(Fault::Client(error));
+                }
+                match inbuf.try_read_from(client) {
+                    Ok(Some(0)) => {
+                        return Err(Fault::Client(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "client closed while the backend was answering",
+                        )))
+                    }
+                    // No room for more pipelined bytes: stop watching until the next request.
+                    Ok(None) if inbuf.is_full() => watch = None,
+                    Ok(_) => {}
+                    Err(error) => return Err(Fault::Client(error)),
+                }
+            }
+        }
+    }
+}
+
+/// A 1xx other than 101, judged from the status line alone (the full parse follows).
+fn is_interim(buf: &[u8]) -> bool {
+    buf.len() > 12 && buf.starts_with(b"HTTP/1.") && buf[9] == b'1' && &buf[9..12] != b"101"
+}
+
+/// Streams the rest of the request body from the client to the backend.
+async fn pump_body<R, W>(
+    client: &mut R,
+    backend: &mut W,
+    inbuf: &mut Buf,
+    body: &mut BodyProgress,
+    config: &ProxyConfig,
+) -> Result<(), Fault>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    while !body.is_done() {
+        if inbuf.is_empty() {
+            let read =
+                tokio::time::timeout(config.request_body_idle_timeout, inbuf.read_from(client))
+                    .await;
+            match read {
+                Err(_) => return Err(Fault::ClientBodyIdle),
+                Ok(Ok(0)) => {
+                    return Err(Fault::Client(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed during the request body",
+                    )))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(Fault::Client(error)),
+            }
+        }
+        let n = body
+            .advance(inbuf.data())
+            .map_err(|_| Fault::ClientBody("invalid chunked request body"))?;
+        write_all(
+            backend,
+            &inbuf.data()[..n],
+            &[],
+            config.write_progress_timeout,
+        )
+        .await
+        .map_err(Fault::Backend)?;
+        inbuf.consume(n);
+    }
+    Ok(())
+}
+
+/// Writes the proxy's own response for `error`; the connection stays open only if
+/// `keep_alive` (and the response was written).
+async fn respond_error(
+    proxy: &Proxy,
+    conn: &mut Conn,
+    error: &ProxyError,
+    keep_alive: bool,
+) -> Next {
+    let status = error.status();
+    let retry_after =
+        (status == http::StatusCode::SERVICE_UNAVAILABLE).then_some(proxy.config.retry_after_secs);
+    conn.out.clear();
+    headers::write_error_response(&mut conn.out, status, error, retry_after, !keep_alive);
+    let written = write_all(
+        &mut conn.client,
+        &conn.out,
+        &[],
+        proxy.config.write_progress_timeout,
+    )
+    .await;
+    if keep_alive && written.is_ok() {
+        conn.inbuf.consume(conn.pending_head);
+        conn.pending_head = 0;
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Holds a request until the backend is ready, removed, `starting_wait` passes, or the proxy
+/// starts draining (a held request must not outlast the shutdown grace; the client gets the
+/// same 503 with `Retry-After` and can retry against the next proxy).
+async fn wait_ready(
+    proxy: &Proxy,
+    label: &str,
+    drain: &mut drain::Watch,
+) -> Result<(Arc<Route>, Arc<Upstream>), ProxyError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + proxy.config.starting_wait);
+    // Subscribe before looking, so a change between the look and the wait is not missed.
+    let mut changes = proxy.table.subscribe();
+    debug!(backend = %label, "holding request for starting backend");
+    loop {
+        let route = proxy.table.lookup(label).ok_or_else(|| unknown(label))?;
+        if let Some(upstream) = route.upstream() {
+            return Ok((route, upstream));
+        }
+        let changed = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, changes.changed()) => {
+                matches!(changed, Ok(Ok(())))
+            }
+            () = drain.draining() => false,
+        };
+        if !changed {
+            return Err(ProxyError::StillStarting {
+                backend: route.backend().into(),
+                waited: started.elapsed(),
+            });
+        }
+    }
+}
+
+fn stopping(route: &Route) -> ProxyError {
+    ProxyError::BackendStopping {
+        backend: route.backend().into(),
+    }
+}
+
+fn unknown(label: &str) -> ProxyError {
+    ProxyError::UnknownBackend {
+        backend: label.to_ascii_lowercase().into_boxed_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b""), None);
+    }
+
+    #[test]
+    fn interim_responses_are_1xx_but_101() {
+        assert!(is_interim(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(is_interim(b"HTTP/1.1 103 Early Hints\r\n\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+}
