@@ -8,13 +8,16 @@
 //! first body bytes in one `writev`; bodies are forwarded as they are, with only their framing
 //! tracked (`framing.rs`). The buffers belong to the connection and are reused by every request.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::buffer::Buf;
@@ -122,8 +125,14 @@ pub(crate) async fn serve_connection(
 }
 
 async fn run(proxy: &Proxy, mut conn: Conn, drain: &mut drain::Watch) {
+    // Set up once per connection, not per request: the drain notice a waiting connection
+    // listens for, and the timer bounding each wait for a head (re-armed, not rebuilt).
+    let mut idle_drain = drain.clone();
+    let draining = idle_drain.draining();
+    let head_timer = tokio::time::sleep(proxy.config.header_read_timeout);
+    tokio::pin!(draining, head_timer);
     loop {
-        match read_head(proxy, &mut conn, drain).await {
+        match read_head(proxy, &mut conn, draining.as_mut(), head_timer.as_mut()).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return,
             HeadRead::Refused(error) => {
@@ -167,10 +176,16 @@ enum HeadRead {
     Refused(ProxyError),
 }
 
-/// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout.
-async fn read_head(proxy: &Proxy, conn: &mut Conn, drain: &mut drain::Watch) -> HeadRead {
+/// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout
+/// (`timer`, re-armed here); `draining` ends a wait between requests.
+async fn read_head(
+    proxy: &Proxy,
+    conn: &mut Conn,
+    mut draining: Pin<&mut impl Future<Output = ()>>,
+    mut timer: Pin<&mut Sleep>,
+) -> HeadRead {
     let config = &proxy.config;
-    let deadline = tokio::time::Instant::now() + config.header_read_timeout;
+    let mut armed = false;
     loop {
         if head_end(conn.inbuf.data()).is_some() {
             return HeadRead::Complete;
@@ -178,19 +193,29 @@ async fn read_head(proxy: &Proxy, conn: &mut Conn, drain: &mut drain::Watch) -> 
         if conn.inbuf.is_full() && !conn.inbuf.grow(config.max_request_header_bytes) {
             return HeadRead::Refused(ProxyError::HeadTooLarge);
         }
+        if !armed {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + config.header_read_timeout);
+            armed = true;
+        }
         let idle = conn.inbuf.is_empty();
         let read = tokio::select! {
             biased;
-            read = tokio::time::timeout_at(deadline, conn.inbuf.read_from(&mut conn.client)) => read,
+            read = conn.inbuf.read_from(&mut conn.client) => read,
+            () = timer.as_mut() => {
+                // Quiet between requests: the keep-alive connection just ends.
+                if conn.inbuf.is_empty() {
+                    return HeadRead::Closed;
+                }
+                return HeadRead::Refused(ProxyError::HeadTimeout);
+            }
             // Between requests, a drain closes the connection at once.
-            () = drain.draining(), if idle => return HeadRead::Closed,
+            () = draining.as_mut(), if idle => return HeadRead::Closed,
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
-            Ok(Ok(_)) => {}
-            // Quiet between requests: the keep-alive connection just ends.
-            Err(_) if conn.inbuf.is_empty() => return HeadRead::Closed,
-            Err(_) => return HeadRead::Refused(ProxyError::HeadTimeout),
+            Ok(0) | Err(_) => return HeadRead::Closed,
+            Ok(_) => {}
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Socket options and writes that cannot hang: what every client and backend socket gets.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -57,14 +59,18 @@ where
 {
     while !first.is_empty() || !second.is_empty() {
         let slices = [IoSlice::new(first), IoSlice::new(second)];
-        let write = writer.write_vectored(if first.is_empty() {
+        let slices = if first.is_empty() {
             &slices[1..]
         } else {
             &slices[..]
-        });
-        let n = tokio::time::timeout(progress, write)
-            .await
-            .map_err(|_| stalled())??;
+        };
+        // Almost every write completes at once; only one that has to wait gets a timer.
+        let n = match poll_now(writer.write_vectored(slices)) {
+            Some(written) => written?,
+            None => tokio::time::timeout(progress, writer.write_vectored(slices))
+                .await
+                .map_err(|_| stalled())??,
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -73,6 +79,16 @@ where
         second = &second[n - from_first..];
     }
     Ok(())
+}
+
+/// Polls `future` once: its output if it is ready at once. A write future dropped while
+/// pending has written nothing, so it can be polled again later as a new one.
+fn poll_now<F: Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]

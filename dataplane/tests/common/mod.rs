@@ -237,3 +237,51 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let _ = within(stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// A backend that hands each accepted TCP connection to `handler` as it is: for answers no
+/// HTTP library would give (cut bodies, closes right after a response).
+pub async fn raw_backend<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(handler(stream));
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// Reads one request head (up to the blank line) from `stream`.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match within(stream.read(&mut byte)).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads from `stream` until `pattern` has arrived (or the stream ends); returns all of it.
+pub async fn read_until(stream: &mut TcpStream, pattern: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(pattern) {
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
