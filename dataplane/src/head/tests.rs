@@ -128,7 +128,10 @@ fn targets_and_authorities() {
     assert_eq!(head.authority(), Some(&b"h"[..]));
 }
 
-fn response(raw: &[u8], head_request: bool) -> Result<Option<(u16, Framing, bool)>, HeadError> {
+/// What a response head amounts to: status, framing, keep-alive.
+type Summary = (u16, Framing, bool);
+
+fn response(raw: &[u8], head_request: bool) -> Result<Option<Summary>, HeadError> {
     let mut slots = header_slots();
     ResponseHead::parse(raw, &mut slots, head_request)
         .map(|head| head.map(|h| (h.code, h.framing, h.keep_alive)))
@@ -136,7 +139,7 @@ fn response(raw: &[u8], head_request: bool) -> Result<Option<(u16, Framing, bool
 
 #[test]
 fn response_framing() {
-    let cases: [(&[u8], bool, (u16, Framing, bool)); 8] = [
+    let cases: [(&[u8], bool, Summary); 8] = [
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
             false,
