@@ -3,6 +3,7 @@
 
 mod cli;
 mod client_commands;
+mod memory;
 mod secrets;
 mod serve;
 mod shutdown;

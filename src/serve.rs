@@ -211,6 +211,7 @@ async fn run_drone(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = CancellationToken::new();
+    crate::memory::spawn_heap_trimmer();
     let proxy_task = tokio::spawn(plane_dataplane::serve(
         proxy_listener,
         table,
@@ -299,6 +300,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     info!(routes = args.routes.len(), "proxy started");
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
+    crate::memory::spawn_heap_trimmer();
     plane_dataplane::serve(
         listener,
         table,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::uri::Scheme;
 
 use crate::limits;
+use crate::splice::Carry;
 
 /// Settings for [`serve`](crate::serve).
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct ProxyConfig {
     /// Once one side of an upgraded connection has closed, how long the other may still send.
     /// Default: [`limits::UPGRADE_HALF_CLOSE_GRACE`].
     pub upgrade_half_close_grace: Duration,
+    /// How upgraded (WebSocket) connections move bytes. Default: [`Carry::Splice`].
+    pub relay_carry: Carry,
     /// A write that makes no progress for this long fails and ends its connection. Default:
     /// [`limits::WRITE_PROGRESS_TIMEOUT`].
     pub write_progress_timeout: Duration,
@@ -67,6 +70,7 @@ impl Default for ProxyConfig {
             backend_pool_idle_timeout: limits::BACKEND_POOL_IDLE_TIMEOUT,
             backend_pool_max_idle: limits::BACKEND_POOL_MAX_IDLE,
             upgrade_half_close_grace: limits::UPGRADE_HALF_CLOSE_GRACE,
+            relay_carry: Carry::Splice,
             write_progress_timeout: limits::WRITE_PROGRESS_TIMEOUT,
             shutdown_grace: limits::SHUTDOWN_GRACE,
         }

@@ -8,9 +8,10 @@
 //! first body bytes in one `writev`; bodies are forwarded as they are, with only their framing
 //! tracked (`framing.rs`). The buffers belong to the connection and are reused by every request.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::buffer::Buf;
+use crate::counting::ActiveGuard;
 use crate::drain;
 use crate::error::{ProxyError, Side};
 use crate::framing::BodyProgress;
@@ -28,7 +30,8 @@ use crate::head::{header_slots, Framing, HeadError, RequestHead, ResponseHead};
 use crate::headers::{self, Forwarded};
 use crate::route_table::{Route, RouteTable};
 use crate::sockets::{self, write_all};
-use crate::upgrade;
+use crate::splice::{Carry, Flow};
+use crate::upgrade::{self, RelayLimits};
 use crate::upstream::Upstream;
 use crate::ProxyConfig;
 
@@ -37,6 +40,8 @@ use crate::ProxyConfig;
 const CLIENT_BUFFER_BYTES: usize = 8 * 1024;
 /// Size of a connection's backend buffer: response heads and body data pass through it.
 const BACKEND_BUFFER_BYTES: usize = 16 * 1024;
+/// Bodies of known length with at least this much left after the first read are spliced.
+const SPLICE_MIN_BYTES: u64 = 64 * 1024;
 /// Largest response head accepted from a backend (backends are not trusted either).
 pub(crate) const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 
@@ -316,41 +321,21 @@ async fn forward(
         out,
     } = conn;
 
-    // The head: parsed, routed, rewritten.
-    let mut slots = header_slots();
-    let head = RequestHead::parse(inbuf.data(), &mut slots)?
-        .ok_or(HeadError::Malformed("invalid line ending in head"))?;
-    *pending_head = head.len;
-    if head.headers.len() > config.max_request_headers {
-        return Err(HeadError::TooManyHeaders.into());
-    }
-    // Another request may follow a refusal only if nothing of this one is left to read.
-    let reusable = head.keep_alive && head.framing == Framing::Empty;
-    let refuse = move |error: ProxyError| Failure::Respond {
-        error,
-        keep_alive: reusable,
+    // The head: parsed, routed, rewritten (synchronously: the parser's header slots never
+    // become part of this future, which an idle WebSocket would otherwise carry).
+    out.clear();
+    let forwarded = Forwarded {
+        client_ip: peer.ip.as_bytes(),
+        proto: proxy.proto.as_bytes(),
     };
-    if head.method == "CONNECT" {
-        return Err(refuse(ProxyError::BadRequest("CONNECT is not supported")));
-    }
-    let host = head
-        .authority()
-        .ok_or_else(|| refuse(ProxyError::MissingHost))?;
-    let host_str = std::str::from_utf8(host)
-        .map_err(|_| refuse(ProxyError::BadRequest("Host is not visible ASCII")))?;
-    let label = proxy
-        .table
-        .route_key(host_str)
-        .map_err(|e| refuse(e.into()))?;
-    let route = proxy
-        .table
-        .lookup(label)
-        .ok_or_else(|| refuse(unknown(label)))?;
-    // Counted from the request head on, including while held for a starting backend.
-    let mut guard = route.track().ok_or_else(|| refuse(stopping(&route)))?;
-    let upstream = match route.upstream() {
+    let request = prepare_request(proxy, inbuf.data(), out, &forwarded)?;
+    *pending_head = request.head_len;
+    let refuse = request.refuse();
+    let mut guard = request.guard;
+    let upstream = match request.upstream {
         Some(upstream) => upstream,
         None => {
+            let label = std::str::from_utf8(&inbuf.data()[request.label.clone()]).unwrap_or("");
             let (ready, upstream) = wait_ready(proxy, label, drain).await.map_err(refuse)?;
             if !Arc::ptr_eq(&ready, guard.route()) {
                 // Removed and added again while we waited: count against the live route.
@@ -359,22 +344,15 @@ async fn forward(
             upstream
         }
     };
-    out.clear();
-    headers::write_request_head(
-        out,
-        &head,
-        host,
-        &Forwarded {
-            client_ip: peer.ip.as_bytes(),
-            proto: proxy.proto.as_bytes(),
-        },
-    );
-    let framing = head.framing;
-    let client_keep_alive = head.keep_alive;
-    let websocket = head.websocket;
-    let head_request = head.method == "HEAD";
-    let minor = head.minor;
-    let head_len = head.len;
+    let Prepared {
+        framing,
+        keep_alive: client_keep_alive,
+        websocket,
+        head_request,
+        minor,
+        head_len,
+        ..
+    } = request;
     inbuf.consume(head_len);
     *pending_head = 0;
 
@@ -488,39 +466,15 @@ async fn forward(
         }
     }
 
-    // The final response head is at the start of `bbuf`.
-    let mut slots = header_slots();
-    let response = ResponseHead::parse(bbuf.data(), &mut slots, head_request)
-        .map_err(|e| {
-            let reason = match e {
-                HeadError::Malformed(why) => why,
-                HeadError::TooManyHeaders => "too many header fields",
-            };
-            failure(Fault::BackendProtocol(reason), name, proxy, false)
-        })?
-        .ok_or_else(|| {
-            failure(
-                Fault::BackendProtocol("invalid line ending in head"),
-                name,
-                proxy,
-                false,
-            )
-        })?;
+    // The final response head is at the start of `bbuf`; it is rewritten into `out`.
+    let keep_client = client_keep_alive && body.is_done() && !drain.is_draining();
+    out.clear();
+    let response = prepare_response(bbuf.data(), out, head_request, websocket, keep_client)
+        .map_err(|reason| failure(Fault::BackendProtocol(reason), name, proxy, false))?;
     debug!(backend = %name, peer = %peer.addr, status = response.code, "routed");
+    bbuf.consume(response.len);
 
     if response.code == 101 {
-        if !websocket || !response.websocket {
-            let reason = if websocket {
-                "101 to a protocol other than websocket"
-            } else {
-                "101 to a request that did not ask to upgrade"
-            };
-            return Err(failure(Fault::BackendProtocol(reason), name, proxy, false));
-        }
-        out.clear();
-        headers::write_response_head(out, &response, false);
-        let len = response.len;
-        bbuf.consume(len);
         // What either side sent after its head (the client's early frames were held until now).
         let progress = config.write_progress_timeout;
         write_all(client, out, bbuf.data(), progress)
@@ -533,27 +487,18 @@ async fn forward(
         *inbuf = Buf::with_capacity(0);
         *bbuf = Buf::with_capacity(0);
         *out = Vec::new();
-        upgrade::relay(
-            client,
-            &mut backend,
-            guard,
-            peer.addr,
-            config.upgrade_half_close_grace,
-        )
-        .await;
+        let limits = RelayLimits {
+            half_close_grace: config.upgrade_half_close_grace,
+            write_progress: config.write_progress_timeout,
+            carry: config.relay_carry,
+        };
+        upgrade::relay(client, &backend, guard, peer.addr, limits).await;
         return Ok(Next::Close);
     }
 
     let resp_framing = response.framing;
-    let backend_keep_alive = response.keep_alive && minor == 1;
-    let close = !client_keep_alive
-        || !body.is_done()
-        || resp_framing == Framing::UntilClose
-        || drain.is_draining();
-    out.clear();
-    headers::write_response_head(out, &response, close);
-    let len = response.len;
-    bbuf.consume(len);
+    let backend_keep_alive = response.backend_keep_alive && minor == 1;
+    let close = response.close;
 
     let mut progress = BodyProgress::new(resp_framing);
     let first = progress.advance(bbuf.data()).map_err(|_| {
@@ -569,6 +514,22 @@ async fn forward(
         .await
         .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
     bbuf.consume(first);
+    // A large body of known length moves socket to socket, never through this process.
+    if let Some(remaining) = progress.remaining_length() {
+        if remaining >= SPLICE_MIN_BYTES && bbuf.is_empty() {
+            let mut flow = Flow::exactly(&backend, client, Carry::Copy, remaining, write_progress);
+            poll_fn(|cx| flow.poll_flow(cx)).await.map_err(|error| {
+                let fault = if flow.is_writing() {
+                    Fault::Client(error)
+                } else {
+                    Fault::Backend(error)
+                };
+                failure(fault, name, proxy, true)
+            })?;
+            drop(flow);
+            progress = BodyProgress::new(Framing::Empty);
+        }
+    }
     while !progress.is_done() {
         let read = read_backend(&mut backend, bbuf, Some((&*client, &mut *inbuf))).await;
         match read {
@@ -599,6 +560,149 @@ async fn forward(
         upstream.put_idle(backend, config.backend_pool_max_idle);
     }
     Ok(if close { Next::Close } else { Next::KeepAlive })
+}
+
+/// A request head, checked, routed and rewritten: what the rest of the exchange needs of it.
+struct Prepared {
+    /// Counts the request against its route from now on.
+    guard: ActiveGuard,
+    /// `None` while the backend is starting.
+    upstream: Option<Arc<Upstream>>,
+    /// Where the route key is in the client buffer (for waiting on a starting backend).
+    label: Range<usize>,
+    framing: Framing,
+    keep_alive: bool,
+    websocket: bool,
+    head_request: bool,
+    minor: u8,
+    head_len: usize,
+}
+
+impl Prepared {
+    /// How to answer a failure before anything was forwarded: the connection can take another
+    /// request only if nothing of this one is left to read.
+    fn refuse(&self) -> impl Fn(ProxyError) -> Failure + Copy {
+        let keep_alive = self.keep_alive && self.framing == Framing::Empty;
+        move |error| Failure::Respond { error, keep_alive }
+    }
+}
+
+/// Parses, checks and routes the request head at the start of `buf`, and writes the head the
+/// backend gets into `out`. Synchronous, so the parser's header slots live on the stack only.
+fn prepare_request(
+    proxy: &Proxy,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    forwarded: &Forwarded<'_>,
+) -> Result<Prepared, Failure> {
+    let mut slots = header_slots();
+    let head = RequestHead::parse(buf, &mut slots)?
+        .ok_or(HeadError::Malformed("invalid line ending in head"))?;
+    if head.headers.len() > proxy.config.max_request_headers {
+        return Err(HeadError::TooManyHeaders.into());
+    }
+    let keep_alive = head.keep_alive && head.framing == Framing::Empty;
+    let refuse = move |error: ProxyError| Failure::Respond { error, keep_alive };
+    if head.method == "CONNECT" {
+        return Err(refuse(ProxyError::BadRequest("CONNECT is not supported")));
+    }
+    let host = head
+        .authority()
+        .ok_or_else(|| refuse(ProxyError::MissingHost))?;
+    let host_str = std::str::from_utf8(host)
+        .map_err(|_| refuse(ProxyError::BadRequest("Host is not visible ASCII")))?;
+    let label = proxy
+        .table
+        .route_key(host_str)
+        .map_err(|e| refuse(e.into()))?;
+    let route = proxy
+        .table
+        .lookup(label)
+        .ok_or_else(|| refuse(unknown(label)))?;
+    // Counted from the request head on, including while held for a starting backend.
+    let guard = route.track().ok_or_else(|| refuse(stopping(&route)))?;
+    headers::write_request_head(out, &head, host, forwarded);
+    let start = label.as_ptr() as usize - buf.as_ptr() as usize;
+    Ok(Prepared {
+        guard,
+        upstream: route.upstream(),
+        label: start..start + label.len(),
+        framing: head.framing,
+        keep_alive: head.keep_alive,
+        websocket: head.websocket,
+        head_request: head.method == "HEAD",
+        minor: head.minor,
+        head_len: head.len,
+    })
+}
+
+/// A final response head from the backend, checked and rewritten.
+struct Answer {
+    code: u16,
+    framing: Framing,
+    /// The backend keeps its connection open after this response.
+    backend_keep_alive: bool,
+    /// The client connection ends after this response.
+    close: bool,
+    len: usize,
+}
+
+/// Parses the final response head at the start of `buf` and writes the head the client gets
+/// into `out`. `keep_client`: the client connection could go on after this response (it
+/// asked to, its request was read whole, the proxy is not draining). A 101 is accepted only
+/// as the answer to a WebSocket request. Synchronous, like [`prepare_request`].
+fn prepare_response(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    head_request: bool,
+    websocket_request: bool,
+    keep_client: bool,
+) -> Result<Answer, &'static str> {
+    let mut slots = header_slots();
+    let head = ResponseHead::parse(buf, &mut slots, head_request)
+        .map_err(backend_reason)?
+        .ok_or("invalid line ending in head")?;
+    if head.code == 101 {
+        if !websocket_request {
+            return Err("101 to a request that did not ask to upgrade");
+        }
+        if !head.websocket {
+            return Err("101 to a protocol other than websocket");
+        }
+    }
+    let close = !keep_client || head.framing == Framing::UntilClose;
+    headers::write_response_head(out, &head, close);
+    Ok(Answer {
+        code: head.code,
+        framing: head.framing,
+        backend_keep_alive: head.keep_alive,
+        close,
+        len: head.len,
+    })
+}
+
+/// If `buf` starts with an interim (1xx, not 101) response head, writes the head the client
+/// gets into `out` and returns its length; `None` for a final head.
+fn rewrite_interim(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, &'static str> {
+    if !is_interim(buf) {
+        return Ok(None);
+    }
+    let mut slots = header_slots();
+    let head = ResponseHead::parse(buf, &mut slots, false)
+        .map_err(backend_reason)?
+        .ok_or("invalid line ending in head")?;
+    if head.code >= 200 {
+        return Ok(None);
+    }
+    headers::write_response_head(out, &head, false);
+    Ok(Some(head.len))
+}
+
+fn backend_reason(error: HeadError) -> &'static str {
+    match error {
+        HeadError::Malformed(why) => why,
+        HeadError::TooManyHeaders => "too many header fields",
+    }
 }
 
 /// Reads from the backend until `bbuf` starts with a final response head (status 101 or
@@ -633,22 +737,13 @@ where
         if !is_interim(bbuf.data()) {
             return Ok(());
         }
-        let mut slots = header_slots();
-        let head = match ResponseHead::parse(bbuf.data(), &mut slots, false) {
-            Ok(Some(head)) => head,
-            Ok(None) => return Err(Fault::BackendProtocol("invalid line ending in head")),
-            Err(HeadError::Malformed(why)) => return Err(Fault::BackendProtocol(why)),
-            Err(HeadError::TooManyHeaders) => {
-                return Err(Fault::BackendProtocol("too many header fields"))
-            }
-        };
-        if head.code >= 200 {
-            return Ok(());
-        }
         // Rare enough that its own small buffer is fine.
         let mut forwarded = Vec::new();
-        headers::write_response_head(&mut forwarded, &head, false);
-        let len = head.len;
+        let Some(len) =
+            rewrite_interim(bbuf.data(), &mut forwarded).map_err(Fault::BackendProtocol)?
+        else {
+            return Ok(());
+        };
         let progress = config.write_progress_timeout;
         match &mut client {
             ClientSide::Whole { stream, .. } => write_all(*stream, &forwarded, &[], progress).await,

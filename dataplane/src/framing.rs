@@ -67,6 +67,14 @@ impl BodyProgress {
         }
     }
 
+    /// Bytes left of a body of known length.
+    pub(crate) fn remaining_length(&self) -> Option<u64> {
+        match self {
+            BodyProgress::Length(n) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// The stream ended: fine only for a body that runs until close.
     pub(crate) fn finish_at_eof(&mut self) -> bool {
         match self {

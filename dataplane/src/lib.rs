@@ -23,6 +23,8 @@ mod http1;
 pub mod limits;
 mod route_table;
 mod sockets;
+mod splice;
+mod stall;
 mod upgrade;
 mod upstream;
 
@@ -32,3 +34,4 @@ pub use error::{ProxyError, Side};
 pub use host::{backend_label, host_name, HostError};
 pub use http1::serve;
 pub use route_table::{Route, RouteTable};
+pub use splice::Carry;
