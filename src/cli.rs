@@ -73,6 +73,39 @@ pub struct ThreadsArg {
     pub threads: Option<usize>,
 }
 
+/// Data plane settings shared by `plane proxy`, `plane drone` and `plane dev`.
+#[derive(Args, Debug, Clone)]
+pub struct DataPlaneArgs {
+    /// Requests and WebSockets in flight to one backend at once; past it, 503 with Retry-After
+    /// (default: no limit beyond the proxy's 10,000 connections).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns_per_backend: Option<u64>,
+    /// How upgraded (WebSocket) connections move bytes: `copy` (pooled buffers, held only
+    /// while bytes move; measured faster on loopback) or `splice` (zero copy through pooled
+    /// pipes).
+    #[arg(long, value_name = "MODE", default_value = "copy", value_parser = parse_relay)]
+    pub upgrade_relay: plane_dataplane::Carry,
+}
+
+impl DataPlaneArgs {
+    /// The proxy configuration these settings give.
+    pub fn proxy_config(&self) -> plane_dataplane::ProxyConfig {
+        plane_dataplane::ProxyConfig {
+            max_conns_per_backend: self.max_conns_per_backend,
+            relay_carry: self.upgrade_relay,
+            ..plane_dataplane::ProxyConfig::default()
+        }
+    }
+}
+
+fn parse_relay(value: &str) -> Result<plane_dataplane::Carry, String> {
+    match value {
+        "copy" => Ok(plane_dataplane::Carry::Copy),
+        "splice" => Ok(plane_dataplane::Carry::Splice),
+        other => Err(format!("{other:?}: expected copy or splice")),
+    }
+}
+
 /// A static route: requests whose `Host` is `HOST` (any port) go to `ADDR`.
 #[derive(Clone, Debug)]
 pub struct StaticRoute {
@@ -113,6 +146,8 @@ pub struct ProxyArgs {
     pub routes: Vec<StaticRoute>,
     #[command(flatten)]
     pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +169,8 @@ pub struct DevArgs {
     pub api_auth: ApiServerAuth,
     #[command(flatten)]
     pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
 }
 
 /// Who may call the API.
@@ -238,6 +275,8 @@ pub struct DroneArgs {
     pub drone: DroneTuning,
     #[command(flatten)]
     pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
 }
 
 #[derive(Args, Debug)]

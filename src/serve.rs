@@ -194,7 +194,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         controller_shutdown.clone().cancelled_owned(),
     ));
     // The controller outlives the drone, to take the reports of the backends it stops.
-    let drone_result = run_drone(drone, proxy_listener, table, drone_shutdown).await;
+    let proxy_config = args.data_plane.proxy_config();
+    let drone_result = run_drone(drone, proxy_listener, table, proxy_config, drone_shutdown).await;
     controller_shutdown.cancel();
     drone_result?;
     controller_task.await?.context("controller")?;
@@ -208,6 +209,7 @@ async fn run_drone(
     drone: Drone,
     proxy_listener: TcpListener,
     table: RouteTable,
+    proxy_config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = CancellationToken::new();
@@ -215,7 +217,7 @@ async fn run_drone(
     let proxy_task = tokio::spawn(plane_dataplane::serve(
         proxy_listener,
         table,
-        ProxyConfig::default(),
+        proxy_config,
         proxy_shutdown.clone().cancelled_owned(),
     ));
     let result = drone.run(shutdown.cancelled_owned()).await;
@@ -285,7 +287,8 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     info!(drone = %id, %cluster, "drone started");
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    run_drone(drone, proxy_listener, table, shutdown).await
+    let proxy_config = args.data_plane.proxy_config();
+    run_drone(drone, proxy_listener, table, proxy_config, shutdown).await
 }
 
 /// `plane proxy`: the data plane alone, with static routes, until SIGINT or SIGTERM.
@@ -304,7 +307,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     plane_dataplane::serve(
         listener,
         table,
-        ProxyConfig::default(),
+        args.data_plane.proxy_config(),
         shutdown.cancelled_owned(),
     )
     .await

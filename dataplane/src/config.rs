@@ -45,8 +45,12 @@ pub struct ProxyConfig {
     /// Once one side of an upgraded connection has closed, how long the other may still send.
     /// Default: [`limits::UPGRADE_HALF_CLOSE_GRACE`].
     pub upgrade_half_close_grace: Duration,
-    /// How upgraded (WebSocket) connections move bytes. Default: [`Carry::Splice`].
+    /// How upgraded (WebSocket) connections move bytes. Default: [`Carry::Copy`], which
+    /// measured faster than splicing on loopback (see `bench/RESULTS.md`).
     pub relay_carry: Carry,
+    /// Requests and upgraded connections in flight to one backend at once; more get 503 with
+    /// `Retry-After`. Default: `None` (bounded only by `max_connections`).
+    pub max_conns_per_backend: Option<u64>,
     /// A write that makes no progress for this long fails and ends its connection. Default:
     /// [`limits::WRITE_PROGRESS_TIMEOUT`].
     pub write_progress_timeout: Duration,
@@ -70,7 +74,8 @@ impl Default for ProxyConfig {
             backend_pool_idle_timeout: limits::BACKEND_POOL_IDLE_TIMEOUT,
             backend_pool_max_idle: limits::BACKEND_POOL_MAX_IDLE,
             upgrade_half_close_grace: limits::UPGRADE_HALF_CLOSE_GRACE,
-            relay_carry: Carry::Splice,
+            relay_carry: Carry::Copy,
+            max_conns_per_backend: None,
             write_progress_timeout: limits::WRITE_PROGRESS_TIMEOUT,
             shutdown_grace: limits::SHUTDOWN_GRACE,
         }

@@ -96,14 +96,19 @@ impl Activity {
             .fetch_max(nanos_since_epoch(Instant::now()), Ordering::AcqRel);
     }
 
-    /// Counts one unit of work; `false` (and nothing counted) if the route is closed.
-    fn enter(&self) -> bool {
+    /// Counts one unit of work unless the route is closed or already has `max` in flight.
+    fn enter(&self, max: u64) -> Result<(), Refusal> {
         let before = self.active.fetch_add(1, Ordering::AcqRel);
         if before & CLOSED != 0 {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Refusal::Closed);
         }
-        true
+        if before >= max {
+            // Never counted: the idle time is left as it was.
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Full);
+        }
+        Ok(())
     }
 
     fn leave(&self, touch: bool) {
@@ -127,11 +132,25 @@ pub struct ActiveGuard {
     touch_on_drop: bool,
 }
 
+/// Why work was not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The route was closed by the idle sweep.
+    Closed,
+    /// The route has as much work in flight as it may.
+    Full,
+}
+
 impl ActiveGuard {
     /// Counts work against `route`; `None` if it is closed for sweeping.
     pub(crate) fn new(route: Arc<Route>) -> Option<ActiveGuard> {
-        // `then`, not `then_some`: a guard built for nothing would decrement when dropped.
-        route.activity().enter().then(|| ActiveGuard {
+        ActiveGuard::bounded(route, u64::MAX).ok()
+    }
+
+    /// Counts work against `route` unless it is closed or already has `max` in flight.
+    pub(crate) fn bounded(route: Arc<Route>, max: u64) -> Result<ActiveGuard, Refusal> {
+        route.activity().enter(max)?;
+        Ok(ActiveGuard {
             route,
             touch_on_drop: true,
         })
@@ -157,8 +176,10 @@ impl Drop for ActiveGuard {
 
 #[cfg(test)]
 mod tests {
+    use super::{ActiveGuard, Refusal};
     use crate::RouteTable;
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -230,6 +251,28 @@ mod tests {
         assert!(
             route.close_if_idle(max_idle, idle_since + max_idle),
             "stays closed"
+        );
+    }
+
+    #[test]
+    fn a_bounded_guard_refuses_work_past_the_limit() {
+        let table = RouteTable::new("c");
+        let route = table.set_ready("b", "127.0.0.1:1".parse().expect("addr"));
+        let idle_since = route.idle_since();
+        let first = ActiveGuard::bounded(Arc::clone(&route), 2).expect("room");
+        let second = ActiveGuard::bounded(Arc::clone(&route), 2).expect("room");
+        assert_eq!(
+            ActiveGuard::bounded(Arc::clone(&route), 2).err(),
+            Some(Refusal::Full)
+        );
+        assert_eq!(route.active(), 2, "the refused one was not counted");
+        drop((first, second));
+        assert_eq!(route.active(), 0);
+        assert!(route.idle_since() >= idle_since);
+        assert!(route.close_if_idle(Duration::ZERO, Instant::now() + Duration::from_secs(1)));
+        assert_eq!(
+            ActiveGuard::bounded(Arc::clone(&route), 2).err(),
+            Some(Refusal::Closed)
         );
     }
 

@@ -52,6 +52,12 @@ pub enum ProxyError {
         /// The backend asked for.
         backend: Box<str>,
     },
+    /// The backend already has `max_conns_per_backend` requests and connections in flight.
+    #[error("backend {backend} is at its connection limit")]
+    BackendBusy {
+        /// The backend asked for.
+        backend: Box<str>,
+    },
     /// The backend stayed in *starting* for the whole wait.
     #[error("backend {backend} is still starting after {waited:?}")]
     StillStarting {
@@ -113,6 +119,7 @@ impl ProxyError {
             | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
             ProxyError::StillStarting { .. }
+            | ProxyError::BackendBusy { .. }
             | ProxyError::BackendConnect { .. }
             | ProxyError::BackendProtocol { .. }
             | ProxyError::BackendRequest { .. } => Side::Backend,
@@ -124,7 +131,9 @@ impl ProxyError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::StillStarting { .. } | ProxyError::BackendConnect { .. }
+            ProxyError::StillStarting { .. }
+                | ProxyError::BackendBusy { .. }
+                | ProxyError::BackendConnect { .. }
         )
     }
 
@@ -142,7 +151,9 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::StillStarting { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StillStarting { .. } | ProxyError::BackendBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BackendConnect { .. }
             | ProxyError::BackendRequest { .. }
             | ProxyError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,

@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::buffer::Buf;
-use crate::counting::ActiveGuard;
+use crate::counting::{ActiveGuard, Refusal};
 use crate::drain;
 use crate::error::{ProxyError, Side};
 use crate::framing::BodyProgress;
@@ -620,7 +620,15 @@ fn prepare_request(
         .lookup(label)
         .ok_or_else(|| refuse(unknown(label)))?;
     // Counted from the request head on, including while held for a starting backend.
-    let guard = route.track().ok_or_else(|| refuse(stopping(&route)))?;
+    let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
+    let guard = ActiveGuard::bounded(Arc::clone(&route), limit).map_err(|refusal| {
+        refuse(match refusal {
+            Refusal::Closed => stopping(&route),
+            Refusal::Full => ProxyError::BackendBusy {
+                backend: route.backend().into(),
+            },
+        })
+    })?;
     headers::write_request_head(out, &head, host, forwarded);
     let start = label.as_ptr() as usize - buf.as_ptr() as usize;
     Ok(Prepared {

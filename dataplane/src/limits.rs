@@ -57,8 +57,8 @@ pub const BACKEND_POOL_MAX_IDLE: usize = 256;
 /// peers are found by TCP keepalive instead.
 pub const UPGRADE_HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Buffer per direction of an upgraded connection's relay (what `tokio::io::copy` uses).
-pub const UPGRADE_RELAY_BUFFER_BYTES: usize = 8 * 1024;
+/// Copy buffer of a relay direction that is moving bytes (none is held while it is idle).
+pub const UPGRADE_RELAY_BUFFER_BYTES: usize = 32 * 1024;
 
 /// A write to a client or backend that makes no progress for this long fails and ends the
 /// connection: a peer that stops reading (a zero receive window) cannot hold a connection, and

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::limits::UPGRADE_RELAY_BUFFER_BYTES;
 use crate::stall::Stall;
 
 /// Capacity asked of each pipe (the kernel's default is 64 KiB): the most one `splice` moves.
@@ -25,25 +26,42 @@ pub(crate) const PIPE_BYTES: usize = 256 * 1024;
 /// Idle pipes kept for reuse; more are closed when given back.
 const POOL_MAX: usize = 64;
 
-/// Size of a copy buffer: large, so that a big body moves in few system calls.
-pub(crate) const COPY_BUFFER_BYTES: usize = 128 * 1024;
-
-/// Idle copy buffers kept for reuse (2 MiB at most); more are freed when given back.
-const COPY_POOL_MAX: usize = 16;
-
-static COPY_POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
-
-fn take_copy_buffer() -> Box<[u8]> {
-    let pooled = COPY_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    pooled.unwrap_or_else(|| vec![0; COPY_BUFFER_BYTES].into_boxed_slice())
+/// A pool of equal copy buffers.
+struct BufferPool {
+    size: usize,
+    max_idle: usize,
+    idle: Mutex<Vec<Box<[u8]>>>,
 }
 
-fn give_back_copy_buffer(buf: Box<[u8]>) {
-    let mut pool = COPY_POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < COPY_POOL_MAX {
-        pool.push(buf);
+impl BufferPool {
+    const fn new(size: usize, max_idle: usize) -> BufferPool {
+        BufferPool {
+            size,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Box<[u8]> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        pooled.unwrap_or_else(|| vec![0; self.size].into_boxed_slice())
+    }
+
+    fn give_back(&self, buf: Box<[u8]>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.len() == self.size && idle.len() < self.max_idle {
+            idle.push(buf);
+        }
     }
 }
+
+/// Buffers for bodies of known length: large, so a big body moves in few system calls; few
+/// kept idle (2 MiB at most).
+static BODY_BUFFERS: BufferPool = BufferPool::new(128 * 1024, 16);
+
+/// Buffers for relays: sized for messages, since a thousand relays may move at once; 1 MiB
+/// kept idle at most.
+static RELAY_BUFFERS: BufferPool = BufferPool::new(UPGRADE_RELAY_BUFFER_BYTES, 64);
 
 /// How a flow carries bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +315,7 @@ impl<'a> Flow<'a> {
                 self.carrier = Some(match pipe {
                     Some(pipe) => Carrier::Pipe(pipe),
                     None => Carrier::Buffer {
-                        buf: take_copy_buffer(),
+                        buf: self.buffers().take(),
                         start: 0,
                         end: 0,
                     },
@@ -315,15 +333,28 @@ impl<'a> Flow<'a> {
                     *end = 0;
                     let len = want.min(buf.len());
                     let ptr = buf.as_mut_ptr();
-                    self.from.try_io(Interest::READABLE, || {
+                    let mut short = None;
+                    let read = self.from.try_io(Interest::READABLE, || {
                         // SAFETY: reading into a live buffer of at least `len` bytes.
                         let n = unsafe { libc::recv(from_fd, ptr.cast(), len, 0) };
                         if n < 0 {
-                            Err(io::Error::last_os_error())
-                        } else {
-                            Ok(n as usize)
+                            return Err(io::Error::last_os_error());
                         }
-                    })
+                        let n = n as usize;
+                        if n > 0 && n < len {
+                            // A stream socket that gave less than asked has nothing more now:
+                            // saying "would block" makes the reactor forget the readiness
+                            // (unless an event came since), sparing a read that would only
+                            // fail with EAGAIN. tokio's own reads do the same.
+                            short = Some(n);
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(n)
+                    });
+                    match (read, short) {
+                        (Err(_), Some(n)) => Ok(n),
+                        (read, _) => read,
+                    }
                 }
                 None => unreachable!("a carrier was just taken"),
             };
@@ -349,6 +380,15 @@ impl<'a> Flow<'a> {
         self.held > 0 || self.buffered() > 0
     }
 
+    /// The pool this flow's copy buffers come from.
+    fn buffers(&self) -> &'static BufferPool {
+        if self.until_eof() {
+            &RELAY_BUFFERS
+        } else {
+            &BODY_BUFFERS
+        }
+    }
+
     fn buffered(&self) -> usize {
         match &self.carrier {
             Some(Carrier::Buffer { start, end, .. }) => end - start,
@@ -361,7 +401,7 @@ impl<'a> Flow<'a> {
         debug_assert!(self.held == 0 && self.buffered() == 0);
         match self.carrier.take() {
             Some(Carrier::Pipe(pipe)) => pipe.give_back(),
-            Some(Carrier::Buffer { buf, .. }) => give_back_copy_buffer(buf),
+            Some(Carrier::Buffer { buf, .. }) => self.buffers().give_back(buf),
             None => {}
         }
     }

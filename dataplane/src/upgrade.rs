@@ -235,6 +235,7 @@ mod tests {
         let (_client, client_near, backend_near, mut backend) = sockets().await;
         let limits = RelayLimits {
             write_progress: Duration::from_millis(300),
+            carry: Carry::Copy,
             ..LIMITS
         };
         let relay =

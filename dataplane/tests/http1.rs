@@ -381,3 +381,64 @@ async fn a_slow_head_is_cut_while_others_are_served() {
         "only the complete request was forwarded"
     );
 }
+
+#[tokio::test]
+async fn a_backend_at_its_connection_limit_gets_503_until_one_ends() {
+    let config = ProxyConfig {
+        max_conns_per_backend: Some(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start(config).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    let (addr, _, _task) = raw_backend(move |mut stream: TcpStream| {
+        let gate = Arc::clone(&gate);
+        async move {
+            while read_head(&mut stream).await.starts_with("GET") {
+                // Half the body, then the rest once the test says so.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nha")
+                    .await;
+                gate.notified().await;
+                let _ = stream.write_all(b"lf").await;
+            }
+        }
+    })
+    .await;
+    let route = proxy.table.set_ready("a", addr);
+
+    let mut first = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    within(first.write_all(b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\n\r\n"))
+        .await
+        .expect("first request");
+    let head = read_until(&mut first, "\r\n\r\nha").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(route.active(), 1);
+
+    let busy = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
+    assert!(busy.contains("retry-after: 1\r\n"), "{busy}");
+    assert!(busy.contains("connection limit"), "{busy}");
+    assert_eq!(route.active(), 1, "the refused request was not counted");
+
+    release.notify_one();
+    let rest = read_until(&mut first, "lf").await;
+    assert!(rest.ends_with("lf"), "{rest}");
+    eventually("the first request to end", || route.active() == 0).await;
+    // Room again: the next request is forwarded.
+    let mut next = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    within(next.write_all(b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\n\r\n"))
+        .await
+        .expect("next request");
+    let head = read_until(&mut next, "\r\n\r\nha").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    release.notify_one();
+}
