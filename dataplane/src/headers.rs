@@ -55,8 +55,14 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
-/// Whether `Connection` (in `headers`) names the field `name`.
+/// Whether `Connection` (in `headers`) names the field `name`, which must then be removed.
+/// Framing fields never are: dropping `Content-Length` or `Transfer-Encoding` while the body is
+/// forwarded would let the body be read as the next request.
 fn named_by_connection(headers: &[Header<'_>], name: &str) -> bool {
+    if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return false;
+    }
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))

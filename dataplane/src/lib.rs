@@ -16,6 +16,8 @@ mod drain;
 mod error;
 mod exchange;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod headers;
 mod host;

@@ -1,5 +1,6 @@
-//! Runs every seed of the `route_host` fuzz target through its oracle, so the corpus is checked
-//! by `cargo test` and not only by `cargo fuzz`.
+//! Runs every seed of every fuzz target (`route_host`, `request_head`, `response_head`,
+//! `upgrade_relay`) through its oracle, so the corpora are checked by `cargo test` and not only
+//! by `cargo fuzz`.
 
 #[path = "common/route_host_oracle.rs"]
 mod oracle;
@@ -41,4 +42,94 @@ fn oracle_accepts_and_rejects_as_expected() {
     );
     assert_eq!(oracle::check(b"a.b.plane.localhost", &table), None);
     assert_eq!(oracle::check(b"\xff\xfe.plane.localhost", &table), None);
+}
+
+/// Every seed of fuzz target `target`, as bytes.
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("seed corpus {} missing: {error}", dir.display()));
+    let mut seeds: Vec<(String, Vec<u8>)> = entries
+        .map(|entry| {
+            let path = entry.expect("corpus entry").path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            (
+                name.unwrap_or_default(),
+                std::fs::read(&path).expect("read seed"),
+            )
+        })
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+#[test]
+fn request_head_seed_corpus_passes_the_oracle() {
+    let table = plane_dataplane::fuzzing::table();
+    let seeds = seeds("request_head");
+    assert!(seeds.len() >= 15, "only {} seeds", seeds.len());
+    let routed: Vec<&str> = seeds
+        .iter()
+        .filter(|(_, data)| plane_dataplane::fuzzing::request_head(data, &table).is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    // The seeds mix routed requests with refused ones (every smuggling shape is refused).
+    for name in [
+        "get",
+        "absolute_form",
+        "post_chunked_trailers",
+        "websocket",
+        "connection_names_framing",
+    ] {
+        assert!(routed.contains(&name), "{name} should route: {routed:?}");
+    }
+    for name in [
+        "cl_te",
+        "double_cl",
+        "te_obfuscated",
+        "folded",
+        "bare_cr",
+        "nul",
+        "two_hosts",
+        "get_unknown",
+    ] {
+        assert!(!routed.contains(&name), "{name} should not route");
+    }
+}
+
+#[test]
+fn response_head_seed_corpus_passes_the_oracle() {
+    let seeds = seeds("response_head");
+    assert!(seeds.len() >= 10, "only {} seeds", seeds.len());
+    let accepted: Vec<&str> = seeds
+        .iter()
+        .filter(|(_, data)| plane_dataplane::fuzzing::response_head(data))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for name in [
+        "ok_length",
+        "chunked_trailer",
+        "switching",
+        "connection_named",
+        "until_close",
+    ] {
+        assert!(
+            accepted.contains(&name),
+            "{name} should be accepted: {accepted:?}"
+        );
+    }
+    for name in ["cl_te", "bad_status", "garbage"] {
+        assert!(!accepted.contains(&name), "{name} should be refused");
+    }
+}
+
+#[test]
+fn upgrade_relay_seed_corpus_passes_the_oracle() {
+    let seeds = seeds("upgrade_relay");
+    assert!(seeds.len() >= 5, "only {} seeds", seeds.len());
+    for (_, data) in seeds {
+        plane_dataplane::fuzzing::relay_script(&data);
+    }
 }

@@ -36,6 +36,15 @@ x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: a.c\r
 }
 
 #[test]
+fn connection_cannot_remove_framing_fields() {
+    let out = forwarded_request(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, transfer-encoding, x-a\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n",
+    );
+    assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+    assert!(!out.contains("X-A"), "{out}");
+}
+
+#[test]
 fn keeps_framing_and_the_websocket_handshake_only() {
     let out = forwarded_request(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMA\r\n\r\n",
