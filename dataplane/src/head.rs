@@ -12,6 +12,12 @@ use crate::limits::MAX_REQUEST_HEADERS;
 /// The header slots one parse uses (on the stack): heads with more fields are refused.
 pub(crate) const HEADER_SLOTS: usize = MAX_REQUEST_HEADERS;
 
+/// Fields the proxy may add to a request it forwards (`X-Forwarded-{For,Proto,Host}`, and a
+/// WebSocket handshake's `Connection` and `Upgrade`): a client head may have that many fewer
+/// than there are slots, so the head the backend gets never has more fields than the proxy
+/// itself accepts.
+pub(crate) const FIELDS_ADDED_BY_PROXY: usize = 5;
+
 /// An empty set of header slots to parse into.
 pub(crate) const fn header_slots<'b>() -> [Header<'b>; HEADER_SLOTS] {
     [httparse::EMPTY_HEADER; HEADER_SLOTS]
@@ -88,6 +94,9 @@ impl<'h, 'b> RequestHead<'h, 'b> {
             return Err(HeadError::Malformed("incomplete request line"));
         };
         let headers: &'h [Header<'b>] = req.headers;
+        if headers.len() > HEADER_SLOTS - FIELDS_ADDED_BY_PROXY {
+            return Err(HeadError::TooManyHeaders);
+        }
         let target = parse_target(path)?;
         let fields = Fields::scan(headers)?;
         if fields.hosts > 1 {

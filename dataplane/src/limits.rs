@@ -15,8 +15,9 @@ pub const MAX_HOST_BYTES: usize = 253;
 /// Requests whose head (request line and headers) exceeds this get 431.
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
-/// Requests with more header fields than this get 431. hyper parses up to 100 headers into a
-/// stack array; more would cost a heap allocation per request.
+/// Requests with more header fields than this get 431; the proxy keeps room for the 5 fields it
+/// may add itself (`X-Forwarded-*`, a WebSocket handshake's), so a client may send 95. Heads are
+/// parsed into a stack array of this many slots: no allocation per request.
 pub const MAX_REQUEST_HEADERS: usize = 100;
 
 /// A client must send a complete request head within this time (slowloris defence).
