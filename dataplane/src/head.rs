@@ -79,11 +79,22 @@ pub(crate) struct RequestHead<'h, 'b> {
 }
 
 impl<'h, 'b> RequestHead<'h, 'b> {
-    /// Parses a request head from the start of `buf`: `Ok(None)` if it is not complete yet.
+    /// Parses a request head from a client at the start of `buf`: `Ok(None)` if it is not
+    /// complete yet. Leaves room for the fields the proxy adds ([`FIELDS_ADDED_BY_PROXY`]).
     pub(crate) fn parse(
         buf: &'b [u8],
         slots: &'h mut [Header<'b>],
     ) -> Result<Option<RequestHead<'h, 'b>>, HeadError> {
+        Self::parse_leaving(buf, slots, FIELDS_ADDED_BY_PROXY)
+    }
+
+    /// [`parse`](Self::parse), refusing heads that leave fewer than `room` slots free.
+    pub(crate) fn parse_leaving(
+        buf: &'b [u8],
+        slots: &'h mut [Header<'b>],
+        room: usize,
+    ) -> Result<Option<RequestHead<'h, 'b>>, HeadError> {
+        let slots_len = slots.len();
         let mut req = httparse::Request::new(slots);
         let len = match req.parse(buf) {
             Ok(Status::Complete(len)) => len,
@@ -94,7 +105,7 @@ impl<'h, 'b> RequestHead<'h, 'b> {
             return Err(HeadError::Malformed("incomplete request line"));
         };
         let headers: &'h [Header<'b>] = req.headers;
-        if headers.len() > HEADER_SLOTS - FIELDS_ADDED_BY_PROXY {
+        if headers.len() + room > slots_len {
             return Err(HeadError::TooManyHeaders);
         }
         let target = parse_target(path)?;

@@ -442,3 +442,51 @@ async fn a_backend_at_its_connection_limit_gets_503_until_one_ends() {
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     release.notify_one();
 }
+
+#[tokio::test]
+async fn early_bytes_after_an_upgrade_request_wait_for_the_101() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<(bool, Vec<u8>)>(1);
+    let (addr, _, _task) = raw_backend(move |mut stream: TcpStream| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let head = read_head(&mut stream).await;
+            assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+            // Whatever the proxy sent came in one write with the head: anything early would be
+            // readable now.
+            let mut probe = [0u8; 64];
+            let early_forwarded = match stream.try_read(&mut probe) {
+                Ok(n) => n > 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .await;
+            let mut after = vec![0u8; 5];
+            let _ = within(stream.read_exact(&mut after)).await;
+            let _ = seen_tx.send((early_forwarded, after)).await;
+        }
+    })
+    .await;
+    let route = proxy.table.set_ready("a", addr);
+    let mut client = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    // The handshake and the first bytes of the new protocol in one write.
+    within(client.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.plane.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly",
+    ))
+    .await
+    .expect("request");
+    let answer = read_until(&mut client, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    let (early_forwarded, after) = within(seen_rx.recv()).await.expect("backend report");
+    assert!(
+        !early_forwarded,
+        "bytes after the head reached the backend before its 101"
+    );
+    assert_eq!(after, b"early", "held bytes follow the 101");
+    drop(client);
+    eventually("the relay to stop counting", || route.active() == 0).await;
+}
