@@ -1,9 +1,12 @@
 //! The byte buffer each side of a connection reads into: bytes are parsed in place and consumed
 //! from the front, so a keep-alive connection reuses one allocation for every request.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A fixed-capacity buffer holding `data[start..end]`, grown only on request (a request head
@@ -86,13 +89,27 @@ impl Buf {
     where
         R: AsyncRead + Unpin + ?Sized,
     {
+        poll_fn(|cx| self.poll_read_from(cx, reader)).await
+    }
+
+    /// [`read_from`](Self::read_from) as a poll, for callers that poll several things at once.
+    pub(crate) fn poll_read_from<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
         let spare = self.spare();
         if spare.is_empty() {
-            return Ok(0);
+            return Poll::Ready(Ok(0));
         }
-        let n = reader.read(spare).await?;
+        let mut read = ReadBuf::new(spare);
+        ready!(Pin::new(reader).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
         self.end += n;
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 
     /// A non-blocking read from `stream` into the free space: `Ok(None)` if nothing is ready

@@ -13,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -136,8 +137,12 @@ async fn run(proxy: &Proxy, mut conn: Conn, drain: &mut drain::Watch) {
     let draining = idle_drain.draining();
     let head_timer = tokio::time::sleep(proxy.config.header_read_timeout);
     tokio::pin!(draining, head_timer);
+    let mut timer = HeadTimer {
+        sleep: head_timer.as_mut(),
+        armed: false,
+    };
     loop {
-        match read_head(proxy, &mut conn, draining.as_mut(), head_timer.as_mut()).await {
+        match read_head(proxy, &mut conn, draining.as_mut(), &mut timer).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return,
             HeadRead::Refused(error) => {
@@ -181,16 +186,26 @@ enum HeadRead {
     Refused(ProxyError),
 }
 
-/// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout
-/// (`timer`, re-armed here); `draining` ends a wait between requests.
+/// The timer bounding each wait for a head. Re-arming a timer for every request would cost a
+/// timer-wheel removal and insertion each time; instead a timer armed for an earlier (so
+/// sooner) deadline is left to fire, and only then moved to the current one: at most one
+/// extra wake-up per timeout period, and the timeout itself still exact.
+struct HeadTimer<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    /// Set for a deadline no later than the current one, and not yet fired.
+    armed: bool,
+}
+
+/// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout;
+/// `draining` ends a wait between requests.
 async fn read_head(
     proxy: &Proxy,
     conn: &mut Conn,
     mut draining: Pin<&mut impl Future<Output = ()>>,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut HeadTimer<'_>,
 ) -> HeadRead {
     let config = &proxy.config;
-    let mut armed = false;
+    let mut deadline = None;
     loop {
         if head_end(conn.inbuf.data()).is_some() {
             return HeadRead::Complete;
@@ -198,17 +213,22 @@ async fn read_head(
         if conn.inbuf.is_full() && !conn.inbuf.grow(config.max_request_header_bytes) {
             return HeadRead::Refused(ProxyError::HeadTooLarge);
         }
-        if !armed {
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + config.header_read_timeout);
-            armed = true;
+        let deadline = *deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + config.header_read_timeout);
+        if !timer.armed {
+            timer.sleep.as_mut().reset(deadline);
+            timer.armed = true;
         }
         let idle = conn.inbuf.is_empty();
         let read = tokio::select! {
             biased;
             read = conn.inbuf.read_from(&mut conn.client) => read,
-            () = timer.as_mut() => {
+            () = timer.sleep.as_mut() => {
+                timer.armed = false;
+                if tokio::time::Instant::now() < deadline {
+                    // An earlier request's deadline: wait on for this one's.
+                    continue;
+                }
                 // Quiet between requests: the keep-alive connection just ends.
                 if conn.inbuf.is_empty() {
                     return HeadRead::Closed;
@@ -787,33 +807,34 @@ async fn read_backend<R>(
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    loop {
-        let Some((client, _)) = &watch else {
-            return bbuf.read_from(backend).await.map_err(Fault::Backend);
-        };
-        tokio::select! {
-            biased;
-            read = bbuf.read_from(backend) => return read.map_err(Fault::Backend),
-            ready = client.readable() => {
-                let Some((client, inbuf)) = &mut watch else { continue };
-                if let Err(error) = ready {
-                    return Err(Fault::Client(error));
-                }
-                match inbuf.try_read_from(client) {
+    // Polled by hand rather than with `select!` and `readable()`: the socket's own read-ready
+    // slot costs no waiter list per wait.
+    poll_fn(|cx| {
+        if let Poll::Ready(read) = bbuf.poll_read_from(cx, backend) {
+            return Poll::Ready(read.map_err(Fault::Backend));
+        }
+        while let Some((client, inbuf)) = &mut watch {
+            match client.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(Fault::Client(error))),
+                Poll::Ready(Ok(())) => match inbuf.try_read_from(client) {
                     Ok(Some(0)) => {
-                        return Err(Fault::Client(io::Error::new(
+                        return Poll::Ready(Err(Fault::Client(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "client closed while the backend was answering",
-                        )))
+                        ))))
                     }
                     // No room for more pipelined bytes: stop watching until the next request.
                     Ok(None) if inbuf.is_full() => watch = None,
+                    // Bytes read, or none (the readiness is cleared): look again.
                     Ok(_) => {}
-                    Err(error) => return Err(Fault::Client(error)),
-                }
+                    Err(error) => return Poll::Ready(Err(Fault::Client(error))),
+                },
             }
         }
-    }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A 1xx other than 101, judged from the status line alone (the full parse follows).
