@@ -91,22 +91,25 @@ fn poll_now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// Two connected loopback sockets, for tests.
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (client.expect("connect"), accepted.expect("accept").0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.expect("connect"), accepted.expect("accept").0)
-    }
 
     #[tokio::test]
     async fn sockets_get_nodelay_keepalive_and_user_timeout() {
-        let (stream, _far) = pair().await;
+        let (stream, _far) = tcp_pair().await;
         tune(&stream);
         let socket = socket2::SockRef::from(&stream);
         assert!(socket.keepalive().expect("SO_KEEPALIVE"));
@@ -130,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_both_parts_in_order() {
-        let (mut a, mut b) = pair().await;
+        let (mut a, mut b) = tcp_pair().await;
         let big = vec![9u8; 300_000];
         let writer = async {
             write_all(&mut a, b"head", &big, Duration::from_secs(10))
@@ -150,7 +153,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_stops_reading_fails_the_write() {
-        let (mut a, _b) = pair().await;
+        let (mut a, _b) = tcp_pair().await;
         let big = vec![0u8; 64 << 20];
         let error = write_all(&mut a, &big, &[], Duration::from_secs(5))
             .await

@@ -428,19 +428,11 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.expect("connect"), accepted.expect("accept").0)
-    }
 
     #[tokio::test]
     async fn moves_exact_lengths_and_until_the_end_and_pools_its_pipe() {
-        let (mut src, from) = pair().await;
-        let (to, mut dst) = pair().await;
+        let (mut src, from) = crate::sockets::tcp_pair().await;
+        let (to, mut dst) = crate::sockets::tcp_pair().await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         let writer = {
             let data = data.clone();
@@ -476,8 +468,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_exact_flow_cut_short_fails() {
-        let (mut src, from) = pair().await;
-        let (to, _dst) = pair().await;
+        let (mut src, from) = crate::sockets::tcp_pair().await;
+        let (to, _dst) = crate::sockets::tcp_pair().await;
         src.write_all(b"short").await.expect("write");
         drop(src);
         let mut flow = Flow::exactly(&from, &to, Carry::Splice, 100, Duration::from_secs(10));

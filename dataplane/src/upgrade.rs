@@ -134,7 +134,6 @@ pub(crate) async fn relay_io(
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
     use tokio::time::Instant;
 
     use super::*;
@@ -145,18 +144,11 @@ mod tests {
         carry: Carry::Splice,
     };
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.expect("connect"), accepted.expect("accept").0)
-    }
-
     /// `(client far end, client near end, backend near end, backend far end)`: the relay runs
     /// between the near ends; the test plays both peers on the far ends.
     async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
-        let (client_far, client_near) = pair().await;
-        let (backend_near, backend_far) = pair().await;
+        let (client_far, client_near) = crate::sockets::tcp_pair().await;
+        let (backend_near, backend_far) = crate::sockets::tcp_pair().await;
         (client_far, client_near, backend_near, backend_far)
     }
 

@@ -115,6 +115,25 @@ fn report(count: usize, secs: f64, mut micros: Vec<u32>) {
     );
 }
 
+/// Waits for every load task, then prints the rate and latency percentiles of all of them.
+async fn collect_and_report(
+    local: tokio::task::LocalSet,
+    tasks: Vec<tokio::task::JoinHandle<io::Result<Vec<u32>>>>,
+    started: Instant,
+) -> io::Result<()> {
+    let all = local
+        .run_until(async {
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.map_err(io::Error::other)??);
+            }
+            Ok::<_, io::Error>(all)
+        })
+        .await?;
+    report(all.len(), started.elapsed().as_secs_f64(), all);
+    Ok(())
+}
+
 async fn echo(
     addr: SocketAddr,
     host: Rc<str>,
@@ -147,17 +166,7 @@ async fn echo(
             Ok::<_, io::Error>(micros)
         }));
     }
-    let all = local
-        .run_until(async {
-            let mut all = Vec::new();
-            for task in tasks {
-                all.extend(task.await.map_err(io::Error::other)??);
-            }
-            Ok::<_, io::Error>(all)
-        })
-        .await?;
-    report(all.len(), started.elapsed().as_secs_f64(), all);
-    Ok(())
+    collect_and_report(local, tasks, started).await
 }
 
 async fn upgrades(addr: SocketAddr, host: Rc<str>, conns: usize, secs: u64) -> io::Result<()> {
@@ -180,17 +189,7 @@ async fn upgrades(addr: SocketAddr, host: Rc<str>, conns: usize, secs: u64) -> i
             Ok::<_, io::Error>(micros)
         }));
     }
-    let all = local
-        .run_until(async {
-            let mut all = Vec::new();
-            for task in tasks {
-                all.extend(task.await.map_err(io::Error::other)??);
-            }
-            Ok::<_, io::Error>(all)
-        })
-        .await?;
-    report(all.len(), started.elapsed().as_secs_f64(), all);
-    Ok(())
+    collect_and_report(local, tasks, started).await
 }
 
 async fn hold(addr: SocketAddr, host: Rc<str>, conns: usize) -> io::Result<()> {
