@@ -29,6 +29,7 @@ use crate::error::{ProxyError, Side};
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, HeadError, RequestHead, ResponseHead};
 use crate::headers::{self, Forwarded};
+use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::route_table::{Route, RouteTable};
 use crate::sockets::{self, write_all};
 use crate::splice::{Carry, Flow};
@@ -41,10 +42,9 @@ use crate::ProxyConfig;
 const CLIENT_BUFFER_BYTES: usize = 8 * 1024;
 /// Size of a connection's backend buffer: response heads and body data pass through it.
 const BACKEND_BUFFER_BYTES: usize = 16 * 1024;
-/// Bodies of known length with at least this much left after the first read are spliced.
-const SPLICE_MIN_BYTES: u64 = 64 * 1024;
-/// Largest response head accepted from a backend (backends are not trusted either).
-pub(crate) const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+/// Bodies of known length with at least this much left after the first read move through a
+/// large pooled buffer (`splice.rs`) rather than the connection's own.
+const LARGE_BODY_BYTES: u64 = 64 * 1024;
 
 /// The client connection a request came in on.
 pub(crate) struct Peer {
@@ -358,8 +358,9 @@ async fn forward(
             let label = std::str::from_utf8(&inbuf.data()[request.label.clone()]).unwrap_or("");
             let (ready, upstream) = wait_ready(proxy, label, drain).await.map_err(refuse)?;
             if !Arc::ptr_eq(&ready, guard.route()) {
-                // Removed and added again while we waited: count against the live route.
-                guard = ready.track().ok_or_else(|| refuse(stopping(&ready)))?;
+                // Removed and added again while we waited: count against the live route, under
+                // the same limit.
+                guard = count(proxy, &ready).map_err(refuse)?;
             }
             upstream
         }
@@ -517,6 +518,7 @@ async fn forward(
     }
 
     let resp_framing = response.framing;
+    // An HTTP/1.0 request went on as 1.0: its backend connection is not pooled after it.
     let backend_keep_alive = response.backend_keep_alive && minor == 1;
     let close = response.close;
 
@@ -534,9 +536,9 @@ async fn forward(
         .await
         .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
     bbuf.consume(first);
-    // A large body of known length moves socket to socket, never through this process.
+    // A large body of known length moves in few, large reads and writes.
     if let Some(remaining) = progress.remaining_length() {
-        if remaining >= SPLICE_MIN_BYTES && bbuf.is_empty() {
+        if remaining >= LARGE_BODY_BYTES && bbuf.is_empty() {
             let mut flow = Flow::exactly(&backend, client, Carry::Copy, remaining, write_progress);
             poll_fn(|cx| flow.poll_flow(cx)).await.map_err(|error| {
                 let fault = if flow.is_writing() {
@@ -599,12 +601,28 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// How to answer a failure before anything was forwarded: the connection can take another
-    /// request only if nothing of this one is left to read.
+    /// How to answer a failure before anything was forwarded.
     fn refuse(&self) -> impl Fn(ProxyError) -> Failure + Copy {
-        let keep_alive = self.keep_alive && self.framing == Framing::Empty;
-        move |error| Failure::Respond { error, keep_alive }
+        refusal(self.keep_alive, self.framing)
     }
+}
+
+/// How to answer a request refused before anything of it was forwarded: the connection can
+/// take another request only if the client allows it and nothing of this one is left to read.
+fn refusal(keep_alive: bool, framing: Framing) -> impl Fn(ProxyError) -> Failure + Copy {
+    let keep_alive = keep_alive && framing == Framing::Empty;
+    move |error| Failure::Respond { error, keep_alive }
+}
+
+/// Counts a request against `route`, within `max_conns_per_backend`.
+fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
+    let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
+    ActiveGuard::bounded(Arc::clone(route), limit).map_err(|refusal| match refusal {
+        Refusal::Closed => stopping(route),
+        Refusal::Full => ProxyError::BackendBusy {
+            backend: route.backend().into(),
+        },
+    })
 }
 
 /// Parses, checks and routes the request head at the start of `buf`, and writes the head the
@@ -621,8 +639,7 @@ fn prepare_request(
     if head.headers.len() > proxy.config.max_request_headers {
         return Err(HeadError::TooManyHeaders.into());
     }
-    let keep_alive = head.keep_alive && head.framing == Framing::Empty;
-    let refuse = move |error: ProxyError| Failure::Respond { error, keep_alive };
+    let refuse = refusal(head.keep_alive, head.framing);
     if head.method == "CONNECT" {
         return Err(refuse(ProxyError::BadRequest("CONNECT is not supported")));
     }
@@ -640,15 +657,7 @@ fn prepare_request(
         .lookup(label)
         .ok_or_else(|| refuse(unknown(label)))?;
     // Counted from the request head on, including while held for a starting backend.
-    let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
-    let guard = ActiveGuard::bounded(Arc::clone(&route), limit).map_err(|refusal| {
-        refuse(match refusal {
-            Refusal::Closed => stopping(&route),
-            Refusal::Full => ProxyError::BackendBusy {
-                backend: route.backend().into(),
-            },
-        })
-    })?;
+    let guard = count(proxy, &route).map_err(refuse)?;
     headers::write_request_head(out, &head, host, forwarded);
     let start = label.as_ptr() as usize - buf.as_ptr() as usize;
     Ok(Prepared {

@@ -20,6 +20,9 @@ pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 /// parsed into a stack array of this many slots: no allocation per request.
 pub const MAX_REQUEST_HEADERS: usize = 100;
 
+/// Backend response heads larger than this are refused (502): backends are not trusted either.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
 /// A client must send a complete request head within this time (slowloris defence).
 ///
 /// hyper starts this timer whenever a connection begins waiting for a request head, which

@@ -490,3 +490,56 @@ async fn early_bytes_after_an_upgrade_request_wait_for_the_101() {
     drop(client);
     eventually("the relay to stop counting", || route.active() == 0).await;
 }
+
+#[tokio::test]
+async fn a_request_recounted_on_a_readded_route_respects_the_limit() {
+    let config = ProxyConfig {
+        max_conns_per_backend: Some(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start(config).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    let (addr, _, _task) = raw_backend(move |mut stream: TcpStream| {
+        let gate = Arc::clone(&gate);
+        async move {
+            if read_head(&mut stream).await.starts_with("GET") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nha")
+                    .await;
+                gate.notified().await;
+                let _ = stream.write_all(b"lf").await;
+            }
+        }
+    })
+    .await;
+
+    // A waits on the first route for "a"; the route is removed and added again (still
+    // starting), and B takes the new route's one slot.
+    let first = proxy.table.insert_starting("a");
+    let mut a = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    within(a.write_all(b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\n\r\n"))
+        .await
+        .expect("request a");
+    eventually("a to be held", || first.active() == 1).await;
+    proxy.table.remove("a");
+    let second = proxy.table.insert_starting("a");
+    let mut b = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    within(b.write_all(b"GET / HTTP/1.1\r\nHost: a.plane.localhost\r\n\r\n"))
+        .await
+        .expect("request b");
+    eventually("b to be held", || second.active() == 1).await;
+
+    proxy.table.set_ready("a", addr);
+    let b_answer = read_until(&mut b, "\r\n\r\nha").await;
+    assert!(b_answer.starts_with("HTTP/1.1 200 OK\r\n"), "{b_answer}");
+    let a_answer = read_until(&mut a, "connection limit").await;
+    assert!(a_answer.starts_with("HTTP/1.1 503 "), "{a_answer}");
+    assert_eq!(second.active(), 1, "a was not counted on the new route");
+    assert_eq!(first.active(), 0, "a stopped counting on the old route");
+    release.notify_one();
+}
