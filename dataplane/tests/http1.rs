@@ -382,20 +382,20 @@ async fn a_slow_head_is_cut_while_others_are_served() {
     );
 }
 
-#[tokio::test]
-async fn a_backend_at_its_connection_limit_gets_503_until_one_ends() {
-    let config = ProxyConfig {
-        max_conns_per_backend: Some(1),
-        ..ProxyConfig::default()
-    };
-    let proxy = TestProxy::start(config).await;
+/// A backend that answers each GET with half of a 4-byte body ("ha"), and the rest ("lf")
+/// each time the returned `Notify` is notified: a request that stays in flight until the test
+/// lets it end.
+async fn gated_backend() -> (
+    std::net::SocketAddr,
+    Arc<tokio::sync::Notify>,
+    tokio::task::JoinHandle<()>,
+) {
     let release = Arc::new(tokio::sync::Notify::new());
     let gate = Arc::clone(&release);
-    let (addr, _, _task) = raw_backend(move |mut stream: TcpStream| {
+    let (addr, _, task) = raw_backend(move |mut stream: TcpStream| {
         let gate = Arc::clone(&gate);
         async move {
             while read_head(&mut stream).await.starts_with("GET") {
-                // Half the body, then the rest once the test says so.
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nha")
                     .await;
@@ -405,6 +405,17 @@ async fn a_backend_at_its_connection_limit_gets_503_until_one_ends() {
         }
     })
     .await;
+    (addr, release, task)
+}
+
+#[tokio::test]
+async fn a_backend_at_its_connection_limit_gets_503_until_one_ends() {
+    let config = ProxyConfig {
+        max_conns_per_backend: Some(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start(config).await;
+    let (addr, release, _task) = gated_backend().await;
     let route = proxy.table.set_ready("a", addr);
 
     let mut first = within(TcpStream::connect(proxy.addr))
@@ -498,21 +509,7 @@ async fn a_request_recounted_on_a_readded_route_respects_the_limit() {
         ..ProxyConfig::default()
     };
     let proxy = TestProxy::start(config).await;
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = Arc::clone(&release);
-    let (addr, _, _task) = raw_backend(move |mut stream: TcpStream| {
-        let gate = Arc::clone(&gate);
-        async move {
-            if read_head(&mut stream).await.starts_with("GET") {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nha")
-                    .await;
-                gate.notified().await;
-                let _ = stream.write_all(b"lf").await;
-            }
-        }
-    })
-    .await;
+    let (addr, release, _task) = gated_backend().await;
 
     // A waits on the first route for "a"; the route is removed and added again (still
     // starting), and B takes the new route's one slot.
