@@ -261,7 +261,7 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Why an exchange ended other than with a forwarded response.
-enum Failure {
+pub(crate) enum Failure {
     /// Answer with the error; `keep_alive` if the connection can take another request after
     /// (nothing of this one is left unread).
     Respond { error: ProxyError, keep_alive: bool },
@@ -585,7 +585,7 @@ async fn forward(
 }
 
 /// A request head, checked, routed and rewritten: what the rest of the exchange needs of it.
-struct Prepared {
+pub(crate) struct Prepared {
     /// Counts the request against its route from now on.
     guard: ActiveGuard,
     /// `None` while the backend is starting.
@@ -627,7 +627,7 @@ fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
 
 /// Parses, checks and routes the request head at the start of `buf`, and writes the head the
 /// backend gets into `out`. Synchronous, so the parser's header slots live on the stack only.
-fn prepare_request(
+pub(crate) fn prepare_request(
     proxy: &Proxy,
     buf: &[u8],
     out: &mut Vec<u8>,
@@ -674,21 +674,21 @@ fn prepare_request(
 }
 
 /// A final response head from the backend, checked and rewritten.
-struct Answer {
+pub(crate) struct Answer {
     code: u16,
-    framing: Framing,
+    pub(crate) framing: Framing,
     /// The backend keeps its connection open after this response.
     backend_keep_alive: bool,
     /// The client connection ends after this response.
     close: bool,
-    len: usize,
+    pub(crate) len: usize,
 }
 
 /// Parses the final response head at the start of `buf` and writes the head the client gets
 /// into `out`. `keep_client`: the client connection could go on after this response (it
 /// asked to, its request was read whole, the proxy is not draining). A 101 is accepted only
 /// as the answer to a WebSocket request. Synchronous, like [`prepare_request`].
-fn prepare_response(
+pub(crate) fn prepare_response(
     buf: &[u8],
     out: &mut Vec<u8>,
     head_request: bool,

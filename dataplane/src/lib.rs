@@ -23,6 +23,8 @@ mod headers;
 mod host;
 mod http1;
 pub mod limits;
+#[doc(hidden)]
+pub mod measure;
 mod route_table;
 mod sockets;
 mod splice;
