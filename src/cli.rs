@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -48,14 +49,13 @@ impl Command {
         )
     }
 
-    /// The worker threads asked for (`--threads`), where the command takes them.
-    pub fn threads(&self) -> Option<usize> {
-        match self {
-            Command::Dev(args) => args.threads.threads,
-            Command::Drone(args) => args.threads.threads,
-            Command::Proxy(args) => args.threads.threads,
-            _ => None,
-        }
+    /// Whether the command runs a proxy: its worker threads (`--threads`) do the heavy work,
+    /// and the rest (agent, controller, API) is light enough for one thread.
+    pub fn serves_proxy(&self) -> bool {
+        matches!(
+            self,
+            Command::Dev(_) | Command::Drone(_) | Command::Proxy(_)
+        )
     }
 }
 
@@ -68,9 +68,18 @@ pub enum ExecutorArg {
 /// How many threads serve requests.
 #[derive(Args, Debug, Clone)]
 pub struct ThreadsArg {
-    /// Worker threads of the runtime that serves the proxy (default: one per core).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
-    pub threads: Option<usize>,
+    /// Threads that serve the proxy, each with its own runtime and its own listening socket
+    /// (SO_REUSEPORT) on the address; 1 serves on the main thread (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
+}
+
+impl ThreadsArg {
+    /// The threads asked for, or one per core.
+    pub fn count(&self) -> NonZeroUsize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
 }
 
 /// Data plane settings shared by `plane proxy`, `plane drone` and `plane dev`.

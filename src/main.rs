@@ -15,20 +15,13 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let mut builder = match cli.command.threads() {
-        Some(0) => {
-            eprintln!("error: --threads: at least one thread");
-            return ExitCode::FAILURE;
-        }
-        // One thread: everything on the thread that polls the sockets, with no hand-off
-        // between an I/O driver and a worker, and no work stealing to pay for.
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    // A proxy's requests are served by its own threads (`--threads`, `plane_dataplane::
+    // Listeners`), or on this one thread when one is asked for: then everything runs on the
+    // thread that polls the sockets, with no hand-off and no work stealing to pay for.
+    let mut builder = if cli.command.serves_proxy() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     };
     builder.enable_all();
     let runtime = match builder.build() {

@@ -5,6 +5,7 @@
 
 use crate::cli::{
     ApiServerAuth, ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg, ProxyArgs,
+    ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
@@ -14,7 +15,7 @@ use plane_agent::process::ProcessExecutor;
 use plane_agent::{Drone, DroneConfig};
 use plane_bus::Bus;
 use plane_controlplane::{api, Controller, ControllerConfig};
-use plane_dataplane::{ProxyConfig, RouteTable};
+use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
 use plane_protocol::ids::DroneId;
 use plane_protocol::subjects::Subjects;
 use std::net::SocketAddr;
@@ -28,6 +29,13 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// The proxy's listening sockets: one per thread that serves it.
+fn bind_proxy(addr: SocketAddr, threads: &ThreadsArg) -> anyhow::Result<Listeners> {
+    let threads = threads.count();
+    Listeners::bind(addr, threads)
+        .with_context(|| format!("cannot listen on {addr} for the proxy ({threads} threads)"))
 }
 
 /// A positive duration in seconds: zero would make an interval that never waits.
@@ -146,7 +154,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
     let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
-    let proxy_listener = bind(args.http, "proxy").await?;
+    let proxy_listener = bind_proxy(args.http, &args.threads)?;
     let proxy_port = proxy_listener.local_addr()?.port();
     let bus = Bus::in_memory();
     let controller = Controller::new(
@@ -207,15 +215,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 /// its backends.
 async fn run_drone(
     drone: Drone,
-    proxy_listener: TcpListener,
+    proxy_listener: Listeners,
     table: RouteTable,
     proxy_config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = CancellationToken::new();
     crate::memory::spawn_heap_trimmer();
-    let proxy_task = tokio::spawn(plane_dataplane::serve(
-        proxy_listener,
+    let proxy_task = tokio::spawn(proxy_listener.serve(
         table,
         proxy_config,
         proxy_shutdown.clone().cancelled_owned(),
@@ -267,7 +274,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         Some(id) => DroneId::new(id.as_str()).with_context(|| format!("--id {id:?}"))?,
         None => DroneId::generate(),
     };
-    let proxy_listener = bind(args.http, "proxy").await?;
+    let proxy_listener = bind_proxy(args.http, &args.threads)?;
     let proxy_port = args
         .public_port
         .unwrap_or(proxy_listener.local_addr()?.port());
@@ -297,19 +304,23 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     for route in &args.routes {
         table.set_ready(&route.host, route.addr);
     }
-    let listener = bind(args.listen, "proxy").await?;
+    let listeners = bind_proxy(args.listen, &args.threads)?;
     // On stdout, for whoever started us with port 0 to learn the real address.
-    println!("proxy listening on {}", listener.local_addr()?);
-    info!(routes = args.routes.len(), "proxy started");
+    println!("proxy listening on {}", listeners.local_addr()?);
+    info!(
+        routes = args.routes.len(),
+        threads = listeners.threads(),
+        "proxy started"
+    );
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     crate::memory::spawn_heap_trimmer();
-    plane_dataplane::serve(
-        listener,
-        table,
-        args.data_plane.proxy_config(),
-        shutdown.cancelled_owned(),
-    )
-    .await
-    .context("proxy")
+    listeners
+        .serve(
+            table,
+            args.data_plane.proxy_config(),
+            shutdown.cancelled_owned(),
+        )
+        .await
+        .context("proxy")
 }

@@ -1,6 +1,6 @@
 //! `plane proxy`: the data plane alone, with static routes, in front of a real backend, driven
 //! by curl: the named host is proxied (whatever its case and port), any other gets 404, and a
-//! malformed route is refused at start.
+//! malformed route is refused at start; on one thread and on two (`SO_REUSEPORT` workers).
 
 mod common;
 
@@ -26,42 +26,50 @@ async fn static_routes_proxy_their_host_and_nothing_else() -> anyhow::Result<()>
         })
         .await?;
 
-        let mut proxy = Command::new(plane_bin());
-        proxy.args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--route",
-            &format!("App.Example.test=127.0.0.1:{port}"),
-        ]);
-        let proxy = ChildGuard::spawn("proxy", proxy)?;
-        let line = proxy.wait_for_output("proxy listening on ", Duration::from_secs(20))?;
-        let addr = line
-            .split("proxy listening on ")
-            .nth(1)
-            .context("the proxy's address")?
-            .trim()
-            .to_string();
-        let url = format!("http://{addr}/info");
+        for threads in ["1", "2"] {
+            let mut proxy = Command::new(plane_bin());
+            proxy.args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                threads,
+                "--route",
+                &format!("App.Example.test=127.0.0.1:{port}"),
+            ]);
+            let proxy = ChildGuard::spawn("proxy", proxy)?;
+            let line = proxy.wait_for_output("proxy listening on ", Duration::from_secs(20))?;
+            let addr = line
+                .split("proxy listening on ")
+                .nth(1)
+                .context("the proxy's address")?
+                .trim()
+                .to_string();
+            let url = format!("http://{addr}/info");
 
-        let routed = curl(&["-H", "Host: app.EXAMPLE.test:8443", &url])?;
-        ensure!(routed.status == 200, "{routed:?}");
-        ensure!(
-            routed.body.contains("app.EXAMPLE.test:8443"),
-            "the backend sees the Host: {routed:?}"
-        );
-        for host in [
-            "other.example.test",
-            "example.test",
-            "app.example.test.evil",
-        ] {
-            let unknown = curl(&["-H", &format!("Host: {host}"), &url])?;
-            ensure!(unknown.status == 404, "{host}: {unknown:?}");
+            // Each curl is a new connection: with two threads both listening sockets take some.
+            for _ in 0..8 {
+                let routed = curl(&["-H", "Host: app.EXAMPLE.test:8443", &url])?;
+                ensure!(routed.status == 200, "--threads {threads}: {routed:?}");
+                ensure!(
+                    routed.body.contains("app.EXAMPLE.test:8443"),
+                    "--threads {threads}: the backend sees the Host: {routed:?}"
+                );
+            }
+            for host in [
+                "other.example.test",
+                "example.test",
+                "app.example.test.evil",
+            ] {
+                let unknown = curl(&["-H", &format!("Host: {host}"), &url])?;
+                ensure!(
+                    unknown.status == 404,
+                    "--threads {threads}: {host}: {unknown:?}"
+                );
+            }
+            let bad = curl(&["-H", "Host: bad host", &url])?;
+            ensure!(bad.status == 400, "--threads {threads}: {bad:?}");
         }
-        let bad = curl(&["-H", "Host: bad host", &url])?;
-        ensure!(bad.status == 400, "{bad:?}");
 
         let refused = Command::new(plane_bin())
             .args([

@@ -103,6 +103,9 @@ pub enum ProxyError {
     /// The listener failed in a way that accepting again cannot fix.
     #[error("listener failed")]
     Listener(#[source] std::io::Error),
+    /// A worker thread of a thread-per-core listener could not start, or ended abnormally.
+    #[error("proxy worker thread failed")]
+    Worker(#[source] std::io::Error),
 }
 
 impl ProxyError {
@@ -123,7 +126,7 @@ impl ProxyError {
             | ProxyError::BackendConnect { .. }
             | ProxyError::BackendProtocol { .. }
             | ProxyError::BackendRequest { .. } => Side::Backend,
-            ProxyError::Listener(_) => Side::Proxy,
+            ProxyError::Listener(_) | ProxyError::Worker(_) => Side::Proxy,
         }
     }
 
@@ -157,7 +160,7 @@ impl ProxyError {
             ProxyError::BackendConnect { .. }
             | ProxyError::BackendRequest { .. }
             | ProxyError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Listener(_) | ProxyError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -32,12 +32,36 @@ pub async fn serve(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
-    let local = listener.local_addr().map_err(ProxyError::Listener)?;
-    let grace = config.shutdown_grace;
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let (drain, watch) = drain::channel();
-    let reaper = tokio::spawn(reap_pools(table.clone(), config.backend_pool_idle_timeout));
     let proxy = Arc::new(Proxy::new(table, config));
+    serve_listener(listener, proxy, permits, Reaping::On, shutdown).await
+}
+
+/// Whether a listener's loop also keeps the backend pools trimmed (one per table is enough).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reaping {
+    On,
+    Off,
+}
+
+/// The accept loop of [`serve`], with what several listeners of one proxy share passed in: the
+/// routes and settings, and the connection limit.
+pub(crate) async fn serve_listener(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    permits: Arc<Semaphore>,
+    reaping: Reaping,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    let local = listener.local_addr().map_err(ProxyError::Listener)?;
+    let grace = proxy.config.shutdown_grace;
+    let (drain, watch) = drain::channel();
+    let reaper = (reaping == Reaping::On).then(|| {
+        tokio::spawn(reap_pools(
+            proxy.table.clone(),
+            proxy.config.backend_pool_idle_timeout,
+        ))
+    });
     info!(%local, "proxy listening");
 
     tokio::pin!(shutdown);
@@ -74,7 +98,9 @@ pub async fn serve(
 
     info!(%local, "proxy shutting down");
     drop(listener);
-    reaper.abort();
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
     // Our own handles would keep the drain waiting for ourselves.
     drop((proxy, watch));
     drain.drain(grace).await;

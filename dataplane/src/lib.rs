@@ -6,7 +6,8 @@
 //! [`backend_label`] and the [`RouteTable`] (`host.rs`, `route_table.rs`), counted by an
 //! [`ActiveGuard`] (`counting.rs`), rewritten (`headers.rs`) and sent with their bodies, whose
 //! ends `framing.rs` finds, over pooled keep-alive connections (`upstream.rs`); WebSockets are
-//! relayed as bytes (`upgrade.rs`). Every limit lives in [`limits`]; every failure is a
+//! relayed as bytes (`upgrade.rs`). [`Listeners`] runs that on one thread per core
+//! (`workers.rs`). Every limit lives in [`limits`]; every failure is a
 //! [`ProxyError`] that knows its side.
 
 mod buffer;
@@ -31,6 +32,7 @@ mod splice;
 mod stall;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub use config::ProxyConfig;
 pub use counting::ActiveGuard;
@@ -39,3 +41,4 @@ pub use host::{backend_label, host_name, HostError};
 pub use http1::serve;
 pub use route_table::{Route, RouteTable};
 pub use splice::Carry;
+pub use workers::Listeners;

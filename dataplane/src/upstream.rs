@@ -6,7 +6,12 @@
 //! connections are not polled; one that the backend closed meanwhile is found when it is taken
 //! (its socket reported readable while idle) or, for a request with no body still to stream,
 //! by retrying once on a new connection.
+//!
+//! With several worker threads (`workers.rs`) each connection is registered with the runtime of
+//! the thread that dialled it, so a worker takes only its own connections back: one stack,
+//! each entry tagged with its worker, searched from the top.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -28,6 +33,22 @@ pub(crate) struct Upstream {
 struct Idle {
     stream: TcpStream,
     since: Instant,
+    /// The worker thread whose runtime the connection is registered with.
+    worker: usize,
+}
+
+thread_local! {
+    /// This thread's worker index; 0 for every thread that is not a numbered worker.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`: the connections it pools are its own.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
+fn worker() -> usize {
+    WORKER.with(Cell::get)
 }
 
 impl Upstream {
@@ -45,17 +66,21 @@ impl Upstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The most recently pooled connection that is still usable, if any.
+    /// The most recently pooled connection of this worker that is still usable, if any.
     pub(crate) fn take_idle(&self, idle_timeout: Duration) -> Option<TcpStream> {
         let now = Instant::now();
+        let worker = worker();
         loop {
-            let idle = self.lock().pop()?;
-            if now.saturating_duration_since(idle.since) >= idle_timeout {
-                // This was the newest: every other one is older still.
-                let expired = std::mem::take(&mut *self.lock());
-                drop(expired);
-                return None;
-            }
+            let idle = {
+                let mut idle = self.lock();
+                let at = idle.iter().rposition(|i| i.worker == worker)?;
+                if now.saturating_duration_since(idle[at].since) >= idle_timeout {
+                    // This was this worker's newest: everything pooled before it is older still.
+                    idle.drain(..=at);
+                    return None;
+                }
+                idle.remove(at)
+            };
             if still_open(&idle.stream) {
                 return Some(idle.stream);
             }
@@ -69,6 +94,7 @@ impl Upstream {
             idle.push(Idle {
                 stream,
                 since: Instant::now(),
+                worker: worker(),
             });
         }
     }
@@ -85,6 +111,12 @@ impl Upstream {
             idle.drain(..keep_from).collect()
         };
         drop(expired);
+    }
+
+    /// The workers whose connections are pooled now.
+    #[cfg(test)]
+    pub(crate) fn idle_workers(&self) -> std::collections::BTreeSet<usize> {
+        self.lock().iter().map(|idle| idle.worker).collect()
     }
 
     /// Idle connections pooled now.
@@ -157,5 +189,24 @@ mod tests {
         assert_eq!(upstream.idle_count(), 1, "no more than max_idle are kept");
         upstream.reap(Duration::ZERO);
         assert_eq!(upstream.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_back_only_its_own_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = std::sync::Arc::new(Upstream::new(listener.local_addr().expect("addr")));
+        let timeout = Duration::from_secs(60);
+        let ours = upstream.dial(timeout).await.expect("dial");
+        let (_far, _) = listener.accept().await.expect("accept");
+        upstream.put_idle(ours, 8);
+        let other = std::sync::Arc::clone(&upstream);
+        let taken_elsewhere = std::thread::spawn(move || {
+            set_worker(1);
+            other.take_idle(timeout).is_some()
+        })
+        .join()
+        .expect("worker 1");
+        assert!(!taken_elsewhere, "worker 1 took worker 0's connection");
+        assert!(upstream.take_idle(timeout).is_some(), "worker 0 takes it");
     }
 }
