@@ -30,6 +30,7 @@ mod route_table;
 mod sockets;
 mod splice;
 mod stall;
+pub mod tls;
 mod upgrade;
 mod upstream;
 mod workers;

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 /// PEM files of a CA and the certificates it issued; deleted on drop.
 pub struct Pki {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -37,27 +38,62 @@ impl Pki {
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let issue =
-            |name: &str, purpose: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-                params
-                    .subject_alt_names
-                    .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-                params.distinguished_name.push(DnType::CommonName, name);
-                params.extended_key_usages = vec![purpose];
-                let cert = params.signed_by(&key, &issuer)?;
-                Ok((cert.pem(), key.serialize_pem()))
-            };
-        let (server_cert, server_key) = issue("nats", ExtendedKeyUsagePurpose::ServerAuth)?;
-        let (client_cert, client_key) = issue("plane", ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (server_cert, server_key) = issue(
+            &issuer,
+            &["localhost"],
+            "nats",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert, client_key) = issue(
+            &issuer,
+            &["localhost"],
+            "plane",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         Ok(Pki {
             ca: write("ca.pem", ca_cert.pem())?,
             server_cert: write("server.pem", server_cert)?,
             server_key: write("server-key.pem", server_key)?,
             client_cert: write("client.pem", client_cert)?,
             client_key: write("client-key.pem", client_key)?,
-            _dir: dir,
+            dir,
+            issuer,
         })
     }
+
+    /// A new server certificate and its key (PEM) from the same CA, for `names` (and
+    /// `127.0.0.1`): for a test that rotates certificates.
+    pub fn server_pair(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
+        issue(
+            &self.issuer,
+            names,
+            "server",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// The directory the files are in (deleted with the `Pki`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+fn issue(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[&str],
+    common_name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let mut params = CertificateParams::new(names)?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![purpose];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
