@@ -98,9 +98,20 @@ pub struct Certificate {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
-    /// The stamps of the pair in `current`, and of the last pair that failed (not retried
-    /// until the files change again, so a bad pair is reported once).
-    seen: Mutex<(Option<(Stamp, Stamp)>, Option<(Stamp, Stamp)>)>,
+    seen: Mutex<Seen>,
+}
+
+/// The stamps of both files, certificate first.
+type Stamps = (Stamp, Stamp);
+
+/// The files as last loaded.
+#[derive(Debug)]
+struct Seen {
+    /// The pair served now.
+    served: Option<Stamps>,
+    /// The last pair that failed: not retried until the files change again, so a bad pair is
+    /// reported once.
+    failed: Option<Stamps>,
 }
 
 impl Certificate {
@@ -118,7 +129,10 @@ impl Certificate {
             key_path: key.to_owned(),
             provider,
             current: ArcSwap::from_pointee(pair),
-            seen: Mutex::new((stamps.ok(), None)),
+            seen: Mutex::new(Seen {
+                served: stamps.ok(),
+                failed: None,
+            }),
         }))
     }
 
@@ -139,7 +153,7 @@ impl Certificate {
         };
         {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.0 == Some(stamps) || seen.1 == Some(stamps) {
+            if seen.served == Some(stamps) || seen.failed == Some(stamps) {
                 return Ok(false);
             }
         }
@@ -148,11 +162,14 @@ impl Certificate {
         match loaded {
             Ok(pair) => {
                 self.current.store(Arc::new(pair));
-                *seen = (Some(stamps), None);
+                *seen = Seen {
+                    served: Some(stamps),
+                    failed: None,
+                };
                 Ok(true)
             }
             Err(error) => {
-                seen.1 = Some(stamps);
+                seen.failed = Some(stamps);
                 Err(error)
             }
         }
@@ -203,7 +220,7 @@ impl ResolvesServerCert for Certificate {
     }
 }
 
-fn stamps(cert: &Path, key: &Path) -> io::Result<(Stamp, Stamp)> {
+fn stamps(cert: &Path, key: &Path) -> io::Result<Stamps> {
     Ok((Stamp::of(cert)?, Stamp::of(key)?))
 }
 
