@@ -115,6 +115,25 @@ fn parse_relay(value: &str) -> Result<plane_dataplane::Carry, String> {
     }
 }
 
+/// HTTPS on a drone (`plane drone`, `plane dev`).
+#[derive(Args, Debug, Clone)]
+pub struct HttpsArgs {
+    /// Where the proxy serves HTTPS (TLS 1.3/1.2, HTTP/1.1). With it, plain HTTP requests are
+    /// answered 308 to https, and backend URLs say https.
+    #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+    pub https: Option<SocketAddr>,
+    /// The certificate chain for --https (PEM, leaf first); served anew when the file changes.
+    #[arg(long, value_name = "FILE", requires = "https")]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "https")]
+    pub key: Option<PathBuf>,
+    /// The HTTPS port as clients see it, for redirects and backend URLs (default: the
+    /// --https listener's).
+    #[arg(long, value_name = "PORT", requires = "https")]
+    pub public_https_port: Option<u16>,
+}
+
 /// A static route: requests whose `Host` is `HOST` (any port) go to `ADDR`.
 #[derive(Clone, Debug)]
 pub struct StaticRoute {
@@ -153,6 +172,17 @@ pub struct ProxyArgs {
     /// port) go to that address; any other Host gets 404.
     #[arg(long = "route", value_name = "HOST=ADDR", required = true)]
     pub routes: Vec<StaticRoute>,
+    /// Where the proxy also serves HTTPS (TLS 1.3/1.2, HTTP/1.1), with --cert and --key; the
+    /// plain listener keeps serving plain HTTP.
+    #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+    pub tls_listen: Option<SocketAddr>,
+    /// The certificate chain for --tls-listen (PEM, leaf first); served anew when the file
+    /// changes.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub key: Option<PathBuf>,
     #[command(flatten)]
     pub threads: ThreadsArg,
     #[command(flatten)]
@@ -172,6 +202,8 @@ pub struct DevArgs {
     pub cluster: String,
     #[arg(long, value_enum, default_value = "process")]
     pub executor: ExecutorArg,
+    #[command(flatten)]
+    pub https: HttpsArgs,
     #[command(flatten)]
     pub drone: DroneTuning,
     #[command(flatten)]
@@ -280,6 +312,8 @@ pub struct DroneArgs {
     /// The proxy's port as clients see it, when a load balancer or NAT changes it.
     #[arg(long)]
     pub public_port: Option<u16>,
+    #[command(flatten)]
+    pub https: HttpsArgs,
     #[command(flatten)]
     pub drone: DroneTuning,
     #[command(flatten)]

@@ -4,8 +4,8 @@
 //! while the controller still listens; only then do the controller and the proxy stop.
 
 use crate::cli::{
-    ApiServerAuth, ControllerArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg, ProxyArgs,
-    ThreadsArg,
+    ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg,
+    HttpsArgs, ProxyArgs, ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
@@ -15,6 +15,7 @@ use plane_agent::process::ProcessExecutor;
 use plane_agent::{Drone, DroneConfig};
 use plane_bus::Bus;
 use plane_controlplane::{api, Controller, ControllerConfig};
+use plane_dataplane::tls::Certificate;
 use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
 use plane_protocol::ids::DroneId;
 use plane_protocol::subjects::Subjects;
@@ -57,10 +58,106 @@ fn executor(kind: ExecutorArg) -> anyhow::Result<Arc<dyn Executor>> {
     }
 }
 
+/// A drone's proxy: its plain listener and, with `--https`, its TLS listener and certificate.
+struct DroneProxy {
+    plain: Listeners,
+    plain_config: ProxyConfig,
+    https: Option<HttpsListener>,
+    /// How clients reach backends: `http` or `https`, and the port they use.
+    scheme: &'static str,
+    public_port: u16,
+}
+
+struct HttpsListener {
+    listeners: Listeners,
+    config: ProxyConfig,
+    certificate: Arc<Certificate>,
+}
+
+impl DroneProxy {
+    /// Binds the listeners and loads the certificate: a busy port or an unusable certificate
+    /// is an error before anything starts.
+    fn bind(
+        http: SocketAddr,
+        public_port: Option<u16>,
+        https: &HttpsArgs,
+        threads: &ThreadsArg,
+        data_plane: &DataPlaneArgs,
+    ) -> anyhow::Result<DroneProxy> {
+        let plain = bind_proxy(http, threads)?;
+        let mut plain_config = data_plane.proxy_config();
+        let (Some(addr), Some(cert), Some(key)) = (https.https, &https.cert, &https.key) else {
+            let public_port = match public_port {
+                Some(port) => port,
+                None => plain.local_addr()?.port(),
+            };
+            return Ok(DroneProxy {
+                plain,
+                plain_config,
+                https: None,
+                scheme: "http",
+                public_port,
+            });
+        };
+        let certificate = Certificate::load(cert, key).context("--cert/--key")?;
+        let listeners = bind_proxy(addr, threads)?
+            .with_tls(&certificate)
+            .context("TLS settings")?;
+        let public_port = match https.public_https_port {
+            Some(port) => port,
+            None => listeners.local_addr()?.port(),
+        };
+        plain_config.https_redirect = Some(public_port);
+        Ok(DroneProxy {
+            plain,
+            plain_config,
+            https: Some(HttpsListener {
+                listeners,
+                config: data_plane.proxy_config(),
+                certificate,
+            }),
+            scheme: "https",
+            public_port,
+        })
+    }
+
+    /// Tells whoever started us with port 0 the real addresses (on stdout).
+    fn announce(&self) -> anyhow::Result<()> {
+        println!("proxy listening on {}", self.plain.local_addr()?);
+        if let Some(https) = &self.https {
+            println!("https listening on {}", https.listeners.local_addr()?);
+        }
+        Ok(())
+    }
+
+    /// Serves until `shutdown`, each listener draining with its grace.
+    async fn serve(self, table: RouteTable, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let plain = tokio::spawn(self.plain.serve(
+            table.clone(),
+            self.plain_config,
+            shutdown.clone().cancelled_owned(),
+        ));
+        if let Some(https) = self.https {
+            let watch = tokio::spawn(
+                Arc::clone(&https.certificate)
+                    .watch(plane_dataplane::tls::CERTIFICATE_CHECK_INTERVAL),
+            );
+            let served = https
+                .listeners
+                .serve(table, https.config, shutdown.cancelled_owned())
+                .await;
+            watch.abort();
+            served.context("HTTPS proxy")?;
+        }
+        plain.await?.context("proxy")?;
+        Ok(())
+    }
+}
+
 fn drone_config(
     id: DroneId,
     cluster: &str,
-    proxy_port: u16,
+    proxy: &DroneProxy,
     tuning: &DroneTuning,
 ) -> anyhow::Result<DroneConfig> {
     anyhow::ensure!(
@@ -74,8 +171,8 @@ fn drone_config(
         heartbeat_interval: seconds(tuning.heartbeat_secs, "heartbeat-secs")?,
         ready_timeout: seconds(tuning.ready_timeout_secs, "ready-timeout-secs")?,
         stop_grace: seconds(tuning.stop_grace_secs, "stop-grace-secs")?,
-        proxy_scheme: "http".into(),
-        proxy_port,
+        proxy_scheme: proxy.scheme.into(),
+        proxy_port: proxy.public_port,
     })
 }
 
@@ -154,8 +251,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
     let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
-    let proxy_listener = bind_proxy(args.http, &args.threads)?;
-    let proxy_port = proxy_listener.local_addr()?.port();
+    let proxy = DroneProxy::bind(
+        args.http,
+        None,
+        &args.https,
+        &args.threads,
+        &args.data_plane,
+    )?;
     let bus = Bus::in_memory();
     let controller = Controller::new(
         bus.clone(),
@@ -170,7 +272,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let table = RouteTable::new(&cluster);
     let drone_id = DroneId::generate();
     let drone = Drone::new(
-        drone_config(drone_id.clone(), &cluster, proxy_port, &args.drone)?,
+        drone_config(drone_id.clone(), &cluster, &proxy, &args.drone)?,
         bus,
         table.clone(),
         executor(args.executor)?,
@@ -180,12 +282,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "Plane dev is running.\n\
          \x20 API      http://{api_addr}\n\
-         \x20 proxy    http://{{backend}}.{cluster}:{proxy_port}/ (listening on {})\n\
+         \x20 proxy    {scheme}://{{backend}}.{cluster}:{port}/ (listening on {})\n\
          \x20 drone    {drone_id} (process executor)\n\n\
          Spawn a first backend (in another terminal):\n\
          \x20 cargo run --release -- spawn --wait --command \"sh -c 'exec python3 -m http.server --bind 127.0.0.1 \\$PORT'\"\n\
          Then open the URL it prints. Ctrl-C stops Plane and every backend it started.",
-        proxy_listener.local_addr()?
+        match &proxy.https {
+            Some(https) => https.listeners.local_addr()?,
+            None => proxy.plain.local_addr()?,
+        },
+        scheme = proxy.scheme,
+        port = proxy.public_port,
     );
 
     let drone_shutdown = CancellationToken::new();
@@ -202,8 +309,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         controller_shutdown.clone().cancelled_owned(),
     ));
     // The controller outlives the drone, to take the reports of the backends it stops.
-    let proxy_config = args.data_plane.proxy_config();
-    let drone_result = run_drone(drone, proxy_listener, table, proxy_config, drone_shutdown).await;
+    let drone_result = run_drone(drone, proxy, table, drone_shutdown).await;
     controller_shutdown.cancel();
     drone_result?;
     controller_task.await?.context("controller")?;
@@ -215,22 +321,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 /// its backends.
 async fn run_drone(
     drone: Drone,
-    proxy_listener: Listeners,
+    proxy: DroneProxy,
     table: RouteTable,
-    proxy_config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = CancellationToken::new();
     crate::memory::spawn_heap_trimmer();
-    let proxy_task = tokio::spawn(proxy_listener.serve(
-        table,
-        proxy_config,
-        proxy_shutdown.clone().cancelled_owned(),
-    ));
+    let proxy_task = tokio::spawn(proxy.serve(table, proxy_shutdown.clone()));
     let result = drone.run(shutdown.cancelled_owned()).await;
     proxy_shutdown.cancel();
     result.context("drone")?;
-    proxy_task.await?.context("proxy")?;
+    proxy_task.await??;
     Ok(())
 }
 
@@ -274,28 +375,30 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         Some(id) => DroneId::new(id.as_str()).with_context(|| format!("--id {id:?}"))?,
         None => DroneId::generate(),
     };
-    let proxy_listener = bind_proxy(args.http, &args.threads)?;
-    let proxy_port = args
-        .public_port
-        .unwrap_or(proxy_listener.local_addr()?.port());
+    let proxy = DroneProxy::bind(
+        args.http,
+        args.public_port,
+        &args.https,
+        &args.threads,
+        &args.data_plane,
+    )?;
     let mut nats = secrets::nats_options(&args.nats)?;
     nats.inbox_prefix = Some(Subjects::new(&cluster).drone_inbox_prefix(&id));
     nats.name = Some(format!("plane drone {id} ({cluster})"));
     let bus = connect(nats).await?;
     let table = RouteTable::new(&cluster);
     let drone = Drone::new(
-        drone_config(id.clone(), &cluster, proxy_port, &args.drone)?,
+        drone_config(id.clone(), &cluster, &proxy, &args.drone)?,
         bus,
         table.clone(),
         executor(args.executor)?,
     );
     // On stdout, for whoever started us with port 0 to learn the real address.
-    println!("proxy listening on {}", proxy_listener.local_addr()?);
+    proxy.announce()?;
     info!(drone = %id, %cluster, "drone started");
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    let proxy_config = args.data_plane.proxy_config();
-    run_drone(drone, proxy_listener, table, proxy_config, shutdown).await
+    run_drone(drone, proxy, table, shutdown).await
 }
 
 /// `plane proxy`: the data plane alone, with static routes, until SIGINT or SIGTERM.
@@ -304,23 +407,38 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     for route in &args.routes {
         table.set_ready(&route.host, route.addr);
     }
-    let listeners = bind_proxy(args.listen, &args.threads)?;
-    // On stdout, for whoever started us with port 0 to learn the real address.
-    println!("proxy listening on {}", listeners.local_addr()?);
+    let plain = bind_proxy(args.listen, &args.threads)?;
+    // Both listeners serve: `plane proxy` is a plain reverse proxy, not a drone that sends
+    // plain HTTP to https.
+    let https = match (args.tls_listen, &args.cert, &args.key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let certificate = Certificate::load(cert, key).context("--cert/--key")?;
+            let listeners = bind_proxy(addr, &args.threads)?
+                .with_tls(&certificate)
+                .context("TLS settings")?;
+            Some(HttpsListener {
+                listeners,
+                config: args.data_plane.proxy_config(),
+                certificate,
+            })
+        }
+        _ => None,
+    };
+    let proxy = DroneProxy {
+        plain,
+        plain_config: args.data_plane.proxy_config(),
+        https,
+        scheme: "http",
+        public_port: 0,
+    };
+    proxy.announce()?;
     info!(
         routes = args.routes.len(),
-        threads = listeners.threads(),
+        threads = proxy.plain.threads(),
         "proxy started"
     );
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     crate::memory::spawn_heap_trimmer();
-    listeners
-        .serve(
-            table,
-            args.data_plane.proxy_config(),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .context("proxy")
+    proxy.serve(table, shutdown).await
 }

@@ -54,6 +54,10 @@ pub struct ProxyConfig {
     /// A write that makes no progress for this long fails and ends its connection. Default:
     /// [`limits::WRITE_PROGRESS_TIMEOUT`].
     pub write_progress_timeout: Duration,
+    /// Answer every request with a 308 to the same URL on https, on this port (left out of the
+    /// URL when 443), instead of proxying it: the plain listener of a drone that serves HTTPS.
+    /// Default: `None`.
+    pub https_redirect: Option<u16>,
     /// After shutdown, how long in-flight requests and upgraded connections may still run.
     /// Default: [`limits::SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
@@ -77,6 +81,7 @@ impl Default for ProxyConfig {
             relay_carry: Carry::Copy,
             max_conns_per_backend: None,
             write_progress_timeout: limits::WRITE_PROGRESS_TIMEOUT,
+            https_redirect: None,
             shutdown_grace: limits::SHUTDOWN_GRACE,
         }
     }

@@ -100,6 +100,12 @@ pub enum ProxyError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// A plain-HTTP request to a proxy that serves HTTPS: the client is sent there (308).
+    #[error("this proxy serves HTTPS: {location}")]
+    HttpsRequired {
+        /// The same URL on https.
+        location: Box<str>,
+    },
     /// The listener failed in a way that accepting again cannot fix.
     #[error("listener failed")]
     Listener(#[source] std::io::Error),
@@ -118,6 +124,7 @@ impl ProxyError {
             | ProxyError::HeadTimeout
             | ProxyError::ClientGone(_)
             | ProxyError::BadHost(_)
+            | ProxyError::HttpsRequired { .. }
             | ProxyError::UnknownBackend { .. }
             | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
@@ -140,6 +147,14 @@ impl ProxyError {
         )
     }
 
+    /// Where the client is sent instead, for a redirect.
+    pub fn location(&self) -> Option<&str> {
+        match self {
+            ProxyError::HttpsRequired { location } => Some(location),
+            _ => None,
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -148,6 +163,7 @@ impl ProxyError {
             | ProxyError::BadHost(_)
             | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             // An ended backend is as gone as one never started.
             ProxyError::UnknownBackend { .. } | ProxyError::BackendStopping { .. } => {

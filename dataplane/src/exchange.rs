@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::buffer::Buf;
+use crate::client::{BodyFault, ClientStream};
 use crate::counting::{ActiveGuard, Refusal};
 use crate::drain;
 use crate::error::{ProxyError, Side};
@@ -31,8 +31,7 @@ use crate::head::{header_slots, Framing, HeadError, RequestHead, ResponseHead};
 use crate::headers::{self, Forwarded};
 use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::route_table::{Route, RouteTable};
-use crate::sockets::{self, write_all};
-use crate::splice::{Carry, Flow};
+use crate::sockets::write_all;
 use crate::upgrade::{self, RelayLimits};
 use crate::upstream::Upstream;
 use crate::ProxyConfig;
@@ -93,8 +92,8 @@ enum Next {
 }
 
 /// A connection's buffers and sockets.
-struct Conn {
-    client: TcpStream,
+struct Conn<C> {
+    client: C,
     peer: Peer,
     /// Bytes from the client: the current head, then body or pipelined requests.
     inbuf: Buf,
@@ -108,13 +107,12 @@ struct Conn {
 
 /// Serves one client connection until it closes, fails, upgrades and the relay ends, or the
 /// drain cuts it.
-pub(crate) async fn serve_connection(
+pub(crate) async fn serve_connection<C: ClientStream>(
     proxy: Arc<Proxy>,
-    client: TcpStream,
+    client: C,
     peer: Peer,
     mut drain: drain::Watch,
 ) {
-    sockets::tune(&client);
     let conn = Conn {
         client,
         peer,
@@ -130,7 +128,7 @@ pub(crate) async fn serve_connection(
     }
 }
 
-async fn run(proxy: &Proxy, mut conn: Conn, drain: &mut drain::Watch) {
+async fn run<C: ClientStream>(proxy: &Proxy, mut conn: Conn<C>, drain: &mut drain::Watch) {
     // Set up once per connection, not per request: the drain notice a waiting connection
     // listens for, and the timer bounding each wait for a head (re-armed, not rebuilt).
     let mut idle_drain = drain.clone();
@@ -198,9 +196,9 @@ struct HeadTimer<'a> {
 
 /// Reads until `inbuf` holds a whole head (a blank line), within the header read timeout;
 /// `draining` ends a wait between requests.
-async fn read_head(
+async fn read_head<C: ClientStream>(
     proxy: &Proxy,
-    conn: &mut Conn,
+    conn: &mut Conn<C>,
     mut draining: Pin<&mut impl Future<Output = ()>>,
     timer: &mut HeadTimer<'_>,
 ) -> HeadRead {
@@ -326,9 +324,9 @@ fn failure(fault: Fault, backend: &str, proxy: &Proxy, responded: bool) -> Failu
     }
 }
 
-async fn forward(
+async fn forward<C: ClientStream>(
     proxy: &Proxy,
-    conn: &mut Conn,
+    conn: &mut Conn<C>,
     drain: &mut drain::Watch,
 ) -> Result<Next, Failure> {
     let config = &proxy.config;
@@ -454,7 +452,7 @@ async fn forward(
         let mut interim = false;
         let response = read_final_head(
             &mut backend_read,
-            ClientSide::Writer(&mut client_write),
+            ClientSide::<C>::Writer(&mut client_write),
             bbuf,
             &mut interim,
             config,
@@ -513,7 +511,7 @@ async fn forward(
             write_progress: config.write_progress_timeout,
             carry: config.relay_carry,
         };
-        upgrade::relay(client, &backend, guard, peer.addr, limits).await;
+        upgrade::relay(client, &mut backend, guard, peer.addr, limits).await;
         return Ok(Next::Close);
     }
 
@@ -539,21 +537,21 @@ async fn forward(
     // A large body of known length moves in few, large reads and writes.
     if let Some(remaining) = progress.remaining_length() {
         if remaining >= LARGE_BODY_BYTES && bbuf.is_empty() {
-            let mut flow = Flow::exactly(&backend, client, Carry::Copy, remaining, write_progress);
-            poll_fn(|cx| flow.poll_flow(cx)).await.map_err(|error| {
-                let fault = if flow.is_writing() {
-                    Fault::Client(error)
-                } else {
-                    Fault::Backend(error)
-                };
-                failure(fault, name, proxy, true)
-            })?;
-            drop(flow);
+            client
+                .carry_body(&backend, remaining, write_progress)
+                .await
+                .map_err(|fault| {
+                    let fault = match fault {
+                        BodyFault::Client(error) => Fault::Client(error),
+                        BodyFault::Backend(error) => Fault::Backend(error),
+                    };
+                    failure(fault, name, proxy, true)
+                })?;
             progress = BodyProgress::new(Framing::Empty);
         }
     }
     while !progress.is_done() {
-        let read = read_backend(&mut backend, bbuf, Some((&*client, &mut *inbuf))).await;
+        let read = read_backend(&mut backend, bbuf, Some((&mut *client, &mut *inbuf))).await;
         match read {
             Ok(0) if progress.finish_at_eof() => break,
             Ok(0) => {
@@ -648,6 +646,9 @@ pub(crate) fn prepare_request(
         .ok_or_else(|| refuse(ProxyError::MissingHost))?;
     let host_str = std::str::from_utf8(host)
         .map_err(|_| refuse(ProxyError::BadRequest("Host is not visible ASCII")))?;
+    if let Some(port) = proxy.config.https_redirect {
+        return Err(refuse(https_required(host_str, head.target.path, port)?));
+    }
     let label = proxy
         .table
         .route_key(host_str)
@@ -670,6 +671,24 @@ pub(crate) fn prepare_request(
         head_request: head.method == "HEAD",
         minor: head.minor,
         head_len: head.len,
+    })
+}
+
+/// The 308 for a plain request to a proxy that serves HTTPS: the same host and path on https,
+/// on `port` (left out when it is 443). The path passed the head parser: no CR, LF or space.
+fn https_required(host: &str, path: &str, port: u16) -> Result<ProxyError, Failure> {
+    let name = crate::host::host_name(host).map_err(|error| Failure::Respond {
+        error: error.into(),
+        keep_alive: false,
+    })?;
+    let path = if path.is_empty() { "/" } else { path };
+    let location = if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    };
+    Ok(ProxyError::HttpsRequired {
+        location: location.into_boxed_str(),
     })
 }
 
@@ -745,9 +764,9 @@ fn backend_reason(error: HeadError) -> &'static str {
 /// Reads from the backend until `bbuf` starts with a final response head (status 101 or
 /// 2xx–5xx), passing interim ones (100 Continue, 103 Early Hints) on to the client;
 /// `interim` tells whether any was.
-async fn read_final_head<R>(
+async fn read_final_head<R, C: ClientStream>(
     backend: &mut R,
-    mut client: ClientSide<'_, '_>,
+    mut client: ClientSide<'_, C>,
     bbuf: &mut Buf,
     interim: &mut bool,
     config: &ProxyConfig,
@@ -761,7 +780,7 @@ where
                 return Err(Fault::BackendProtocol("response head too large"));
             }
             let watch = match &mut client {
-                ClientSide::Whole { stream, inbuf } => Some((&**stream, &mut **inbuf)),
+                ClientSide::Whole { stream, inbuf } => Some((&mut **stream, &mut **inbuf)),
                 ClientSide::Writer(_) => None,
             };
             if read_backend(backend, bbuf, watch).await? == 0 {
@@ -793,52 +812,51 @@ where
 }
 
 /// The client's side of an exchange, as the response-head reader gets it.
-enum ClientSide<'a, 'w> {
+enum ClientSide<'a, C> {
     /// The whole connection: interim responses are written to it, and its closing is noticed
     /// while the backend is awaited (its bytes, pipelined requests, go to `inbuf`).
     Whole {
-        stream: &'a mut TcpStream,
+        stream: &'a mut C,
         inbuf: &'a mut Buf,
     },
     /// Only the writing half (the reading half is streaming the request body).
-    Writer(&'a mut tokio::net::tcp::WriteHalf<'w>),
+    Writer(&'a mut (dyn tokio::io::AsyncWrite + Unpin + Send)),
 }
 
 /// One read from the backend into `bbuf`. With `watch`, the client connection is watched
 /// meanwhile: a client that closes (or resets) while the backend is silent ends the exchange
 /// at once instead of when the backend next writes, so an abandoned long poll or event stream
 /// stops counting. Bytes the client sends meanwhile (a pipelined request) wait in its buffer.
-async fn read_backend<R>(
+async fn read_backend<R, C: ClientStream>(
     backend: &mut R,
     bbuf: &mut Buf,
-    mut watch: Option<(&TcpStream, &mut Buf)>,
+    mut watch: Option<(&mut C, &mut Buf)>,
 ) -> Result<usize, Fault>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    // Polled by hand rather than with `select!` and `readable()`: the socket's own read-ready
-    // slot costs no waiter list per wait.
+    // Polled by hand rather than with `select!`: no waiter list per wait.
     poll_fn(|cx| {
         if let Poll::Ready(read) = bbuf.poll_read_from(cx, backend) {
             return Poll::Ready(read.map_err(Fault::Backend));
         }
         while let Some((client, inbuf)) = &mut watch {
-            match client.poll_read_ready(cx) {
+            if inbuf.is_full() {
+                // No room for more pipelined bytes: stop watching until the next request.
+                watch = None;
+                break;
+            }
+            match client.poll_watch(cx, inbuf) {
                 Poll::Pending => break,
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Fault::Client(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed while the backend was answering",
+                    ))))
+                }
+                // Bytes read (a pipelined request): look again.
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(Fault::Client(error))),
-                Poll::Ready(Ok(())) => match inbuf.try_read_from(client) {
-                    Ok(Some(0)) => {
-                        return Poll::Ready(Err(Fault::Client(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "client closed while the backend was answering",
-                        ))))
-                    }
-                    // No room for more pipelined bytes: stop watching until the next request.
-                    Ok(None) if inbuf.is_full() => watch = None,
-                    // Bytes read, or none (the readiness is cleared): look again.
-                    Ok(_) => {}
-                    Err(error) => return Poll::Ready(Err(Fault::Client(error))),
-                },
             }
         }
         Poll::Pending
@@ -898,9 +916,9 @@ where
 
 /// Writes the proxy's own response for `error`; the connection stays open only if
 /// `keep_alive` (and the response was written).
-async fn respond_error(
+async fn respond_error<C: ClientStream>(
     proxy: &Proxy,
-    conn: &mut Conn,
+    conn: &mut Conn<C>,
     error: &ProxyError,
     keep_alive: bool,
 ) -> Next {
@@ -908,7 +926,14 @@ async fn respond_error(
     let retry_after =
         (status == http::StatusCode::SERVICE_UNAVAILABLE).then_some(proxy.config.retry_after_secs);
     conn.out.clear();
-    headers::write_error_response(&mut conn.out, status, error, retry_after, !keep_alive);
+    headers::write_error_response(
+        &mut conn.out,
+        status,
+        error,
+        retry_after,
+        error.location(),
+        !keep_alive,
+    );
     let written = write_all(
         &mut conn.client,
         &conn.out,

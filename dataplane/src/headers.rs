@@ -156,6 +156,7 @@ pub(crate) fn write_error_response(
     status: http::StatusCode,
     message: &dyn std::fmt::Display,
     retry_after: Option<u32>,
+    location: Option<&str>,
     close: bool,
 ) {
     let body = format!("{message}\n");
@@ -168,6 +169,9 @@ pub(crate) fn write_error_response(
     );
     if let Some(secs) = retry_after {
         let _ = write!(out, "retry-after: {secs}\r\n");
+    }
+    if let Some(location) = location {
+        write_field(out, b"location", location.as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -5,14 +5,16 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
 use crate::drain;
 use crate::error::ProxyError;
 use crate::exchange::{self, Peer, Proxy};
 use crate::limits::{ACCEPT_ERROR_BACKOFF, BACKEND_POOL_REAP_INTERVAL};
+use crate::sockets;
 use crate::{ProxyConfig, RouteTable};
 
 /// Serves HTTP/1.1 on `listener`, routing by `Host` through `table`, until `shutdown` resolves;
@@ -34,7 +36,7 @@ pub async fn serve(
 ) -> Result<(), ProxyError> {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let proxy = Arc::new(Proxy::new(table, config));
-    serve_listener(listener, proxy, permits, Reaping::On, shutdown).await
+    serve_listener(listener, proxy, None, permits, Reaping::On, shutdown).await
 }
 
 /// Whether a listener's loop also keeps the backend pools trimmed (one per table is enough).
@@ -49,6 +51,7 @@ pub(crate) enum Reaping {
 pub(crate) async fn serve_listener(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
     reaping: Reaping,
     shutdown: impl Future<Output = ()>,
@@ -88,12 +91,18 @@ pub(crate) async fn serve_listener(
                 }
             },
         };
-        tokio::spawn(exchange::serve_connection(
-            Arc::clone(&proxy),
-            stream,
-            Peer::new(peer, permit),
-            watch.clone(),
-        ));
+        sockets::tune(&stream);
+        let peer = Peer::new(peer, permit);
+        let proxy = Arc::clone(&proxy);
+        match &tls {
+            None => tokio::spawn(exchange::serve_connection(
+                proxy,
+                stream,
+                peer,
+                watch.clone(),
+            )),
+            Some(tls) => tokio::spawn(serve_tls(proxy, tls.clone(), stream, peer, watch.clone())),
+        };
     }
 
     info!(%local, "proxy shutting down");
@@ -105,6 +114,34 @@ pub(crate) async fn serve_listener(
     drop((proxy, watch));
     drain.drain(grace).await;
     Ok(())
+}
+
+/// Completes a client's TLS handshake within the header read timeout (a client that opens a
+/// connection and says nothing is cut as a slow head would be), then serves the connection.
+async fn serve_tls(
+    proxy: Arc<Proxy>,
+    tls: TlsAcceptor,
+    stream: TcpStream,
+    peer: Peer,
+    drain: drain::Watch,
+) {
+    let mut cut = drain.clone();
+    let handshake = tokio::time::timeout(proxy.config.header_read_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                debug!(%error, peer = %peer.addr, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(peer = %peer.addr, "TLS handshake not completed in time");
+                return;
+            }
+        },
+        () = cut.cut() => return,
+    };
+    exchange::serve_connection(proxy, stream, peer, drain).await;
 }
 
 /// Whether an accept error means the process or system is out of descriptors or memory: the

@@ -11,6 +11,7 @@
 //! [`ProxyError`] that knows its side.
 
 mod buffer;
+mod client;
 mod config;
 mod counting;
 mod drain;

@@ -78,7 +78,13 @@ where
         first = &first[from_first..];
         second = &second[n - from_first..];
     }
-    Ok(())
+    // A TLS stream holds what it could not send yet; a socket holds nothing (ready at once).
+    match poll_now(writer.flush()) {
+        Some(flushed) => flushed,
+        None => tokio::time::timeout(progress, writer.flush())
+            .await
+            .map_err(|_| stalled())?,
+    }
 }
 
 /// Polls `future` once: its output if it is ready at once. A write future dropped while

@@ -64,6 +64,54 @@ static BODY_BUFFERS: BufferPool = BufferPool::new(512 * 1024, 4);
 /// kept idle at most.
 static RELAY_BUFFERS: BufferPool = BufferPool::new(UPGRADE_RELAY_BUFFER_BYTES, 64);
 
+/// A buffer from one of the pools, given back when dropped: for code that moves bytes through
+/// a stream it must read and write itself (TLS), held only while bytes move.
+pub(crate) struct PooledBuffer {
+    buf: Option<Box<[u8]>>,
+    pool: &'static BufferPool,
+}
+
+impl PooledBuffer {
+    /// A large buffer, for a body of known length.
+    pub(crate) fn body() -> PooledBuffer {
+        Self::from(&BODY_BUFFERS)
+    }
+
+    /// A message-sized buffer, for a relay.
+    pub(crate) fn relay() -> PooledBuffer {
+        Self::from(&RELAY_BUFFERS)
+    }
+
+    fn from(pool: &'static BufferPool) -> PooledBuffer {
+        PooledBuffer {
+            buf: Some(pool.take()),
+            pool,
+        }
+    }
+}
+
+impl std::ops::Deref for PooledBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.buf.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for PooledBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.buf.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
+    }
+}
+
 /// How a flow carries bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carry {

@@ -9,6 +9,9 @@
 //! timeout (long-idle WebSockets are legitimate); TCP keepalive on both sockets finds peers that
 //! disappeared, and a peer that stops reading is cut after the write progress timeout.
 //!
+//! A TLS client cannot be spliced: its relay (`client.rs`) moves bytes through rustls with a
+//! pooled buffer per direction, under the same limits.
+//!
 //! The relay starts only after the backend's 101 has reached the client, with whatever either
 //! side sent early already passed on; the connection's own buffers are freed before it starts,
 //! and an idle relay holds no pipe either.
@@ -22,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::client::ClientStream;
 use crate::counting::ActiveGuard;
 use crate::splice::{Carry, Flow};
 
@@ -39,16 +43,16 @@ pub(crate) struct RelayLimits {
 /// Relays until both directions have closed, one has closed and the other did not follow
 /// within the grace, either fails, or a write stalls. `guard` keeps the backend counted as
 /// active for exactly that long. (Shutdown cuts the relay from outside, with its connection.)
-pub(crate) async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+pub(crate) async fn relay<C: ClientStream>(
+    client: &mut C,
+    backend: &mut TcpStream,
     guard: ActiveGuard,
     peer: SocketAddr,
     limits: RelayLimits,
 ) {
     let id = guard.route().backend();
     debug!(backend = %id, %peer, "upgraded connection open");
-    match relay_io(client, backend, limits).await {
+    match client.relay(backend, limits).await {
         Ok(done) => debug!(
             backend = %id,
             %peer,

@@ -17,11 +17,13 @@ use std::thread;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tracing::error;
 
 use crate::error::ProxyError;
 use crate::exchange::Proxy;
 use crate::http1::{serve_listener, Reaping};
+use crate::tls::{Certificate, TlsError};
 use crate::upstream;
 use crate::{ProxyConfig, RouteTable};
 
@@ -29,9 +31,19 @@ use crate::{ProxyConfig, RouteTable};
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// The proxy's listening sockets on one address: one per worker thread.
-#[derive(Debug)]
 pub struct Listeners {
     sockets: Vec<std::net::TcpListener>,
+    /// Set for an HTTPS listener: every connection starts with a handshake.
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("sockets", &self.sockets)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Listeners {
@@ -57,7 +69,7 @@ impl Listeners {
             at = listener.local_addr()?;
             sockets.push(listener);
         }
-        Ok(Listeners { sockets })
+        Ok(Listeners { sockets, tls: None })
     }
 
     /// The address bound (with the port chosen, if 0 was asked for).
@@ -69,6 +81,17 @@ impl Listeners {
             Some(socket) => socket.local_addr(),
             None => Err(io::Error::other("no listening socket")),
         }
+    }
+
+    /// Makes these listeners HTTPS: each connection is a TLS handshake with `certificate`'s
+    /// settings (its current pair, swapped as the files change), then HTTP/1.1; backends are
+    /// told `X-Forwarded-Proto: https`.
+    ///
+    /// # Errors
+    /// rustls refuses the settings ([`TlsError::Settings`]).
+    pub fn with_tls(mut self, certificate: &Arc<Certificate>) -> Result<Listeners, TlsError> {
+        self.tls = Some(TlsAcceptor::from(certificate.server_config()?));
+        Ok(self)
     }
 
     /// Worker threads these listeners serve on.
@@ -90,9 +113,13 @@ impl Listeners {
     pub async fn serve(
         self,
         table: RouteTable,
-        config: ProxyConfig,
+        mut config: ProxyConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
+        if self.tls.is_some() {
+            config.scheme = http::uri::Scheme::HTTPS;
+        }
+        let tls = self.tls;
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let proxy = Arc::new(Proxy::new(table, config));
         let mut sockets = self.sockets.into_iter();
@@ -104,7 +131,7 @@ impl Listeners {
         if sockets.len() == 0 {
             let listener =
                 tokio::net::TcpListener::from_std(first).map_err(ProxyError::Listener)?;
-            return serve_listener(listener, proxy, permits, Reaping::On, shutdown).await;
+            return serve_listener(listener, proxy, tls, permits, Reaping::On, shutdown).await;
         }
 
         // Dropped (with this future) or sent: either way every worker stops.
@@ -116,6 +143,7 @@ impl Listeners {
                 index,
                 socket,
                 proxy: Arc::clone(&proxy),
+                tls: tls.clone(),
                 permits: Arc::clone(&permits),
                 stopped: stopped.clone(),
             };
@@ -152,6 +180,7 @@ struct Worker {
     index: usize,
     socket: std::net::TcpListener,
     proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
     stopped: watch::Receiver<()>,
 }
@@ -167,6 +196,7 @@ impl Worker {
             index,
             socket,
             proxy,
+            tls,
             permits,
             mut stopped,
         } = self;
@@ -183,7 +213,7 @@ impl Worker {
                 // A send or the sender's drop: both mean stop.
                 let _ = stopped.changed().await;
             };
-            serve_listener(listener, proxy, permits, reaping, shutdown).await
+            serve_listener(listener, proxy, tls, permits, reaping, shutdown).await
         })
     }
 }
@@ -291,9 +321,16 @@ mod tests {
             assert!(get(&mut client).await.starts_with(b"HTTP/1.1 200 OK\r\n"));
         }
         let route = running.table.get("app.test").expect("route");
-        let workers: BTreeSet<usize> = route.upstream().expect("ready").idle_workers();
+        let upstream = route.upstream().expect("ready");
+        // A worker pools its connection just after the client has its answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while (upstream.idle_workers() != BTreeSet::from([0, 1]) || route.active() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(
-            workers,
+            upstream.idle_workers(),
             BTreeSet::from([0, 1]),
             "both workers served requests, each from its own pooled connections"
         );

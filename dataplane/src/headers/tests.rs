@@ -100,11 +100,30 @@ fn error_responses_are_complete() {
         http::StatusCode::SERVICE_UNAVAILABLE,
         &"backend b is still starting",
         Some(1),
+        None,
         true,
     );
     assert_eq!(
         String::from_utf8(out).expect("ascii"),
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
 content-length: 28\r\nretry-after: 1\r\nconnection: close\r\n\r\nbackend b is still starting\n"
+    );
+}
+
+#[test]
+fn redirects_carry_their_location() {
+    let mut out = Vec::new();
+    write_error_response(
+        &mut out,
+        http::StatusCode::PERMANENT_REDIRECT,
+        &"this proxy serves HTTPS",
+        None,
+        Some("https://a.plane.test:8443/x?y=1"),
+        false,
+    );
+    assert_eq!(
+        String::from_utf8(out).expect("ascii"),
+        "HTTP/1.1 308 Permanent Redirect\r\ncontent-type: text/plain; charset=utf-8\r\n\
+content-length: 24\r\nlocation: https://a.plane.test:8443/x?y=1\r\n\r\nthis proxy serves HTTPS\n"
     );
 }
