@@ -279,18 +279,22 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let api_addr = api_listener.local_addr()?;
+    let plain_addr = proxy.plain.local_addr()?;
+    let (proxy_addr, plain_line) = match &proxy.https {
+        Some(https) => (
+            https.listeners.local_addr()?,
+            format!("\n  plain    answers 308 to https (listening on {plain_addr})"),
+        ),
+        None => (plain_addr, String::new()),
+    };
     println!(
         "Plane dev is running.\n\
          \x20 API      http://{api_addr}\n\
-         \x20 proxy    {scheme}://{{backend}}.{cluster}:{port}/ (listening on {})\n\
+         \x20 proxy    {scheme}://{{backend}}.{cluster}:{port}/ (listening on {proxy_addr}){plain_line}\n\
          \x20 drone    {drone_id} (process executor)\n\n\
          Spawn a first backend (in another terminal):\n\
          \x20 cargo run --release -- spawn --wait --command \"sh -c 'exec python3 -m http.server --bind 127.0.0.1 \\$PORT'\"\n\
          Then open the URL it prints. Ctrl-C stops Plane and every backend it started.",
-        match &proxy.https {
-            Some(https) => https.listeners.local_addr()?,
-            None => proxy.plain.local_addr()?,
-        },
         scheme = proxy.scheme,
         port = proxy.public_port,
     );

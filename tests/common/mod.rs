@@ -427,7 +427,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The rest of the first output line of `child` that contains `marker`. Processes listen on
 /// port 0 and print the address they got, so tests never race for a port.
-fn after(child: &ChildGuard, marker: &str) -> anyhow::Result<String> {
+pub fn after(child: &ChildGuard, marker: &str) -> anyhow::Result<String> {
     let line = child.wait_for_output(marker, STARTUP_TIMEOUT)?;
     let (_, rest) = line
         .split_once(marker)
