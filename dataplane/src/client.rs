@@ -41,6 +41,9 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sized {
     where
         Self: 'a;
 
+    /// The host name the client asked for in its TLS handshake (SNI), if any.
+    fn server_name(&self) -> Option<&str>;
+
     /// Both halves, to read a request body while a response head is written.
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
 
@@ -68,6 +71,10 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sized {
 impl ClientStream for TcpStream {
     type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
     type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+
+    fn server_name(&self) -> Option<&str> {
+        None
+    }
 
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         TcpStream::split(self)
@@ -114,6 +121,10 @@ impl ClientStream for TcpStream {
 impl ClientStream for TlsStream<TcpStream> {
     type Reader<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
     type Writer<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
+
+    fn server_name(&self) -> Option<&str> {
+        self.get_ref().1.server_name()
+    }
 
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         tokio::io::split(self)

@@ -100,6 +100,15 @@ pub enum ProxyError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The TLS handshake named one route (SNI) and the request's `Host` another: the client
+    /// must not reuse a connection across them (RFC 9110 §15.5.20).
+    #[error("this connection is for {sni}, not {host}")]
+    Misdirected {
+        /// The route the handshake named.
+        sni: Box<str>,
+        /// The route the request named.
+        host: Box<str>,
+    },
     /// A plain-HTTP request to a proxy that serves HTTPS: the client is sent there (308).
     #[error("this proxy serves HTTPS: {location}")]
     HttpsRequired {
@@ -125,6 +134,7 @@ impl ProxyError {
             | ProxyError::ClientGone(_)
             | ProxyError::BadHost(_)
             | ProxyError::HttpsRequired { .. }
+            | ProxyError::Misdirected { .. }
             | ProxyError::UnknownBackend { .. }
             | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
@@ -164,6 +174,7 @@ impl ProxyError {
             | ProxyError::ClientGone(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             // An ended backend is as gone as one never started.
             ProxyError::UnknownBackend { .. } | ProxyError::BackendStopping { .. } => {

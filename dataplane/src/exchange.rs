@@ -205,7 +205,9 @@ async fn read_head<C: ClientStream>(
     let config = &proxy.config;
     let mut deadline = None;
     loop {
-        if head_end(conn.inbuf.data()).is_some() {
+        if let Some(end) = head_end(conn.inbuf.data()) {
+            // Consumed once answered, whether it is forwarded or refused.
+            conn.pending_head = end;
             return HeadRead::Complete;
         }
         if conn.inbuf.is_full() && !conn.inbuf.grow(config.max_request_header_bytes) {
@@ -346,7 +348,8 @@ async fn forward<C: ClientStream>(
         client_ip: peer.ip.as_bytes(),
         proto: proxy.proto.as_bytes(),
     };
-    let request = prepare_request(proxy, inbuf.data(), out, &forwarded)?;
+    let sni = client.server_name();
+    let request = prepare_request(proxy, inbuf.data(), out, &forwarded, sni)?;
     *pending_head = request.head_len;
     let refuse = request.refuse();
     let mut guard = request.guard;
@@ -630,6 +633,7 @@ pub(crate) fn prepare_request(
     buf: &[u8],
     out: &mut Vec<u8>,
     forwarded: &Forwarded<'_>,
+    sni: Option<&str>,
 ) -> Result<Prepared, Failure> {
     let mut slots = header_slots();
     let head = RequestHead::parse(buf, &mut slots)?
@@ -653,6 +657,15 @@ pub(crate) fn prepare_request(
         .table
         .route_key(host_str)
         .map_err(|e| refuse(e.into()))?;
+    // A handshake for one backend does not carry requests for another.
+    if let Some(named) = sni.and_then(|sni| proxy.table.route_key(sni).ok()) {
+        if !named.eq_ignore_ascii_case(label) {
+            return Err(refuse(ProxyError::Misdirected {
+                sni: named.to_ascii_lowercase().into(),
+                host: label.to_ascii_lowercase().into(),
+            }));
+        }
+    }
     let route = proxy
         .table
         .lookup(label)

@@ -35,7 +35,8 @@ impl HeadWork {
             proto: b"http",
         };
         self.out.clear();
-        let prepared = prepare_request(&self.proxy, request, &mut self.out, &forwarded).ok()?;
+        let prepared =
+            prepare_request(&self.proxy, request, &mut self.out, &forwarded, None).ok()?;
         let request_bytes = self.out.len();
         self.out.clear();
         let answer = prepare_response(response, &mut self.out, false, false, true).ok()?;

@@ -540,3 +540,33 @@ async fn a_request_recounted_on_a_readded_route_respects_the_limit() {
     assert_eq!(first.active(), 0, "a stopped counting on the old route");
     release.notify_one();
 }
+
+#[tokio::test]
+async fn a_refused_request_is_answered_once_and_the_connection_goes_on() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let backend = body_echo().await;
+    proxy.table.set_ready("a", backend.addr);
+    let mut stream = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    // An unknown backend, a host outside the cluster, then a routed request that closes.
+    within(stream.write_all(
+        b"GET /x HTTP/1.1\r\nHost: nobody.plane.localhost\r\n\r\n\
+GET /y HTTP/1.1\r\nHost: a.example.com\r\n\r\n\
+GET /z HTTP/1.1\r\nHost: a.plane.localhost\r\nConnection: close\r\n\r\n",
+    ))
+    .await
+    .expect("pipelined");
+    let mut rest = Vec::new();
+    let _ = within(stream.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert_eq!(rest.matches("HTTP/1.1 404 ").count(), 1, "{rest}");
+    assert_eq!(rest.matches("HTTP/1.1 400 ").count(), 1, "{rest}");
+    assert_eq!(rest.matches("HTTP/1.1 200 ").count(), 1, "{rest}");
+    assert!(rest.contains("GET /z\n"), "{rest}");
+    assert_eq!(
+        rest.matches("HTTP/1.1 ").count(),
+        3,
+        "one answer each: {rest}"
+    );
+}

@@ -68,10 +68,15 @@ impl HttpsProxy {
     }
 
     async fn connect(&self) -> TlsStream<TcpStream> {
+        self.connect_as(ServerName::try_from("app.plane.localhost").expect("name"))
+            .await
+    }
+
+    /// A connection whose handshake names `name` (a DNS name is sent as SNI; an address is not).
+    async fn connect_as(&self, name: ServerName<'static>) -> TlsStream<TcpStream> {
         let tcp = within(TcpStream::connect(self.addr))
             .await
             .expect("connect");
-        let name = ServerName::try_from("app.plane.localhost").expect("name");
         within(self.connector.connect(name, tcp))
             .await
             .expect("TLS handshake")
@@ -331,4 +336,57 @@ async fn the_plain_listener_of_an_https_proxy_redirects_to_https() {
         }
         assert_eq!(backend.accepted(), 0, "nothing is proxied in plain HTTP");
     }
+}
+
+#[tokio::test]
+async fn a_request_for_another_backend_than_the_handshake_named_is_misdirected() {
+    let proxy = HttpsProxy::start(ProxyConfig::default()).await;
+    let app = Backend::echo("app").await;
+    let other = Backend::echo("other").await;
+    proxy.table.set_ready("app", app.addr);
+    proxy.table.set_ready("other", other.addr);
+
+    let mut stream = proxy.connect().await;
+    send(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nHost: other.plane.localhost\r\n\r\n",
+    )
+    .await;
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 421 "), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("app.plane.localhost")
+            || String::from_utf8_lossy(&body).contains("for app"),
+        "{body:?}"
+    );
+    // The connection goes on for the backend it was opened for.
+    send(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nHost: APP.plane.localhost:443\r\n\r\n",
+    )
+    .await;
+    let (head, body) = read_response(&mut stream).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 "),
+        "{head}{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("backend: app"));
+    assert_eq!(other.accepted(), 0, "nothing reached the other backend");
+
+    // Without SNI (a client that connected by address) the Host alone routes.
+    let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut by_address = proxy.connect_as(ip).await;
+    send(
+        &mut by_address,
+        b"GET / HTTP/1.1\r\nHost: other.plane.localhost\r\n\r\n",
+    )
+    .await;
+    let (head, body) = read_response(&mut by_address).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 "),
+        "{head}{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(String::from_utf8_lossy(&body).contains("backend: other"));
 }
