@@ -1,0 +1,119 @@
+//! `plane proxy --tls-listen`: curl gets through with the CA that issued the certificate and
+//! is refused without it, the plain listener keeps serving, and sslscan (Debian's package)
+//! finds TLS 1.2 and 1.3 only, with forward-secret AEAD suites only.
+
+mod common;
+
+use anyhow::{ensure, Context};
+use common::{backend_bin, bounded, plane_bin};
+use plane_test_support::pki::Pki;
+use plane_test_support::{curl, eventually, free_port, ChildGuard};
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_with_its_certificate_and_only_strong_tls() -> anyhow::Result<()> {
+    bounded(async {
+        let port = free_port()?;
+        let mut backend = Command::new(backend_bin());
+        backend
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string());
+        let _backend = ChildGuard::spawn("backend", backend)?;
+        eventually(Duration::from_secs(10), "the backend to listen", || async {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop))
+        })
+        .await?;
+
+        let pki = Pki::generate()?;
+        let (cert_pem, key_pem) = pki.server_pair(&["app.example.test"])?;
+        let cert = pki.dir().join("proxy.pem");
+        let key = pki.dir().join("proxy-key.pem");
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        let mut proxy = Command::new(plane_bin());
+        proxy
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--route", &format!("app.example.test=127.0.0.1:{port}")]);
+        let proxy = ChildGuard::spawn("proxy", proxy)?;
+        let address = |marker: &str| -> anyhow::Result<String> {
+            let line = proxy.wait_for_output(marker, Duration::from_secs(20))?;
+            Ok(line
+                .split(marker)
+                .nth(1)
+                .context("an address")?
+                .trim()
+                .to_string())
+        };
+        let plain = address("proxy listening on ")?;
+        let tls = address("https listening on ")?;
+        let tls_port = tls.rsplit(':').next().context("port")?.to_string();
+        let resolve = format!("app.example.test:{tls_port}:127.0.0.1");
+        let url = format!("https://app.example.test:{tls_port}/info");
+        let ca = pki.ca.display().to_string();
+
+        let trusted = curl(&["--cacert", &ca, "--resolve", &resolve, &url])?;
+        ensure!(trusted.status == 200, "{trusted:?}");
+        ensure!(
+            trusted.body.contains("app.example.test"),
+            "the backend sees the Host: {trusted:?}"
+        );
+        ensure!(
+            curl(&["--resolve", &resolve, &url]).is_err(),
+            "a client that does not trust the CA is refused"
+        );
+        let plain = curl(&[
+            "-H",
+            "Host: app.example.test",
+            &format!("http://{plain}/info"),
+        ])?;
+        ensure!(plain.status == 200, "plain HTTP keeps serving: {plain:?}");
+
+        let scan = Command::new("sslscan")
+            .args(["--no-colour", &tls])
+            .output()
+            .context("running sslscan: is it installed?")?;
+        ensure!(scan.status.success(), "sslscan failed: {scan:?}");
+        let report = String::from_utf8_lossy(&scan.stdout);
+        for (protocol, state) in [
+            ("SSLv2", "disabled"),
+            ("SSLv3", "disabled"),
+            ("TLSv1.0", "disabled"),
+            ("TLSv1.1", "disabled"),
+            ("TLSv1.2", "enabled"),
+            ("TLSv1.3", "enabled"),
+        ] {
+            ensure!(
+                report.lines().any(|line| {
+                    let mut words = line.split_whitespace();
+                    words.next() == Some(protocol) && words.next() == Some(state)
+                }),
+                "{protocol} should be {state}:\n{report}"
+            );
+        }
+        let suites: Vec<&str> = report
+            .lines()
+            .filter(|line| line.starts_with("Accepted") || line.starts_with("Preferred"))
+            .collect();
+        ensure!(!suites.is_empty(), "no cipher suites found:\n{report}");
+        for suite in suites {
+            let aead = suite.contains("GCM") || suite.contains("CHACHA20");
+            let forward_secret = suite.contains("TLSv1.3") || suite.contains("ECDHE");
+            ensure!(aead && forward_secret, "weak suite: {suite}");
+        }
+        Ok(())
+    })
+    .await
+}
