@@ -372,6 +372,10 @@ pub struct SpawnArgs {
     /// Return once the backend is ready (or fail if it ends first).
     #[arg(long)]
     pub wait: bool,
+    /// Clients must show the backend's access token (printed here, and never again):
+    /// `Authorization: Bearer TOKEN`, or the cookie set by `/_plane_auth?token=TOKEN`.
+    #[arg(long)]
+    pub require_token: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -37,6 +37,7 @@ pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
         executable: Executable { command },
         max_idle_secs: args.idle,
         env,
+        require_token: args.require_token,
     };
     // Check locally first, so that a typo fails before any network round trip.
     request
@@ -44,14 +45,17 @@ pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
         .validate()
         .context("invalid spawn request")?;
     let api = client(&args.client)?;
-    let mut record = api.spawn(&request).await?;
+    let mut answer = api.spawn(&request).await?;
     if args.wait {
-        record = wait_until_ready(&api, &record.id.to_string()).await?;
+        answer.record = wait_until_ready(&api, &answer.record.id.to_string()).await?;
     }
     if args.client.json {
-        print_json(&record)
+        print_json(&answer)
     } else {
-        print_backend(&record);
+        print_backend(&answer.record);
+        if let Some(token) = &answer.token {
+            println!("token     {}", token.as_str());
+        }
         Ok(())
     }
 }

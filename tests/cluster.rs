@@ -29,6 +29,7 @@ flow_test!(unknown_hosts_are_refused);
 flow_test!(bad_api_input_is_refused);
 flow_test!(requests_wait_for_a_starting_backend);
 flow_test!(a_backend_that_never_listens_times_out);
+flow_test!(token_guards_a_backend);
 
 /// Killing the drone outright (SIGKILL) leaves no backend process running, and the controller
 /// declares its backends lost once its heartbeats stop.

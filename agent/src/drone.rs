@@ -19,6 +19,7 @@ use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
 };
 use plane_protocol::subjects::Subjects;
+use plane_protocol::token::AccessToken;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -208,7 +209,11 @@ impl Drone {
     /// Acts on a command at once; the answer goes out from a task of its own.
     fn on_command(&self, msg: Message, reports: &Reports) {
         let ack = match msg.decode::<DroneCommand>() {
-            Ok(DroneCommand::Spawn { backend, spec }) => self.spawn(backend, spec, reports),
+            Ok(DroneCommand::Spawn {
+                backend,
+                spec,
+                token,
+            }) => self.spawn(backend, spec, token, reports),
             Ok(DroneCommand::Terminate { backend }) => {
                 if let Some(handle) = self.shared.backends().get(&backend) {
                     handle.request_stop(TerminationReason::Terminated);
@@ -231,7 +236,22 @@ impl Drone {
     }
 
     /// Starts a backend's lifecycle unless it is known already (then the spawn is a re-send).
-    fn spawn(&self, backend: BackendId, spec: BackendSpec, reports: &Reports) -> Ack {
+    fn spawn(
+        &self,
+        backend: BackendId,
+        spec: BackendSpec,
+        token: Option<AccessToken>,
+        reports: &Reports,
+    ) -> Ack {
+        if spec.require_token != token.is_some() {
+            return Ack::Rejected {
+                error: format!(
+                    "backend {backend}: require_token is {} but {} token came with it",
+                    spec.require_token,
+                    if token.is_some() { "a" } else { "no" }
+                ),
+            };
+        }
         let mut backends = self.shared.backends();
         if backends.contains_key(&backend) {
             return Ack::Accepted;
@@ -257,7 +277,10 @@ impl Drone {
         drop(backends);
         // Before the acknowledgement: from the moment the spawn call returns, requests for the
         // backend are held until it is ready instead of answered 404.
-        self.shared.context.table.insert_starting(backend.as_str());
+        self.shared
+            .context
+            .table
+            .insert_starting_with(backend.as_str(), token.as_ref().map(AccessToken::as_str));
         let shared = self.shared.clone();
         let reports = BackendReports::new(
             reports.clone(),

@@ -342,6 +342,7 @@ pub(crate) mod tests {
                 ("PLANE_BACKEND_ID".to_string(), "other".to_string()),
                 ("PLANE_CLUSTER".to_string(), "other".to_string()),
             ]),
+            require_token: false,
         };
         let env = environment(&backend, "plane.test", 4242, &spec);
         let expected = [

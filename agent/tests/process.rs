@@ -47,6 +47,7 @@ fn launch(command: &[&str], marker: &str, port: u16) -> Launch {
             },
             max_idle_secs: 60,
             env: BTreeMap::new(),
+            require_token: false,
         },
         env: vec![
             ("PORT".to_string(), port.to_string()),

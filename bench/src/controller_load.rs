@@ -76,6 +76,7 @@ pub fn spec() -> BackendSpec {
         },
         max_idle_secs: 300,
         env: Default::default(),
+        require_token: false,
     }
 }
 

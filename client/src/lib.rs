@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
-use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::records::{BackendRecord, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
@@ -101,7 +101,9 @@ impl ApiClient {
         Ok(self)
     }
 
-    pub async fn spawn(&self, request: &SpawnRequest) -> Result<BackendRecord, ClientError> {
+    /// Spawns a backend; the answer carries its access token when it requires one (no other
+    /// answer ever does).
+    pub async fn spawn(&self, request: &SpawnRequest) -> Result<SpawnAnswer, ClientError> {
         let body = serde_json::to_vec(request)?;
         self.json(Method::POST, "/v1/backends", Some(body)).await
     }

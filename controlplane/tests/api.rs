@@ -206,11 +206,20 @@ async fn spawn_get_and_terminate_over_http() {
     assert_eq!(json["state"], "scheduled");
     assert_eq!(json["drone"], "d1");
     assert_eq!(record.max_idle_secs, 45);
-    let DroneCommand::Spawn { backend, spec } = drone.next().await else {
+    let DroneCommand::Spawn {
+        backend,
+        spec,
+        token,
+    } = drone.next().await
+    else {
         panic!("expected a spawn command");
     };
     assert_eq!(backend, record.id);
     assert_eq!(spec.executable.command, ["my-server"]);
+    assert!(
+        token.is_none() && json.get("token").is_none(),
+        "no token unless asked"
+    );
 
     let path = format!("/v1/backends/{}", record.id);
     let (status, json) = api.call(Method::GET, &path, "").await;
@@ -288,6 +297,63 @@ impl Events {
 }
 
 #[tokio::test]
+async fn a_token_is_in_the_spawn_answer_and_the_drone_command_and_nowhere_else() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let api = Api::serve(&cluster).await;
+    let (status, json) = api
+        .call(
+            Method::POST,
+            "/v1/backends",
+            r#"{"executable": {"command": ["my-server"]}, "require_token": true}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let token = json["token"].as_str().expect("a token").to_string();
+    assert_eq!(token.len(), plane_protocol::token::TOKEN_LEN);
+    assert_eq!(json["spec"]["require_token"], true);
+    let id = json["id"].as_str().expect("id").to_string();
+    let DroneCommand::Spawn {
+        token: sent, spec, ..
+    } = drone.next().await
+    else {
+        panic!("expected a spawn command");
+    };
+    assert!(spec.require_token);
+    assert_eq!(sent.as_ref().map(|t| t.as_str()), Some(token.as_str()));
+
+    // Status, list and the event stream: the record, never the token.
+    let (_, status_json) = api
+        .call(Method::GET, &format!("/v1/backends/{id}"), "")
+        .await;
+    let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
+    let events = api
+        .send(Method::GET, &format!("/v1/backends/{id}/events"), "")
+        .await;
+    let mut events = Events {
+        body: events.into_body(),
+        buffer: BytesMut::new(),
+    };
+    let event = events.next().await.expect("the current state");
+    for (what, text) in [
+        ("status", status_json.to_string()),
+        ("list", list_json.to_string()),
+        ("event", serde_json::to_string(&event).expect("json")),
+        (
+            "stored record",
+            format!("{:?}", cluster.controller.backends()),
+        ),
+    ] {
+        assert!(!text.contains(&token), "the token is in the {what}: {text}");
+        assert!(
+            !text.contains("\"token\""),
+            "a token field in the {what}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn events_give_the_current_state_then_each_change_and_end_after_terminated() {
     let cluster = Cluster::start(LONG_GRACE).await;
     cluster.heartbeat("d1", 0, 1).await;
@@ -317,7 +383,7 @@ async fn events_give_the_current_state_then_each_change_and_end_after_terminated
         buffer: BytesMut::new(),
     };
     let first = events.next().await.expect("the current state");
-    assert_eq!(first, record);
+    assert_eq!(first, record.record);
 
     let steps = [
         (BackendState::Loading, None),

@@ -93,7 +93,7 @@ impl Harness {
                 .expect("applied");
             assert_eq!(ack, Ack::Accepted);
         }
-        record.id
+        record.record.id
     }
 
     async fn backend(&self, id: &BackendId) -> BackendRecord {

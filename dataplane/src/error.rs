@@ -109,6 +109,26 @@ pub enum ProxyError {
         /// The route the request named.
         host: Box<str>,
     },
+    /// The backend requires an access token and the request shows none.
+    #[error("backend {backend} requires an access token")]
+    TokenRequired {
+        /// The backend asked for.
+        backend: Box<str>,
+    },
+    /// The request shows a token that is not the backend's.
+    #[error("wrong access token for backend {backend}")]
+    TokenRefused {
+        /// The backend asked for.
+        backend: Box<str>,
+    },
+    /// `/_plane_auth` with the right token: the browser gets the cookie and goes on (303).
+    #[error("signed in; continue at {location}")]
+    TokenAccepted {
+        /// The path on the same host to continue at.
+        location: Box<str>,
+        /// The `Set-Cookie` value carrying the token.
+        cookie: Box<str>,
+    },
     /// A plain-HTTP request to a proxy that serves HTTPS: the client is sent there (308).
     #[error("this proxy serves HTTPS: {location}")]
     HttpsRequired {
@@ -135,6 +155,9 @@ impl ProxyError {
             | ProxyError::BadHost(_)
             | ProxyError::HttpsRequired { .. }
             | ProxyError::Misdirected { .. }
+            | ProxyError::TokenRequired { .. }
+            | ProxyError::TokenRefused { .. }
+            | ProxyError::TokenAccepted { .. }
             | ProxyError::UnknownBackend { .. }
             | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
@@ -160,7 +183,17 @@ impl ProxyError {
     /// Where the client is sent instead, for a redirect.
     pub fn location(&self) -> Option<&str> {
         match self {
-            ProxyError::HttpsRequired { location } => Some(location),
+            ProxyError::HttpsRequired { location } | ProxyError::TokenAccepted { location, .. } => {
+                Some(location)
+            }
+            _ => None,
+        }
+    }
+
+    /// The cookie the client is given with the answer.
+    pub fn set_cookie(&self) -> Option<&str> {
+        match self {
+            ProxyError::TokenAccepted { cookie, .. } => Some(cookie),
             _ => None,
         }
     }
@@ -175,6 +208,9 @@ impl ProxyError {
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::TokenRequired { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::TokenRefused { .. } => StatusCode::FORBIDDEN,
+            ProxyError::TokenAccepted { .. } => StatusCode::SEE_OTHER,
             ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             // An ended backend is as gone as one never started.
             ProxyError::UnknownBackend { .. } | ProxyError::BackendStopping { .. } => {

@@ -21,6 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
+use crate::access;
 use crate::buffer::Buf;
 use crate::client::{BodyFault, ClientStream};
 use crate::counting::{ActiveGuard, Refusal};
@@ -670,9 +671,32 @@ pub(crate) fn prepare_request(
         .table
         .lookup(label)
         .ok_or_else(|| refuse(unknown(label)))?;
+    // Checked before counting: a request without the token is no activity.
+    if let Some(token) = route.token() {
+        let (path, query) = head
+            .target
+            .path
+            .split_once('?')
+            .unwrap_or((head.target.path, ""));
+        if path == access::AUTH_PATH {
+            let secure = proxy.proto.as_ref() == "https";
+            return Err(refuse(access::exchange_for_cookie(
+                query,
+                token,
+                route.backend(),
+                secure,
+            )));
+        }
+        access::admit(head.headers, token, route.backend()).map_err(refuse)?;
+    }
     // Counted from the request head on, including while held for a starting backend.
     let guard = count(proxy, &route).map_err(refuse)?;
-    headers::write_request_head(out, &head, host, forwarded);
+    let credentials = if route.requires_token() {
+        headers::Credentials::Strip
+    } else {
+        headers::Credentials::Pass
+    };
+    headers::write_request_head(out, &head, host, forwarded, credentials);
     let start = label.as_ptr() as usize - buf.as_ptr() as usize;
     Ok(Prepared {
         guard,
@@ -936,17 +960,24 @@ async fn respond_error<C: ClientStream>(
     keep_alive: bool,
 ) -> Next {
     let status = error.status();
-    let retry_after =
-        (status == http::StatusCode::SERVICE_UNAVAILABLE).then_some(proxy.config.retry_after_secs);
+    let retry_after = (status == http::StatusCode::SERVICE_UNAVAILABLE)
+        .then(|| proxy.config.retry_after_secs.to_string());
+    // Allocated only on these rare answers, never for a proxied request.
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    if let Some(secs) = &retry_after {
+        fields.push(("retry-after", secs));
+    }
+    if let Some(location) = error.location() {
+        fields.push(("location", location));
+    }
+    if let Some(cookie) = error.set_cookie() {
+        fields.push(("set-cookie", cookie));
+    }
+    if status == http::StatusCode::UNAUTHORIZED {
+        fields.push(("www-authenticate", "Bearer"));
+    }
     conn.out.clear();
-    headers::write_error_response(
-        &mut conn.out,
-        status,
-        error,
-        retry_after,
-        error.location(),
-        !keep_alive,
-    );
+    headers::write_error_response(&mut conn.out, status, error, &fields, !keep_alive);
     let written = write_all(
         &mut conn.client,
         &conn.out,

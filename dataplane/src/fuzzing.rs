@@ -5,9 +5,10 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use crate::access;
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, RequestHead, ResponseHead};
-use crate::headers::{self, Forwarded};
+use crate::headers::{self, Credentials, Forwarded};
 use crate::RouteTable;
 
 /// The cluster the fuzzed heads are routed in; `a` is its one backend.
@@ -51,7 +52,7 @@ pub fn request_head(data: &[u8], table: &RouteTable) -> Option<String> {
     let host_str = std::str::from_utf8(host).ok()?;
 
     let mut out = Vec::new();
-    headers::write_request_head(&mut out, &head, host, &FORWARDED);
+    headers::write_request_head(&mut out, &head, host, &FORWARDED, Credentials::Pass);
     out.extend_from_slice(&data[head.len..]);
     let mut again_slots = header_slots();
     // What the backend gets must fit every slot there is, no more.
@@ -119,6 +120,69 @@ fn body_split_invariant(framing: Framing, body: &[u8]) {
             assert_eq!(split, *whole, "split at {at} moves the body's end");
         }
     }
+}
+
+/// The token of the backend the credentials oracle guards.
+pub const TOKEN: &str = "s3cr3tT0ken";
+
+/// Arbitrary bytes as a request head to a backend that requires [`TOKEN`]. Returns whether
+/// the request would be admitted.
+///
+/// Oracle: no panic; a request is admitted only when it shows exactly the token; the head the
+/// backend would get carries neither `Authorization` nor a `plane_token` cookie, and still
+/// parses; `/_plane_auth` answers only ever send the browser to a path on the same host, with
+/// nothing that could end a header line.
+pub fn credentials(data: &[u8]) -> bool {
+    let mut slots = header_slots();
+    let Ok(Some(head)) = RequestHead::parse(data, &mut slots) else {
+        return false;
+    };
+    let (path, query) = head
+        .target
+        .path
+        .split_once('?')
+        .unwrap_or((head.target.path, ""));
+    if path == access::AUTH_PATH {
+        let answer = access::exchange_for_cookie(query, TOKEN.as_bytes(), "a", true);
+        if let Some(location) = answer.location() {
+            let bytes = location.as_bytes();
+            assert!(
+                bytes.first() == Some(&b'/') && !matches!(bytes.get(1), Some(b'/' | b'\\')),
+                "sent off-site: {location:?}"
+            );
+            assert!(
+                bytes.iter().all(|&b| (0x21..0x7f).contains(&b)),
+                "unsafe Location: {location:?}"
+            );
+        }
+    }
+    let admitted = access::admit(head.headers, TOKEN.as_bytes(), "a").is_ok();
+    if admitted {
+        let shown = access::presented(head.headers).expect("admitted with a token");
+        assert_eq!(shown, TOKEN.as_bytes(), "admitted with another token");
+    }
+    let Some(host) = head.authority() else {
+        return admitted;
+    };
+    let mut out = Vec::new();
+    headers::write_request_head(&mut out, &head, host, &FORWARDED, Credentials::Strip);
+    let mut again_slots = header_slots();
+    let again = RequestHead::parse_leaving(&out, &mut again_slots, 0)
+        .unwrap_or_else(|e| panic!("rewritten head does not parse: {e}"))
+        .expect("rewritten head is complete");
+    for header in again.headers {
+        assert!(
+            !header.name.eq_ignore_ascii_case("authorization"),
+            "Authorization reached the backend"
+        );
+        if header.name.eq_ignore_ascii_case("cookie") {
+            assert!(
+                access::cookie(header.value, access::COOKIE).is_none(),
+                "plane_token reached the backend"
+            );
+        }
+    }
+    admitted
 }
 
 /// Arbitrary bytes as a backend's response head (the first byte picks whether it answers a

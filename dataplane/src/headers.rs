@@ -13,6 +13,7 @@ use std::io::Write;
 
 use httparse::Header;
 
+use crate::access;
 use crate::head::{tokens, RequestHead, ResponseHead};
 
 /// Removed from every message whatever `Connection` says. `Proxy-Authorization` and
@@ -78,13 +79,24 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) proto: &'a [u8],
 }
 
+/// What happens to the request's credentials for Plane (`access.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// The backend takes no token: `Authorization` and every cookie are the app's own.
+    Pass,
+    /// The backend requires a token: `Authorization` and the `plane_token` cookie were Plane's
+    /// and stop here.
+    Strip,
+}
+
 /// Writes the head the backend gets for `head`: origin-form target, `Host` set to `host`, hop-by-hop
-/// and forwarding fields replaced.
+/// and forwarding fields replaced, Plane's credentials removed when `credentials` says so.
 pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead<'_, '_>,
     host: &[u8],
     forwarded: &Forwarded<'_>,
+    credentials: Credentials,
 ) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -112,6 +124,21 @@ pub(crate) fn write_request_head(
             || (head.connection_names_fields && named_by_connection(head.headers, name))
         {
             continue;
+        }
+        if credentials == Credentials::Strip {
+            if name.eq_ignore_ascii_case("authorization") {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("cookie") {
+                let start = out.len();
+                out.extend_from_slice(b"cookie: ");
+                if access::without_token_cookie(header.value, out) {
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.truncate(start);
+                }
+                continue;
+            }
         }
         write_field(out, name.as_bytes(), header.value);
     }
@@ -150,13 +177,13 @@ pub(crate) fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a complete response of the proxy's own: a one-line plain-text `message`.
+/// Writes a complete response of the proxy's own: a one-line plain-text `message`, with
+/// `fields` (`Retry-After`, `Location`, ...) after the framing ones.
 pub(crate) fn write_error_response(
     out: &mut Vec<u8>,
     status: http::StatusCode,
     message: &dyn std::fmt::Display,
-    retry_after: Option<u32>,
-    location: Option<&str>,
+    fields: &[(&str, &str)],
     close: bool,
 ) {
     let body = format!("{message}\n");
@@ -167,11 +194,8 @@ pub(crate) fn write_error_response(
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
     );
-    if let Some(secs) = retry_after {
-        let _ = write!(out, "retry-after: {secs}\r\n");
-    }
-    if let Some(location) = location {
-        write_field(out, b"location", location.as_bytes());
+    for (name, value) in fields {
+        write_field(out, name.as_bytes(), value.as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

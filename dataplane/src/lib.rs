@@ -10,6 +10,7 @@
 //! (`workers.rs`). Every limit lives in [`limits`]; every failure is a
 //! [`ProxyError`] that knows its side.
 
+mod access;
 mod buffer;
 mod client;
 mod config;

@@ -30,6 +30,8 @@ pub struct Route {
     backend: Box<str>,
     upstream: ArcSwapOption<Upstream>,
     activity: Activity,
+    /// The access token requests must show, fixed when the route is created.
+    token: Option<Box<[u8]>>,
 }
 
 impl Route {
@@ -38,7 +40,17 @@ impl Route {
             backend,
             upstream: ArcSwapOption::new(upstream.map(Arc::new)),
             activity: Activity::new(),
+            token: None,
         }
+    }
+
+    /// Whether requests must show an access token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    pub(crate) fn token(&self) -> Option<&[u8]> {
+        self.token.as_deref()
     }
 
     /// The backend's id as stored (lowercased).
@@ -162,6 +174,14 @@ impl RouteTable {
     /// (bounded by `ProxyConfig::starting_wait`, then 503 with `Retry-After`). An existing route
     /// goes back to starting and keeps its counters.
     pub fn insert_starting(&self, backend: &str) -> Arc<Route> {
+        self.insert_starting_with(backend, None)
+    }
+
+    /// [`insert_starting`](Self::insert_starting) for a backend that admits only requests
+    /// showing `token` (`Authorization: Bearer` or the `plane_token` cookie). The token is part
+    /// of the route from its first moment, so no request ever gets through without it; an
+    /// existing route keeps the token it was created with.
+    pub fn insert_starting_with(&self, backend: &str, token: Option<&str>) -> Arc<Route> {
         let _writer = self.lock_writer();
         let key = backend.to_ascii_lowercase();
         if let Some(route) = self.inner.routes.load().get(key.as_str()) {
@@ -169,7 +189,9 @@ impl RouteTable {
             self.notify();
             return Arc::clone(route);
         }
-        let route = Arc::new(Route::new(key.into_boxed_str(), None));
+        let mut route = Route::new(key.into_boxed_str(), None);
+        route.token = token.map(|token| Box::from(token.as_bytes()));
+        let route = Arc::new(route);
         self.insert_locked([Arc::clone(&route)]);
         route
     }

@@ -1,5 +1,5 @@
 //! Runs every seed of every fuzz target (`route_host`, `request_head`, `response_head`,
-//! `upgrade_relay`) through its oracle, so the corpora are checked by `cargo test` and not only
+//! `upgrade_relay`, `credentials`) through its oracle, so the corpora are checked by `cargo test` and not only
 //! by `cargo fuzz`.
 
 #[path = "common/route_host_oracle.rs"]
@@ -131,5 +131,32 @@ fn upgrade_relay_seed_corpus_passes_the_oracle() {
     assert!(seeds.len() >= 5, "only {} seeds", seeds.len());
     for (_, data) in seeds {
         plane_dataplane::fuzzing::relay_script(&data);
+    }
+}
+
+#[test]
+fn credentials_seed_corpus_passes_the_oracle() {
+    let seeds = seeds("credentials");
+    assert!(seeds.len() >= 10, "only {} seeds", seeds.len());
+    let admitted: Vec<&str> = seeds
+        .iter()
+        .filter(|(_, data)| plane_dataplane::fuzzing::credentials(data))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for name in ["bearer", "bearer_lowercase", "cookie", "two_cookie_fields"] {
+        assert!(
+            admitted.contains(&name),
+            "{name} should be admitted: {admitted:?}"
+        );
+    }
+    for name in [
+        "wrong_bearer_right_cookie",
+        "prefix",
+        "basic",
+        "lookalike_cookies",
+        "none",
+        "auth_wrong",
+    ] {
+        assert!(!admitted.contains(&name), "{name} should be refused");
     }
 }

@@ -102,7 +102,7 @@ label_id!(DroneId, "A drone's id, unique in its cluster.");
 /// A random lowercase base-36 string of `len` characters, starting with a letter, drawn from
 /// the operating system's CSPRNG: a backend's id is all a client needs to reach a backend that
 /// has no token, so it must not be guessable. Rejection sampling keeps every character uniform.
-fn random_label(len: usize) -> String {
+pub(crate) fn random_label(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(len);
     let mut pool = [0u8; 64];

@@ -8,5 +8,6 @@ pub mod messages;
 pub mod records;
 pub mod spawn_request;
 pub mod subjects;
+pub mod token;
 
 pub use error_chain::error_chain;

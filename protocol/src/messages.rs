@@ -3,6 +3,7 @@
 //! receiver (or answered with an error when a reply is expected).
 
 use crate::ids::{BackendId, DroneId};
+use crate::token::AccessToken;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -156,6 +157,9 @@ pub struct BackendSpec {
     /// Extra environment, on top of Plane's own variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Clients must show the backend's access token (the spawn answer's `token`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_token: bool,
 }
 
 /// Controller → drone, as a request on [`crate::subjects::Subjects::drone_commands`].
@@ -166,6 +170,9 @@ pub enum DroneCommand {
     Spawn {
         backend: BackendId,
         spec: BackendSpec,
+        /// The token clients must show, when `spec.require_token`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<AccessToken>,
     },
     /// Stop a backend. Idempotent: an unknown or ended backend is acknowledged.
     Terminate { backend: BackendId },

@@ -5,6 +5,7 @@ use crate::ids::{BackendId, DroneId};
 use crate::messages::{
     BackendSpec, BackendState, ExecutorKind, Heartbeat, StateReport, TerminationReason, UnixMillis,
 };
+use crate::token::AccessToken;
 use serde::{Deserialize, Serialize};
 
 /// One backend, from scheduling to termination (bucket `plane_{cluster}_backends`, key = id).
@@ -37,6 +38,24 @@ pub struct BackendRecord {
     /// sent later than this that does not list the backend means the drone no longer runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<UnixMillis>,
+}
+
+/// The answer to a spawn: the backend's record, and its access token when it requires one.
+/// The only answer that ever carries the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnAnswer {
+    #[serde(flatten)]
+    pub record: BackendRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AccessToken>,
+}
+
+impl std::ops::Deref for SpawnAnswer {
+    type Target = BackendRecord;
+
+    fn deref(&self) -> &BackendRecord {
+        &self.record
+    }
 }
 
 /// What applying a drone's report to a record did.
@@ -190,6 +209,7 @@ mod tests {
                 },
                 max_idle_secs: 5,
                 env: Default::default(),
+                require_token: false,
             },
             created_at: 1,
             updated_at: 1,

@@ -30,6 +30,10 @@ pub struct SpawnRequest {
     /// Extra environment for the backend.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Clients must show an access token to reach the backend: the spawn answer carries it
+    /// (`token`), and nothing else ever shows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_token: bool,
 }
 
 /// Why a spawn body was refused; the text names the offending field.
@@ -117,6 +121,7 @@ impl SpawnRequest {
             executable: self.executable,
             max_idle_secs,
             env: self.env,
+            require_token: self.require_token,
         })
     }
 }

@@ -291,3 +291,87 @@ pub async fn run(
         .with_context(|| format!("{name} timed out"))?
         .with_context(|| format!("flow {name}"))
 }
+
+/// A backend spawned with `--require-token`: only the spawn answer shows its token (not
+/// `plane status`, `plane list` or the event stream); without it the proxy answers 401, with
+/// another 403; `Authorization: Bearer` and the cookie that `/_plane_auth` sets both get
+/// through, and the backend sees neither (its own cookies pass).
+pub async fn token_guards_a_backend(c: &Cluster) -> anyhow::Result<()> {
+    let record = c
+        .spawn_ready("", &["--require-token", "--idle", "60"])
+        .await?;
+    let id = id_of(&record)?;
+    let token = record["token"]
+        .as_str()
+        .context("the spawn answer carries the token")?
+        .to_string();
+    let host = c.host(&id);
+
+    let none = c.get(&host, "/info", &[])?;
+    ensure!(none.status == 401, "no token: {none:?}");
+    let wrong = c.get(
+        &host,
+        "/info",
+        &["-H", "Authorization: Bearer 0000wrong0000"],
+    )?;
+    ensure!(wrong.status == 403, "wrong token: {wrong:?}");
+
+    let bearer = format!("Authorization: Bearer {token}");
+    let info = c
+        .get(&host, "/info", &["-H", &bearer, "-H", "Cookie: theme=dark"])?
+        .json()?;
+    ensure!(
+        info["headers"]["authorization"].is_null(),
+        "Authorization reached the backend: {info}"
+    );
+    ensure!(info["headers"]["cookie"] == "theme=dark", "cookies: {info}");
+
+    let exchange = c.get(
+        &host,
+        &format!("/_plane_auth?token={token}&redirect=%2Finfo%3Fx%3D1"),
+        &["-i"],
+    )?;
+    ensure!(exchange.status == 303, "{exchange:?}");
+    let lines: Vec<String> = exchange
+        .body
+        .lines()
+        .map(|line| line.trim().to_ascii_lowercase())
+        .collect();
+    ensure!(
+        lines.iter().any(|l| l == "location: /info?x=1"),
+        "{exchange:?}"
+    );
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("set-cookie: plane_token=")
+                && l.contains("httponly")
+                && l.contains("samesite=lax")),
+        "{exchange:?}"
+    );
+    let offsite = c.get(
+        &host,
+        &format!("/_plane_auth?token={token}&redirect=https%3A%2F%2Fevil.example%2F"),
+        &[],
+    )?;
+    ensure!(offsite.status == 400, "off-site redirect: {offsite:?}");
+
+    let cookie = format!("Cookie: theme=dark; plane_token={token}");
+    let info = c.get(&host, "/info", &["-H", &cookie])?.json()?;
+    ensure!(info["headers"]["cookie"] == "theme=dark", "cookies: {info}");
+
+    for args in [
+        vec!["status", id.as_str(), "--json"],
+        vec!["list", "--json"],
+    ] {
+        let output = c.plane(&args).await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        ensure!(output.status.success(), "plane {args:?}: {output:?}");
+        ensure!(
+            !text.contains(&token),
+            "plane {args:?} shows the token: {text}"
+        );
+    }
+    c.plane_json(&["terminate", &id]).await?;
+    no_process_left(&id).await
+}

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
-use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::records::{BackendRecord, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde_json::json;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 async fn spawn_backend(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<BackendRecord>), ApiError> {
+) -> Result<(StatusCode, Json<SpawnAnswer>), ApiError> {
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let spec = SpawnRequest::from_json(&body).map_err(|e| {
         ApiError::new(

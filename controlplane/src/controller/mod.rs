@@ -20,8 +20,9 @@ use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, StateReport,
     TerminationReason,
 };
-use plane_protocol::records::{BackendRecord, DroneRecord, DroneView, ReportOutcome};
+use plane_protocol::records::{BackendRecord, DroneRecord, DroneView, ReportOutcome, SpawnAnswer};
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
+use plane_protocol::token::AccessToken;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -365,7 +366,19 @@ impl Controller {
     }
 
     /// Schedules a backend: picks drones best first and gives it to the first that accepts.
-    pub async fn spawn(&self, spec: BackendSpec) -> Result<BackendRecord, ControlError> {
+    /// A backend that requires a token gets a new one, given to its drone and in the answer,
+    /// and kept nowhere else.
+    pub async fn spawn(&self, spec: BackendSpec) -> Result<SpawnAnswer, ControlError> {
+        let token = spec.require_token.then(AccessToken::generate);
+        let record = self.schedule(spec, token.as_ref()).await?;
+        Ok(SpawnAnswer { record, token })
+    }
+
+    async fn schedule(
+        &self,
+        spec: BackendSpec,
+        token: Option<&AccessToken>,
+    ) -> Result<BackendRecord, ControlError> {
         let state = &self.inner.state;
         let now = now_millis();
         let drones = self
@@ -421,6 +434,7 @@ impl Controller {
             let command = DroneCommand::Spawn {
                 backend: id.clone(),
                 spec: spec.clone(),
+                token: token.cloned(),
             };
             match self.command_drone(&drone.id, &command).await {
                 Ok(Ack::Accepted) => {

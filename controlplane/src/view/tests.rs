@@ -17,6 +17,7 @@ fn backend(id: &str, drone: &str, state: BackendState) -> BackendRecord {
             },
             max_idle_secs: 5,
             env: Default::default(),
+            require_token: false,
         },
         created_at: 1,
         updated_at: 1,

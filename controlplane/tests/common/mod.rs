@@ -58,6 +58,7 @@ pub fn spec() -> BackendSpec {
         },
         max_idle_secs: 30,
         env: BTreeMap::from([("K".to_string(), "V".to_string())]),
+        require_token: false,
     }
 }
 

@@ -16,6 +16,7 @@ fn forwarded_request(raw: &[u8]) -> String {
             client_ip: b"127.0.0.1",
             proto: b"http",
         },
+        Credentials::Pass,
     );
     String::from_utf8(out).expect("ascii")
 }
@@ -99,8 +100,7 @@ fn error_responses_are_complete() {
         &mut out,
         http::StatusCode::SERVICE_UNAVAILABLE,
         &"backend b is still starting",
-        Some(1),
-        None,
+        &[("retry-after", "1")],
         true,
     );
     assert_eq!(
@@ -117,8 +117,7 @@ fn redirects_carry_their_location() {
         &mut out,
         http::StatusCode::PERMANENT_REDIRECT,
         &"this proxy serves HTTPS",
-        None,
-        Some("https://a.plane.test:8443/x?y=1"),
+        &[("location", "https://a.plane.test:8443/x?y=1")],
         false,
     );
     assert_eq!(
