@@ -44,6 +44,14 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sized {
     /// The host name the client asked for in its TLS handshake (SNI), if any.
     fn server_name(&self) -> Option<&str>;
 
+    /// Whether a connection that opens with the HTTP/2 preface is served as HTTP/2 (h2c): on a
+    /// plain listener; over TLS the protocol was chosen in the handshake.
+    const PRIOR_KNOWLEDGE_H2: bool;
+
+    /// The plain socket, for a client that turned out to speak prior-knowledge HTTP/2 (h2c);
+    /// a TLS client gets back its stream (it chose its protocol in the handshake).
+    fn into_plain(self) -> Result<TcpStream, Self>;
+
     /// Both halves, to read a request body while a response head is written.
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
 
@@ -69,11 +77,16 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sized {
 }
 
 impl ClientStream for TcpStream {
+    const PRIOR_KNOWLEDGE_H2: bool = true;
     type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
     type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
 
     fn server_name(&self) -> Option<&str> {
         None
+    }
+
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
@@ -119,11 +132,16 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for TlsStream<TcpStream> {
+    const PRIOR_KNOWLEDGE_H2: bool = false;
     type Reader<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
     type Writer<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
 
     fn server_name(&self) -> Option<&str> {
         self.get_ref().1.server_name()
+    }
+
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Err(self)
     }
 
     fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {

@@ -190,6 +190,27 @@ impl ProxyError {
         }
     }
 
+    /// The header fields the proxy's answer for this error carries besides its framing:
+    /// `Retry-After` on a 503, `Location`, `Set-Cookie`, `WWW-Authenticate` on a 401.
+    /// Allocated only on these answers, never for a proxied request.
+    pub(crate) fn answer_fields(&self, retry_after_secs: u32) -> Vec<(&'static str, String)> {
+        let mut fields = Vec::new();
+        let status = self.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            fields.push(("retry-after", retry_after_secs.to_string()));
+        }
+        if let Some(location) = self.location() {
+            fields.push(("location", location.to_owned()));
+        }
+        if let Some(cookie) = self.set_cookie() {
+            fields.push(("set-cookie", cookie.to_owned()));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            fields.push(("www-authenticate", "Bearer".to_owned()));
+        }
+        fields
+    }
+
     /// The cookie the client is given with the answer.
     pub fn set_cookie(&self) -> Option<&str> {
         match self {

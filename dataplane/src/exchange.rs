@@ -30,6 +30,7 @@ use crate::error::{ProxyError, Side};
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, HeadError, RequestHead, ResponseHead};
 use crate::headers::{self, Forwarded};
+use crate::http2;
 use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::route_table::{Route, RouteTable};
 use crate::sockets::write_all;
@@ -70,7 +71,7 @@ impl Peer {
 pub(crate) struct Proxy {
     pub(crate) table: RouteTable,
     pub(crate) config: ProxyConfig,
-    proto: Box<str>,
+    pub(crate) proto: Box<str>,
 }
 
 impl Proxy {
@@ -123,13 +124,29 @@ pub(crate) async fn serve_connection<C: ClientStream>(
         out: Vec::with_capacity(1024),
     };
     let mut cut = drain.clone();
-    tokio::select! {
-        () = run(&proxy, conn, &mut drain) => {}
-        () = cut.cut() => debug!("connection cut by shutdown"),
+    let prior_knowledge_h2 = tokio::select! {
+        h2 = run(&proxy, conn, &mut drain) => h2,
+        () = cut.cut() => {
+            debug!("connection cut by shutdown");
+            None
+        }
+    };
+    // A plain connection that opened with the HTTP/2 preface is served as HTTP/2 (h2c).
+    if let Some(conn) = prior_knowledge_h2 {
+        if let Ok(plain) = conn.client.into_plain() {
+            let io = http2::Rewound::new(conn.inbuf.data(), plain);
+            http2::serve(proxy, io, conn.peer, None, drain).await;
+        }
     }
 }
 
-async fn run<C: ClientStream>(proxy: &Proxy, mut conn: Conn<C>, drain: &mut drain::Watch) {
+/// Serves requests until the connection ends; returns the connection instead if it opened
+/// with the HTTP/2 preface (for a TLS client, a request like any other: it is refused).
+async fn run<C: ClientStream>(
+    proxy: &Proxy,
+    mut conn: Conn<C>,
+    drain: &mut drain::Watch,
+) -> Option<Conn<C>> {
     // Set up once per connection, not per request: the drain notice a waiting connection
     // listens for, and the timer bounding each wait for a head (re-armed, not rebuilt).
     let mut idle_drain = drain.clone();
@@ -143,12 +160,15 @@ async fn run<C: ClientStream>(proxy: &Proxy, mut conn: Conn<C>, drain: &mut drai
     loop {
         match read_head(proxy, &mut conn, draining.as_mut(), &mut timer).await {
             HeadRead::Complete => {}
-            HeadRead::Closed => return,
+            HeadRead::Closed => return None,
             HeadRead::Refused(error) => {
                 debug!(%error, peer = %conn.peer.addr, "request refused");
                 respond_error(proxy, &mut conn, &error, false).await;
-                return;
+                return None;
             }
+        }
+        if C::PRIOR_KNOWLEDGE_H2 && conn.inbuf.data().starts_with(http2::PREFACE_REQUEST) {
+            return Some(conn);
         }
         let next = match forward(proxy, &mut conn, drain).await {
             Ok(next) => next,
@@ -163,7 +183,7 @@ async fn run<C: ClientStream>(proxy: &Proxy, mut conn: Conn<C>, drain: &mut drai
         };
         match next {
             Next::KeepAlive if !drain.is_draining() => {}
-            _ => return,
+            _ => return None,
         }
     }
 }
@@ -617,7 +637,7 @@ fn refusal(keep_alive: bool, framing: Framing) -> impl Fn(ProxyError) -> Failure
 }
 
 /// Counts a request against `route`, within `max_conns_per_backend`.
-fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
+pub(crate) fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
     let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
     ActiveGuard::bounded(Arc::clone(route), limit).map_err(|refusal| match refusal {
         Refusal::Closed => stopping(route),
@@ -687,7 +707,7 @@ pub(crate) fn prepare_request(
                 secure,
             )));
         }
-        access::admit(head.headers, token, route.backend()).map_err(refuse)?;
+        access::admit(access::head_fields(head.headers), token, route.backend()).map_err(refuse)?;
     }
     // Counted from the request head on, including while held for a starting backend.
     let guard = count(proxy, &route).map_err(refuse)?;
@@ -902,7 +922,7 @@ where
 }
 
 /// A 1xx other than 101, judged from the status line alone (the full parse follows).
-fn is_interim(buf: &[u8]) -> bool {
+pub(crate) fn is_interim(buf: &[u8]) -> bool {
     buf.len() > 12 && buf.starts_with(b"HTTP/1.") && buf[9] == b'1' && &buf[9..12] != b"101"
 }
 
@@ -960,22 +980,8 @@ async fn respond_error<C: ClientStream>(
     keep_alive: bool,
 ) -> Next {
     let status = error.status();
-    let retry_after = (status == http::StatusCode::SERVICE_UNAVAILABLE)
-        .then(|| proxy.config.retry_after_secs.to_string());
-    // Allocated only on these rare answers, never for a proxied request.
-    let mut fields: Vec<(&str, &str)> = Vec::new();
-    if let Some(secs) = &retry_after {
-        fields.push(("retry-after", secs));
-    }
-    if let Some(location) = error.location() {
-        fields.push(("location", location));
-    }
-    if let Some(cookie) = error.set_cookie() {
-        fields.push(("set-cookie", cookie));
-    }
-    if status == http::StatusCode::UNAUTHORIZED {
-        fields.push(("www-authenticate", "Bearer"));
-    }
+    let owned = error.answer_fields(proxy.config.retry_after_secs);
+    let fields: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
     conn.out.clear();
     headers::write_error_response(&mut conn.out, status, error, &fields, !keep_alive);
     let written = write_all(
@@ -997,7 +1003,7 @@ async fn respond_error<C: ClientStream>(
 /// Holds a request until the backend is ready, removed, `starting_wait` passes, or the proxy
 /// starts draining (a held request must not outlast the shutdown grace; the client gets the
 /// same 503 with `Retry-After` and can retry against the next proxy).
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     proxy: &Proxy,
     label: &str,
     drain: &mut drain::Watch,
@@ -1027,13 +1033,13 @@ async fn wait_ready(
     }
 }
 
-fn stopping(route: &Route) -> ProxyError {
+pub(crate) fn stopping(route: &Route) -> ProxyError {
     ProxyError::BackendStopping {
         backend: route.backend().into(),
     }
 }
 
-fn unknown(label: &str) -> ProxyError {
+pub(crate) fn unknown(label: &str) -> ProxyError {
     ProxyError::UnknownBackend {
         backend: label.to_ascii_lowercase().into_boxed_str(),
     }

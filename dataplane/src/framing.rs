@@ -6,6 +6,8 @@
 //! extensions and trailers): a lenient one is how a proxy and a backend come to disagree about
 //! where a body ends.
 
+use std::ops::Range;
+
 use crate::head::Framing;
 
 /// Longest chunk-size line (size, extensions, CRLF) and longest trailer section accepted.
@@ -65,6 +67,30 @@ impl BodyProgress {
                 Ok(n)
             }
         }
+    }
+
+    /// Takes in the next bytes of the stream as [`advance`](Self::advance) does, for a
+    /// receiver that needs the payload without the framing (HTTP/2 DATA frames): returns how
+    /// many bytes were consumed, and which of them (one run) are payload.
+    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(usize, Range<usize>), FramingError> {
+        match self {
+            BodyProgress::Chunked(chunked) => {
+                let decoded = chunked.decode(input)?;
+                if chunked.is_done() {
+                    *self = BodyProgress::Done;
+                }
+                Ok(decoded)
+            }
+            _ => {
+                let n = self.advance(input)?;
+                Ok((n, 0..n))
+            }
+        }
+    }
+
+    /// A chunked body past its last chunk: the bytes still to come are its trailer section.
+    pub(crate) fn in_trailers(&self) -> bool {
+        matches!(self, BodyProgress::Chunked(chunked) if chunked.in_trailers())
     }
 
     /// Bytes left of a body of known length.
@@ -148,100 +174,136 @@ impl Chunked {
                 }
                 continue;
             }
-            let b = input[i];
+            self.step(input[i])?;
             i += 1;
-            match self.state {
-                State::Size => {
-                    self.line += 1;
-                    if let Some(digit) = (b as char).to_digit(16) {
-                        if self.digits == 16 {
-                            return Err(FramingError("chunk size too large"));
-                        }
-                        self.size = (self.size << 4) | u64::from(digit);
-                        self.digits += 1;
-                    } else if self.digits == 0 {
-                        return Err(FramingError("missing chunk size"));
-                    } else if b == b';' {
-                        self.state = State::Extension;
-                    } else if b == b'\r' {
-                        self.state = State::SizeLf;
-                    } else {
-                        return Err(FramingError("invalid chunk size"));
-                    }
-                }
-                State::Extension => {
-                    self.line += 1;
-                    if self.line > MAX_CHUNK_LINE_BYTES {
-                        return Err(FramingError("chunk extension too long"));
-                    }
-                    match b {
-                        b'\r' => self.state = State::SizeLf,
-                        b'\n' | 0 => return Err(FramingError("bare LF or NUL in chunk extension")),
-                        _ => {}
-                    }
-                }
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return Err(FramingError("chunk size line not ended by CRLF"));
-                    }
-                    self.line = 0;
-                    self.digits = 0;
-                    if self.size == 0 {
-                        self.last = true;
-                        self.state = State::TrailerStart;
-                    } else {
-                        self.state = State::Data;
-                    }
-                }
-                State::DataCr => {
-                    if b != b'\r' {
-                        return Err(FramingError("chunk data not followed by CRLF"));
-                    }
-                    self.state = State::DataLf;
-                }
-                State::DataLf => {
-                    if b != b'\n' {
-                        return Err(FramingError("chunk data not followed by CRLF"));
-                    }
-                    self.state = State::Size;
-                }
-                State::TrailerStart => {
-                    self.line += 1;
-                    match b {
-                        b'\r' => self.state = State::EndLf,
-                        b' ' | b'\t' => return Err(FramingError("folded trailer line")),
-                        b'\n' | 0 => return Err(FramingError("bare LF or NUL in trailers")),
-                        _ => self.state = State::TrailerLine,
-                    }
-                }
-                State::TrailerLine => {
-                    self.line += 1;
-                    if self.line > MAX_TRAILER_BYTES {
-                        return Err(FramingError("trailers too large"));
-                    }
-                    match b {
-                        b'\r' => self.state = State::TrailerLf,
-                        b'\n' | 0 => return Err(FramingError("bare LF or NUL in trailers")),
-                        _ => {}
-                    }
-                }
-                State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(FramingError("trailer line not ended by CRLF"));
-                    }
-                    self.state = State::TrailerStart;
-                }
-                State::EndLf => {
-                    if b != b'\n' {
-                        return Err(FramingError("chunked body not ended by CRLF"));
-                    }
-                    self.state = State::Done;
-                    return Ok(i);
-                }
-                State::Data | State::Done => unreachable!("handled above"),
+            if self.state == State::Done {
+                break;
             }
         }
         Ok(i)
+    }
+
+    /// Consumes a prefix of `input`: a run of chunk data (its range returned), or the framing
+    /// bytes up to the next chunk data, the trailer section or the end (an empty range).
+    fn decode(&mut self, input: &[u8]) -> Result<(usize, Range<usize>), FramingError> {
+        if self.state == State::Data {
+            let n = usize::try_from(self.size).map_or(input.len(), |s| s.min(input.len()));
+            self.size -= n as u64;
+            if self.size == 0 {
+                self.state = State::DataCr;
+            }
+            return Ok((n, 0..n));
+        }
+        let mut i = 0;
+        while i < input.len() && self.state != State::Data && self.state != State::Done {
+            let before_trailers = !self.in_trailers();
+            self.step(input[i])?;
+            i += 1;
+            if before_trailers && self.in_trailers() {
+                // The trailer section starts with the next call.
+                break;
+            }
+        }
+        Ok((i, i..i))
+    }
+
+    /// Past the last chunk: what follows is the trailer section.
+    fn in_trailers(&self) -> bool {
+        self.last && self.state != State::Done
+    }
+
+    /// Takes one byte outside chunk data.
+    fn step(&mut self, b: u8) -> Result<(), FramingError> {
+        match self.state {
+            State::Size => {
+                self.line += 1;
+                if let Some(digit) = (b as char).to_digit(16) {
+                    if self.digits == 16 {
+                        return Err(FramingError("chunk size too large"));
+                    }
+                    self.size = (self.size << 4) | u64::from(digit);
+                    self.digits += 1;
+                } else if self.digits == 0 {
+                    return Err(FramingError("missing chunk size"));
+                } else if b == b';' {
+                    self.state = State::Extension;
+                } else if b == b'\r' {
+                    self.state = State::SizeLf;
+                } else {
+                    return Err(FramingError("invalid chunk size"));
+                }
+            }
+            State::Extension => {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE_BYTES {
+                    return Err(FramingError("chunk extension too long"));
+                }
+                match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\n' | 0 => return Err(FramingError("bare LF or NUL in chunk extension")),
+                    _ => {}
+                }
+            }
+            State::SizeLf => {
+                if b != b'\n' {
+                    return Err(FramingError("chunk size line not ended by CRLF"));
+                }
+                self.line = 0;
+                self.digits = 0;
+                if self.size == 0 {
+                    self.last = true;
+                    self.state = State::TrailerStart;
+                } else {
+                    self.state = State::Data;
+                }
+            }
+            State::DataCr => {
+                if b != b'\r' {
+                    return Err(FramingError("chunk data not followed by CRLF"));
+                }
+                self.state = State::DataLf;
+            }
+            State::DataLf => {
+                if b != b'\n' {
+                    return Err(FramingError("chunk data not followed by CRLF"));
+                }
+                self.state = State::Size;
+            }
+            State::TrailerStart => {
+                self.line += 1;
+                match b {
+                    b'\r' => self.state = State::EndLf,
+                    b' ' | b'\t' => return Err(FramingError("folded trailer line")),
+                    b'\n' | 0 => return Err(FramingError("bare LF or NUL in trailers")),
+                    _ => self.state = State::TrailerLine,
+                }
+            }
+            State::TrailerLine => {
+                self.line += 1;
+                if self.line > MAX_TRAILER_BYTES {
+                    return Err(FramingError("trailers too large"));
+                }
+                match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\n' | 0 => return Err(FramingError("bare LF or NUL in trailers")),
+                    _ => {}
+                }
+            }
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err(FramingError("trailer line not ended by CRLF"));
+                }
+                self.state = State::TrailerStart;
+            }
+            State::EndLf => {
+                if b != b'\n' {
+                    return Err(FramingError("chunked body not ended by CRLF"));
+                }
+                self.state = State::Done;
+            }
+            State::Data | State::Done => unreachable!("handled above"),
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +378,34 @@ mod tests {
         assert!(BodyProgress::new(Framing::Chunked)
             .advance(&trailers)
             .is_err());
+    }
+
+    #[test]
+    fn decoding_yields_the_payload_and_the_trailers_split_anywhere() {
+        let body =
+            b"5\r\nhello\r\n1a;x=y\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
+        for at in 0..=body.len() {
+            let mut progress = BodyProgress::new(Framing::Chunked);
+            let (mut payload, mut trailers) = (Vec::new(), Vec::new());
+            let mut consumed = 0;
+            for piece in [&body[..at], &body[at..]] {
+                let mut offset = 0;
+                while offset < piece.len() && !progress.is_done() {
+                    let was_trailers = progress.in_trailers();
+                    let (n, data) = progress.decode(&piece[offset..]).expect("valid");
+                    payload.extend_from_slice(&piece[offset..][data]);
+                    if was_trailers {
+                        trailers.extend_from_slice(&piece[offset..offset + n]);
+                    }
+                    offset += n;
+                }
+                consumed += offset;
+            }
+            assert!(progress.is_done(), "split at {at}");
+            assert_eq!(consumed, body.len() - 4, "split at {at}: NEXT is not body");
+            assert_eq!(payload, b"helloabcdefghijklmnopqrstuvwxyz", "split at {at}");
+            assert_eq!(trailers, b"x-sum: 1\r\n\r\n", "split at {at}");
+        }
     }
 
     #[test]

@@ -154,6 +154,162 @@ pub(crate) fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// What an HTTP/2 request is sent to its backend as.
+pub(crate) struct H2Request<'a> {
+    pub(crate) parts: &'a http::request::Parts,
+    /// `:authority` (or `Host`), sent as `Host`.
+    pub(crate) authority: &'a str,
+    /// The body is sent chunked (it has no `Content-Length` and is not empty).
+    pub(crate) chunked: bool,
+    /// An extended CONNECT for a WebSocket: sent as an HTTP/1.1 upgrade with this key.
+    pub(crate) websocket_key: Option<&'a str>,
+}
+
+/// Writes the HTTP/1.1 head a backend gets for an HTTP/2 request: the same rules as
+/// [`write_request_head`] (hop-by-hop and forwarding fields replaced, credentials removed when
+/// asked), the `Cookie` fields HTTP/2 splits joined into one (RFC 9113 §8.2.3), and an extended
+/// CONNECT (RFC 8441) turned into `GET` with `Upgrade: websocket`.
+pub(crate) fn write_h2_request_head(
+    out: &mut Vec<u8>,
+    request: &H2Request<'_>,
+    forwarded: &Forwarded<'_>,
+    credentials: Credentials,
+) {
+    let parts = request.parts;
+    let method = if request.websocket_key.is_some() {
+        "GET"
+    } else {
+        parts.method.as_str()
+    };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !path.starts_with('/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(request.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut trailers = false;
+    let mut cookies = 0usize;
+    let mut websocket_version = false;
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if name == "te" {
+            trailers |= tokens(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            continue;
+        }
+        if name == "host"
+            || name == "transfer-encoding"
+            || is_hop_by_hop(name)
+            || FORWARDING.contains(&name)
+            || (credentials == Credentials::Strip && name == "authorization")
+        {
+            continue;
+        }
+        if name == "cookie" {
+            cookies += 1;
+            continue;
+        }
+        websocket_version |= name == "sec-websocket-version";
+        write_field(out, name.as_bytes(), value.as_bytes());
+    }
+    if cookies > 0 {
+        let start = out.len();
+        out.extend_from_slice(b"cookie: ");
+        let values_start = out.len();
+        for value in parts.headers.get_all(http::header::COOKIE) {
+            let before = out.len();
+            if before > values_start {
+                out.extend_from_slice(b"; ");
+            }
+            let written = match credentials {
+                Credentials::Strip => access::without_token_cookie(value.as_bytes(), out),
+                Credentials::Pass => {
+                    out.extend_from_slice(value.as_bytes());
+                    !value.is_empty()
+                }
+            };
+            if !written {
+                out.truncate(before);
+            }
+        }
+        if out.len() > values_start {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.truncate(start);
+        }
+    }
+    if trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
+    write_field(out, b"x-forwarded-for", forwarded.client_ip);
+    write_field(out, b"x-forwarded-proto", forwarded.proto);
+    write_field(out, b"x-forwarded-host", request.authority.as_bytes());
+    if request.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(key) = request.websocket_key {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+        write_field(out, b"sec-websocket-key", key.as_bytes());
+        if !websocket_version {
+            out.extend_from_slice(b"sec-websocket-version: 13\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The HTTP/2 response a client gets for a backend's `head` (status and fields; the body
+/// follows as DATA frames): hop-by-hop fields dropped, as HTTP/2 forbids them. A WebSocket's
+/// 101 becomes the 200 that accepts an extended CONNECT.
+pub(crate) fn h2_response(head: &ResponseHead<'_, '_>) -> Result<http::Response<()>, &'static str> {
+    let status = if head.code == 101 { 200 } else { head.code };
+    let mut response = http::Response::new(());
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).map_err(|_| "invalid status code")?;
+    let fields = response.headers_mut();
+    for header in head.headers {
+        let name = header.name;
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || (head.code == 101 && name.eq_ignore_ascii_case("sec-websocket-accept"))
+            || (head.connection_names_fields && named_by_connection(head.headers, name))
+        {
+            continue;
+        }
+        let name =
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| "invalid header name")?;
+        let value =
+            http::HeaderValue::from_bytes(header.value).map_err(|_| "invalid header value")?;
+        fields.append(name, value);
+    }
+    Ok(response)
+}
+
+/// A chunked body's trailer section (`name: value` lines and the blank line) as HTTP/2
+/// trailers; malformed or hop-by-hop lines are left out.
+pub(crate) fn h2_trailers(section: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    if let Ok(httparse::Status::Complete((_, fields))) =
+        httparse::parse_headers(section, &mut slots)
+    {
+        for field in fields {
+            if is_hop_by_hop(field.name) {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(field.name.as_bytes()),
+                http::HeaderValue::from_bytes(field.value),
+            ) {
+                map.append(name, value);
+            }
+        }
+    }
+    map
+}
+
 /// Writes the head the client gets for a backend's `head`; `close` adds `Connection: close`
 /// (the client connection ends after this response).
 pub(crate) fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>, close: bool) {

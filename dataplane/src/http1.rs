@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use crate::drain;
 use crate::error::ProxyError;
 use crate::exchange::{self, Peer, Proxy};
+use crate::http2;
 use crate::limits::{ACCEPT_ERROR_BACKOFF, BACKEND_POOL_REAP_INTERVAL};
 use crate::sockets;
 use crate::{ProxyConfig, RouteTable};
@@ -141,7 +142,13 @@ async fn serve_tls(
         },
         () = cut.cut() => return,
     };
-    exchange::serve_connection(proxy, stream, peer, drain).await;
+    let (_, session) = stream.get_ref();
+    if session.alpn_protocol() == Some(b"h2") {
+        let sni = session.server_name().map(Box::from);
+        http2::serve(proxy, stream, peer, sni, drain).await;
+    } else {
+        exchange::serve_connection(proxy, stream, peer, drain).await;
+    }
 }
 
 /// Whether an accept error means the process or system is out of descriptors or memory: the

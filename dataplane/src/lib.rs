@@ -21,10 +21,12 @@ mod exchange;
 mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+mod h2_exchange;
 mod head;
 mod headers;
 mod host;
 mod http1;
+mod http2;
 pub mod limits;
 #[doc(hidden)]
 pub mod measure;

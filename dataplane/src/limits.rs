@@ -92,3 +92,25 @@ pub const BACKEND_POOL_REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Pause after an accept error such as EMFILE, so a full file table does not spin the loop.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// HTTP/2: streams one client connection may have open at once (advertised in SETTINGS).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// HTTP/2: streams a client may open and reset before the proxy accepted them; past it the
+/// connection is closed (the rapid-reset attack, CVE-2023-44487).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// HTTP/2: streams the proxy may have to reset for a client's protocol errors before it closes
+/// the connection.
+pub const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// HTTP/2: the flow-control window of each stream the client sends on (request bodies,
+/// WebSocket frames): large enough that an upload is not a round trip per 64 KiB.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// HTTP/2: the flow-control window of a whole client connection.
+pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// HTTP/2: bytes of a response the proxy buffers per stream beyond what the client's window
+/// takes; past it the backend is not read until the client catches up.
+pub const H2_SEND_BUFFER: usize = 256 * 1024;

@@ -8,7 +8,7 @@
 //! can disagree), is not served: the previous pair stays until a good one is there.
 //!
 //! The TLS settings themselves are fixed here, not configurable: TLS 1.3 and 1.2 only, rustls'
-//! cipher suites (AEAD only, forward secret), ALPN `http/1.1`.
+//! cipher suites (AEAD only, forward secret), ALPN `h2` then `http/1.1`.
 
 use std::fs;
 use std::io;
@@ -199,7 +199,7 @@ impl Certificate {
     }
 
     /// rustls settings for a listener serving this certificate: TLS 1.3 and 1.2, no client
-    /// certificates, ALPN `http/1.1`.
+    /// certificates, ALPN `h2` (preferred) and `http/1.1`.
     ///
     /// # Errors
     /// [`TlsError::Settings`] if rustls refuses them.
@@ -209,7 +209,7 @@ impl Certificate {
             .map_err(TlsError::Settings)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }
@@ -358,7 +358,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_tls_1_3_and_1_2_with_http_1_1_alpn_only() {
+    async fn serves_tls_1_3_and_1_2_preferring_h2() {
         let pki = Pki::generate().expect("pki");
         let (cert, key) = (pki.dir().join("a.pem"), pki.dir().join("a-key.pem"));
         write_pair(
@@ -375,8 +375,7 @@ mod tests {
             let mut stream = connect(&client(&pki, &[version]), addr).await;
             let (_, session) = stream.get_ref();
             assert_eq!(session.protocol_version(), Some(expected));
-            // h2 is not offered until the proxy speaks it.
-            assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
             echoes(&mut stream, b"ping").await;
         }
     }

@@ -1,0 +1,703 @@
+//! One HTTP/2 stream, forwarded to its backend as an HTTP/1.1 exchange over the same pooled
+//! keep-alive connections `exchange.rs` uses, with the same routing, access tokens, counting
+//! and limits: the request head rewritten (`headers.rs`), its DATA frames sent as the body
+//! (chunked when the length is not known), the response head turned into HTTP/2 fields and
+//! its body, chunked or not, into DATA frames that respect the client's flow control. A
+//! WebSocket comes as an extended CONNECT (RFC 8441) and goes to the backend as an HTTP/1.1
+//! upgrade; once the backend answers 101 the stream carries the relayed bytes.
+//!
+//! The stream counts against its backend from its head until its response ends (or the
+//! WebSocket closes); a client that resets the stream stops it at once.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::access;
+use crate::counting::ActiveGuard;
+use crate::drain;
+use crate::error::ProxyError;
+use crate::exchange::{count, head_end, is_interim, stopping, unknown, wait_ready, Proxy};
+use crate::framing::BodyProgress;
+use crate::head::{header_slots, Framing, ResponseHead};
+use crate::headers::{self, Credentials, Forwarded, H2Request};
+use crate::limits::MAX_RESPONSE_HEADER_BYTES;
+use crate::sockets::write_all;
+use crate::upstream::Upstream;
+
+/// Bytes read from a backend at a time.
+const READ_BYTES: usize = 16 * 1024;
+
+/// What the streams of one HTTP/2 connection share.
+pub(crate) struct Connection {
+    pub(crate) proxy: Arc<Proxy>,
+    /// `X-Forwarded-For` value.
+    pub(crate) client_ip: Box<str>,
+    /// The host name the TLS handshake asked for, if any.
+    pub(crate) sni: Option<Box<str>>,
+}
+
+/// Why a stream ended before its response did.
+enum Failure {
+    /// Nothing of the response was sent: answer with the error.
+    Respond(ProxyError),
+    /// The response had begun, or the client is gone: reset the stream.
+    Reset(ProxyError),
+}
+
+/// Serves one stream until its response (or relay) ends, it fails, or the drain cuts it.
+pub(crate) async fn serve_stream(
+    connection: Arc<Connection>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    mut drain: drain::Watch,
+) {
+    let mut cut = drain.clone();
+    let outcome = tokio::select! {
+        outcome = exchange(&connection, request, &mut respond, &mut drain) => outcome,
+        () = cut.cut() => return,
+    };
+    let proxy = &connection.proxy;
+    match outcome {
+        Ok(()) => {}
+        Err(Failure::Respond(error)) => {
+            log(&error);
+            let body = Bytes::from(format!("{error}\n"));
+            let mut response = Response::new(());
+            *response.status_mut() = error.status();
+            let fields = response.headers_mut();
+            fields.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            for (name, value) in error.answer_fields(proxy.config.retry_after_secs) {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    fields.append(name, value);
+                }
+            }
+            if let Ok(mut stream) = respond.send_response(response, false) {
+                let _ = stream.send_data(body, true);
+            }
+        }
+        Err(Failure::Reset(error)) => {
+            log(&error);
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+fn log(error: &ProxyError) {
+    match error.side() {
+        crate::Side::Client => debug!(%error, "HTTP/2 request refused"),
+        _ => warn!(%error, "HTTP/2 request failed"),
+    }
+}
+
+/// The exchange before its response head reached the client; `respond` is used by the caller
+/// to answer a failure, and taken by the response when it is sent.
+async fn exchange(
+    connection: &Connection,
+    request: Request<RecvStream>,
+    respond: &mut SendResponse<Bytes>,
+    drain: &mut drain::Watch,
+) -> Result<(), Failure> {
+    let proxy = &connection.proxy;
+    let (parts, mut body) = request.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .ok_or(Failure::Respond(ProxyError::MissingHost))?;
+    let label = proxy
+        .table
+        .route_key(authority)
+        .map_err(|e| Failure::Respond(e.into()))?;
+    if let Some(named) = connection
+        .sni
+        .as_deref()
+        .and_then(|sni| proxy.table.route_key(sni).ok())
+    {
+        if !named.eq_ignore_ascii_case(label) {
+            return Err(Failure::Respond(ProxyError::Misdirected {
+                sni: named.to_ascii_lowercase().into(),
+                host: label.to_ascii_lowercase().into(),
+            }));
+        }
+    }
+    let route = proxy
+        .table
+        .lookup(label)
+        .ok_or_else(|| Failure::Respond(unknown(label)))?;
+    if let Some(token) = route.token() {
+        // `http`'s field iterator cannot be walked twice; gathered only for guarded backends.
+        let fields: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        if parts.uri.path() == access::AUTH_PATH {
+            let query = parts.uri.query().unwrap_or("");
+            let secure = proxy.proto.as_ref() == "https";
+            return Err(Failure::Respond(access::exchange_for_cookie(
+                query,
+                token,
+                route.backend(),
+                secure,
+            )));
+        }
+        access::admit(fields.iter().copied(), token, route.backend()).map_err(Failure::Respond)?;
+    }
+    let websocket = parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<h2::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if parts.method == http::Method::CONNECT && !websocket {
+        return Err(Failure::Respond(ProxyError::BadRequest(
+            "CONNECT is not supported",
+        )));
+    }
+    let mut guard = count(proxy, &route).map_err(Failure::Respond)?;
+    let upstream = match route.upstream() {
+        Some(upstream) => upstream,
+        None => {
+            let (ready, upstream) = wait_ready(proxy, label, drain)
+                .await
+                .map_err(Failure::Respond)?;
+            if !Arc::ptr_eq(&ready, guard.route()) {
+                guard = count(proxy, &ready).map_err(Failure::Respond)?;
+            }
+            upstream
+        }
+    };
+    if guard.route().is_closed() {
+        return Err(Failure::Respond(stopping(guard.route())));
+    }
+
+    let has_body = !body.is_end_stream() && !websocket;
+    let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let key = websocket.then(websocket_key);
+    let mut head = Vec::with_capacity(1024);
+    let credentials = if route.requires_token() {
+        Credentials::Strip
+    } else {
+        Credentials::Pass
+    };
+    headers::write_h2_request_head(
+        &mut head,
+        &H2Request {
+            parts: &parts,
+            authority,
+            chunked,
+            websocket_key: key.as_deref(),
+        },
+        &Forwarded {
+            client_ip: connection.client_ip.as_bytes(),
+            proto: proxy.proto.as_bytes(),
+        },
+        credentials,
+    );
+    let head_request = parts.method == http::Method::HEAD;
+    drop(parts);
+
+    let config = &proxy.config;
+    let name = guard.route().backend().to_owned();
+    let backend_failed = |source: io::Error| {
+        Failure::Respond(ProxyError::BackendRequest {
+            backend: name.as_str().into(),
+            source,
+        })
+    };
+    // A pooled connection the backend closed meanwhile fails before any answer: the request
+    // goes again on a new one when nothing of its body has been sent.
+    let mut use_pool = true;
+    let (mut backend, mut bbuf) = loop {
+        let pooled = if use_pool {
+            upstream.take_idle(config.backend_pool_idle_timeout)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut backend = match pooled {
+            Some(stream) => stream,
+            None => match upstream.dial(config.backend_connect_timeout).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    // The backend never saw this request: it must not count as activity.
+                    guard.cancel();
+                    return Err(Failure::Respond(ProxyError::BackendConnect {
+                        backend: name.as_str().into(),
+                        source,
+                    }));
+                }
+            },
+        };
+        if let Err(error) = write_all(&mut backend, &head, &[], config.write_progress_timeout).await
+        {
+            if reused {
+                use_pool = false;
+                continue;
+            }
+            return Err(backend_failed(error));
+        }
+        let mut bbuf = BytesMut::with_capacity(READ_BYTES);
+        if has_body {
+            break (backend, bbuf);
+        }
+        match read_response_head(&mut backend, &mut bbuf, respond).await {
+            Ok(()) => break (backend, bbuf),
+            Err(Fault::Backend(_)) if reused && bbuf.is_empty() => use_pool = false,
+            Err(fault) => return Err(fault.into_failure(&name, false)),
+        }
+    };
+    let mut body_done = !has_body;
+    if has_body {
+        let (mut backend_read, mut backend_write) = backend.split();
+        let response = read_response_head(&mut backend_read, &mut bbuf, respond);
+        let pump = pump_request(&mut body, &mut backend_write, chunked, config);
+        tokio::pin!(response, pump);
+        let mut pumping = true;
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = &mut response => break result,
+                result = &mut pump, if pumping => match result {
+                    Ok(()) => { pumping = false; body_done = true; }
+                    // The backend stopped reading: it may still have answered.
+                    Err(Fault::Backend(_)) => pumping = false,
+                    Err(fault) => break Err(fault),
+                },
+            }
+        };
+        result.map_err(|fault| fault.into_failure(&name, false))?;
+    }
+
+    // The final response head is at the start of `bbuf`.
+    let mut slots = header_slots();
+    let parsed = ResponseHead::parse(&bbuf[..], &mut slots, head_request)
+        .map_err(|_| Fault::Protocol("invalid response head"))
+        .and_then(|head| head.ok_or(Fault::Protocol("invalid line ending in head")))
+        .map_err(|fault| fault.into_failure(&name, false))?;
+    if parsed.code == 101 && !(websocket && parsed.websocket) {
+        return Err(
+            Fault::Protocol("101 to a request that did not ask to upgrade")
+                .into_failure(&name, false),
+        );
+    }
+    if websocket && parsed.code != 101 && parsed.code < 300 {
+        return Err(
+            Fault::Protocol("a WebSocket request answered without 101").into_failure(&name, false)
+        );
+    }
+    let response = headers::h2_response(&parsed)
+        .map_err(|reason| Fault::Protocol(reason).into_failure(&name, false))?;
+    let (framing, keep_alive, len) = (parsed.framing, parsed.keep_alive, parsed.len);
+    let switching = parsed.code == 101;
+    bbuf.advance(len);
+    debug!(backend = %name, status = response.status().as_u16(), "routed (HTTP/2)");
+
+    if switching {
+        let stream = respond
+            .send_response(response, false)
+            .map_err(|e| Failure::Reset(client_gone(e)))?;
+        relay(body, stream, backend, bbuf, guard, config).await;
+        return Ok(());
+    }
+    let empty = matches!(framing, Framing::Empty | Framing::Length(0));
+    let mut stream = respond
+        .send_response(response, empty)
+        .map_err(|e| Failure::Reset(client_gone(e)))?;
+    if empty {
+        finish(backend, bbuf, &upstream, keep_alive && body_done, config);
+        drop(guard);
+        return Ok(());
+    }
+    send_body(&mut backend, &mut bbuf, &mut stream, framing, config)
+        .await
+        .map_err(|fault| fault.into_failure(&name, true))?;
+    drop(guard);
+    finish(backend, bbuf, &upstream, keep_alive && body_done, config);
+    Ok(())
+}
+
+/// Pools the backend connection if the exchange left it clean.
+fn finish(
+    backend: TcpStream,
+    bbuf: BytesMut,
+    upstream: &Upstream,
+    reusable: bool,
+    config: &crate::ProxyConfig,
+) {
+    if reusable && bbuf.is_empty() {
+        upstream.put_idle(backend, config.backend_pool_max_idle);
+    }
+}
+
+/// What went wrong on either side once the backend was asked.
+enum Fault {
+    Backend(io::Error),
+    Protocol(&'static str),
+    Client(io::Error),
+    /// The client's request body delivered nothing for this long.
+    ClientBodyIdle(Duration),
+}
+
+impl Fault {
+    fn into_failure(self, backend: &str, responded: bool) -> Failure {
+        let error = match self {
+            Fault::Backend(source) => ProxyError::BackendRequest {
+                backend: backend.into(),
+                source,
+            },
+            Fault::Protocol(reason) => ProxyError::BackendProtocol {
+                backend: backend.into(),
+                reason,
+            },
+            Fault::Client(source) => return Failure::Reset(ProxyError::ClientGone(source)),
+            Fault::ClientBodyIdle(waited) => ProxyError::RequestBodyTimeout {
+                backend: backend.into(),
+                waited,
+            },
+        };
+        if responded {
+            Failure::Reset(error)
+        } else {
+            Failure::Respond(error)
+        }
+    }
+}
+
+fn client_gone(error: h2::Error) -> ProxyError {
+    ProxyError::ClientGone(io::Error::other(error))
+}
+
+/// Reads until `bbuf` starts with a final response head, passing 1xx ones (not 101) to the
+/// client; a client that resets the stream meanwhile ends the wait.
+async fn read_response_head<R>(
+    backend: &mut R,
+    bbuf: &mut BytesMut,
+    respond: &mut SendResponse<Bytes>,
+) -> Result<(), Fault>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        while head_end(bbuf).is_none() {
+            if bbuf.len() >= MAX_RESPONSE_HEADER_BYTES {
+                return Err(Fault::Protocol("response head too large"));
+            }
+            bbuf.reserve(READ_BYTES);
+            let read = tokio::select! {
+                read = backend.read_buf(bbuf) => read.map_err(Fault::Backend)?,
+                reason = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    let reason = reason.map(|r| r.to_string()).unwrap_or_else(|e| e.to_string());
+                    return Err(Fault::Client(io::Error::other(format!("stream reset: {reason}"))));
+                }
+            };
+            if read == 0 {
+                return Err(Fault::Backend(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a response head",
+                )));
+            }
+        }
+        if !is_interim(bbuf) {
+            return Ok(());
+        }
+        let mut slots = header_slots();
+        let head = ResponseHead::parse(bbuf, &mut slots, false)
+            .map_err(|_| Fault::Protocol("invalid interim response"))?
+            .ok_or(Fault::Protocol("invalid line ending in head"))?;
+        let len = head.len;
+        if let Ok(response) = headers::h2_response(&head) {
+            // Best effort: an interim answer the client cannot take changes nothing.
+            let _ = respond.send_informational(response);
+        }
+        bbuf.advance(len);
+    }
+}
+
+/// Streams the request's DATA frames to the backend (as chunks when `chunked`, with the
+/// client's trailers after the last), giving the client back flow-control window as they go.
+async fn pump_request<W>(
+    body: &mut RecvStream,
+    backend: &mut W,
+    chunked: bool,
+    config: &crate::ProxyConfig,
+) -> Result<(), Fault>
+where
+    W: AsyncWrite + Unpin,
+{
+    let progress = config.write_progress_timeout;
+    loop {
+        let data = match tokio::time::timeout(config.request_body_idle_timeout, body.data()).await {
+            Err(_) => return Err(Fault::ClientBodyIdle(config.request_body_idle_timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(error))) => return Err(Fault::Client(io::Error::other(error))),
+            Ok(Some(Ok(data))) => data,
+        };
+        let n = data.len();
+        if n == 0 {
+            continue;
+        }
+        if chunked {
+            let size = format!("{n:x}\r\n");
+            write_all(backend, size.as_bytes(), &data, progress).await
+        } else {
+            write_all(backend, &data, &[], progress).await
+        }
+        .map_err(Fault::Backend)?;
+        if chunked {
+            write_all(backend, b"\r\n", &[], progress)
+                .await
+                .map_err(Fault::Backend)?;
+        }
+        let _ = body.flow_control().release_capacity(n);
+    }
+    if chunked {
+        let trailers = body
+            .trailers()
+            .await
+            .map_err(|e| Fault::Client(io::Error::other(e)))?;
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flatten() {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(b"\r\n");
+        write_all(backend, &end, &[], progress)
+            .await
+            .map_err(Fault::Backend)?;
+    }
+    Ok(())
+}
+
+/// Sends `data` as DATA frames as the client's window allows; a window that stays shut past
+/// the write progress timeout fails the stream.
+async fn send_data(
+    stream: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    progress: Duration,
+) -> Result<(), Fault> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let capacity = match stream.capacity() {
+            0 => tokio::time::timeout(progress, poll_fn(|cx| stream.poll_capacity(cx)))
+                .await
+                .map_err(|_| {
+                    Fault::Client(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client window stayed shut for the write progress timeout",
+                    ))
+                })?
+                .ok_or_else(|| Fault::Client(io::Error::other("stream closed")))?
+                .map_err(|e| Fault::Client(io::Error::other(e)))?,
+            capacity => capacity,
+        };
+        let part = data.split_to(capacity.min(data.len()));
+        stream
+            .send_data(part, false)
+            .map_err(|e| Fault::Client(io::Error::other(e)))?;
+    }
+    Ok(())
+}
+
+/// Streams the response body from the backend as DATA frames (chunk framing removed, trailers
+/// sent as HTTP/2 trailers), watching for the client resetting the stream.
+async fn send_body(
+    backend: &mut TcpStream,
+    bbuf: &mut BytesMut,
+    stream: &mut SendStream<Bytes>,
+    framing: Framing,
+    config: &crate::ProxyConfig,
+) -> Result<(), Fault> {
+    let progress_timeout = config.write_progress_timeout;
+    let mut progress = BodyProgress::new(framing);
+    let mut trailers = Vec::new();
+    while !progress.is_done() {
+        if bbuf.is_empty() {
+            bbuf.reserve(READ_BYTES);
+            let read = tokio::select! {
+                read = backend.read_buf(bbuf) => read.map_err(Fault::Backend)?,
+                reason = poll_fn(|cx| stream.poll_reset(cx)) => {
+                    let reason = reason.map(|r| r.to_string()).unwrap_or_else(|e| e.to_string());
+                    return Err(Fault::Client(io::Error::other(format!("stream reset: {reason}"))));
+                }
+            };
+            if read == 0 {
+                if progress.finish_at_eof() {
+                    break;
+                }
+                return Err(Fault::Backend(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "response body cut short",
+                )));
+            }
+        }
+        let in_trailers = progress.in_trailers();
+        let (consumed, data) = progress
+            .decode(bbuf)
+            .map_err(|_| Fault::Protocol("invalid chunked body"))?;
+        if in_trailers {
+            if trailers.len() + consumed > crate::framing::MAX_TRAILER_BYTES {
+                return Err(Fault::Protocol("trailers too large"));
+            }
+            trailers.extend_from_slice(&bbuf[..consumed]);
+        }
+        if data.is_empty() {
+            bbuf.advance(consumed);
+        } else {
+            bbuf.advance(data.start);
+            let payload = bbuf.split_to(data.len()).freeze();
+            bbuf.advance(consumed - data.end);
+            send_data(stream, payload, progress_timeout).await?;
+        }
+    }
+    let trailers = headers::h2_trailers(&trailers);
+    if trailers.is_empty() {
+        stream.send_data(Bytes::new(), true)
+    } else {
+        stream.send_trailers(trailers)
+    }
+    .map_err(|e| Fault::Client(io::Error::other(e)))
+}
+
+/// Relays an accepted WebSocket: the stream's DATA frames to the backend and the backend's bytes
+/// back as DATA frames, until both directions have ended (one ending gives the other the
+/// half-close grace) or either fails. `guard` counts the backend as active meanwhile.
+async fn relay(
+    mut body: RecvStream,
+    mut stream: SendStream<Bytes>,
+    mut backend: TcpStream,
+    early: BytesMut,
+    guard: ActiveGuard,
+    config: &crate::ProxyConfig,
+) {
+    let progress = config.write_progress_timeout;
+    let (mut backend_read, mut backend_write) = backend.split();
+    let up = async {
+        while let Some(data) = body.data().await {
+            let data = data.map_err(io::Error::other)?;
+            let n = data.len();
+            write_all(&mut backend_write, &data, &[], progress).await?;
+            let _ = body.flow_control().release_capacity(n);
+        }
+        backend_write.shutdown().await
+    };
+    let down = async {
+        if !early.is_empty() {
+            send_data(&mut stream, early.freeze(), progress)
+                .await
+                .map_err(fault_io)?;
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(READ_BYTES);
+            if backend_read.read_buf(&mut buf).await? == 0 {
+                stream
+                    .send_data(Bytes::new(), true)
+                    .map_err(io::Error::other)?;
+                return Ok::<(), io::Error>(());
+            }
+            let data = buf.split().freeze();
+            send_data(&mut stream, data, progress)
+                .await
+                .map_err(fault_io)?;
+        }
+    };
+    tokio::pin!(up, down);
+    let (first, rest) = tokio::select! {
+        result = &mut up => (result, false),
+        result = &mut down => (result, true),
+    };
+    let outcome = match first {
+        Err(error) => Err(error),
+        Ok(()) => {
+            let rest = async {
+                if rest {
+                    (&mut up).await
+                } else {
+                    (&mut down).await
+                }
+            };
+            match tokio::time::timeout(config.upgrade_half_close_grace, rest).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = outcome {
+        debug!(backend = %guard.route().backend(), %error, "HTTP/2 WebSocket ended with error");
+    }
+    drop(guard);
+}
+
+fn fault_io(fault: Fault) -> io::Error {
+    match fault {
+        Fault::Backend(error) | Fault::Client(error) => error,
+        Fault::Protocol(reason) => io::Error::other(reason),
+        Fault::ClientBodyIdle(_) => io::Error::new(io::ErrorKind::TimedOut, "client idle"),
+    }
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> String {
+    let mut nonce = [0u8; 16];
+    // The OS random source failing is not something to work around; a fixed key would still
+    // be a valid handshake.
+    let _ = getrandom::getrandom(&mut nonce);
+    base64(&nonce)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(websocket_key().len(), 24);
+    }
+}

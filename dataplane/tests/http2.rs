@@ -1,0 +1,468 @@
+//! HTTP/2 through the proxy, with the h2 crate as the client: prior-knowledge h2c on the plain
+//! listener and ALPN `h2` over TLS; streams routed by `:authority` and counted; bodies both
+//! ways (known length, unknown length, 1 MiB under flow control, trailers); a WebSocket as an
+//! extended CONNECT; 421 across backends on one TLS connection; rapid-reset and CONTINUATION
+//! floods cut while the proxy keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use plane_dataplane::tls::Certificate;
+use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
+use plane_test_support::pki::Pki;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+type Sender = h2::client::SendRequest<Bytes>;
+
+/// An HTTP/2 client connection over `io`; its connection task runs in the background.
+async fn client<IO>(io: IO) -> Sender
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = within(h2::client::handshake(io))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+/// One request; the response's status, fields, body and trailers.
+async fn send(
+    sender: &mut Sender,
+    request: Request<()>,
+    body: Option<Bytes>,
+) -> (Response<()>, Bytes, Option<http::HeaderMap>) {
+    let mut sender = within(sender.clone().ready()).await.expect("ready");
+    let (response, mut stream) = sender
+        .send_request(request, body.is_none())
+        .expect("send request");
+    if let Some(body) = body {
+        stream.reserve_capacity(body.len());
+        stream.send_data(body, true).expect("send body");
+    }
+    let response = within(response).await.expect("response");
+    let (parts, mut recv) = response.into_parts();
+    let mut got = Vec::new();
+    while let Some(data) = within(recv.data()).await {
+        let data = data.expect("data");
+        got.extend_from_slice(&data);
+        let _ = recv.flow_control().release_capacity(data.len());
+    }
+    let trailers = within(recv.trailers()).await.expect("trailers");
+    (Response::from_parts(parts, ()), Bytes::from(got), trailers)
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri).body(()).expect("request")
+}
+
+#[tokio::test]
+async fn prior_knowledge_h2c_routes_streams_by_authority_and_counts_them() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let route_a = proxy.table.set_ready("a", a.addr);
+    proxy.table.set_ready("b", b.addr);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut sender = client(tcp).await;
+
+    let (response, body, _) = send(&mut sender, get("http://a.plane.localhost/x?y=1"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert!(body.contains("backend: a"), "{body}");
+    assert_eq!(echoed(&body, "target"), ["/x?y=1"]);
+    assert_eq!(echoed(&body, "host"), ["a.plane.localhost"]);
+    assert_eq!(echoed(&body, "x-forwarded-proto"), ["http"]);
+
+    // Many streams at once, to two backends, on one connection.
+    let mut streams = Vec::new();
+    for i in 0..40 {
+        let mut sender = sender.clone();
+        let host = if i % 2 == 0 { "a" } else { "b" };
+        streams.push(tokio::spawn(async move {
+            let uri = format!("http://{host}.plane.localhost/{i}");
+            let (response, body, _) = send(&mut sender, get(&uri), None).await;
+            (
+                host,
+                response.status(),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }));
+    }
+    for stream in streams {
+        let (host, status, body) = within(stream).await.expect("stream");
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains(&format!("backend: {host}")), "{body}");
+    }
+    let (response, _, _) = send(&mut sender, get("http://nobody.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    eventually("every stream to stop counting", || route_a.active() == 0).await;
+}
+
+#[tokio::test]
+async fn bodies_of_every_framing_cross_both_ways() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let large: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    let served = large.clone();
+    let backend = Backend::start(move |request: Request<Incoming>| {
+        let served = served.clone();
+        async move {
+            match request.uri().path() {
+                "/large" => Response::new(full(served)),
+                "/trailers" => {
+                    let frames = futures::stream::iter([
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(
+                            "chunked ",
+                        ))),
+                        Ok(hyper::body::Frame::data(Bytes::from("body"))),
+                        Ok(hyper::body::Frame::trailers({
+                            let mut t = http::HeaderMap::new();
+                            t.insert("x-checksum", "42".parse().expect("value"));
+                            t
+                        })),
+                    ]);
+                    // hyper sends only the trailer fields its response announces.
+                    Response::builder()
+                        .header("trailer", "x-checksum")
+                        .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+                        .expect("response")
+                }
+                _ => {
+                    let framing = request
+                        .headers()
+                        .get("transfer-encoding")
+                        .map(|v| v.to_str().unwrap_or("").to_owned())
+                        .unwrap_or_else(|| "length".to_owned());
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("upload")
+                        .to_bytes();
+                    let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+                    Response::new(full(format!("{} {sum} {framing}", body.len())))
+                }
+            }
+        }
+    })
+    .await;
+    proxy.table.set_ready("app", backend.addr);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut sender = client(tcp).await;
+
+    let (response, body, _) =
+        send(&mut sender, get("http://app.plane.localhost/large"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(body == large, "1 MiB arrives whole under flow control");
+
+    // Trailers are sent to clients that say they take them (hyper, as the backend, insists).
+    let with_te = Request::get("http://app.plane.localhost/trailers")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (_, body, trailers) = send(&mut sender, with_te, None).await;
+    assert_eq!(&body[..], b"chunked body");
+    let trailers = trailers.expect("trailers forwarded");
+    assert_eq!(
+        trailers.get("x-checksum").map(|v| v.as_bytes()),
+        Some(&b"42"[..])
+    );
+
+    let upload = Bytes::copy_from_slice(&large[..300_000]);
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    // Without a length the backend gets it chunked; with one, as it is.
+    let unknown = Request::post("http://app.plane.localhost/up")
+        .body(())
+        .expect("request");
+    let (_, body, _) = send(&mut sender, unknown, Some(upload.clone())).await;
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("300000 {sum} chunked")
+    );
+    let known = Request::post("http://app.plane.localhost/up")
+        .header("content-length", "300000")
+        .body(())
+        .expect("request");
+    let (_, body, _) = send(&mut sender, known, Some(upload)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("300000 {sum} length")
+    );
+}
+
+/// A WebSocket echo server on 127.0.0.1:0.
+async fn websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    use futures::SinkExt;
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A masked client text frame (RFC 6455 §5.2).
+fn text_frame(text: &str) -> Bytes {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    Bytes::from(frame)
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_is_an_extended_connect_relayed_to_an_http1_upgrade() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let route = proxy.table.set_ready("ws", websocket_echo().await);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let (sender, mut connection) = within(h2::client::handshake(tcp)).await.expect("handshake");
+    let mut ping = connection.ping_pong().expect("ping");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // The pong comes after the proxy's SETTINGS, which enable extended CONNECT.
+    within(ping.ping(h2::Ping::opaque())).await.expect("pong");
+    let mut sender = within(sender.ready()).await.expect("ready");
+    assert!(
+        sender.is_extended_connect_protocol_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL advertised"
+    );
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("http://ws.plane.localhost/socket")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from("websocket"));
+    let (response, mut stream) = sender.send_request(request, false).expect("send");
+    let response = within(response).await.expect("response");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the backend's 101 is a 200"
+    );
+    assert_eq!(route.active(), 1, "an open WebSocket counts");
+    let mut recv = response.into_body();
+    for text in ["hello", "over h2"] {
+        stream.send_data(text_frame(text), false).expect("frame");
+        let mut got = Vec::new();
+        while got.len() < 2 + text.len() {
+            let data = within(recv.data()).await.expect("data").expect("ok");
+            let _ = recv.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got[0], 0x81);
+        assert_eq!(&got[2..], text.as_bytes());
+    }
+    // The client ends its side; the backend closes too; the stream and the count end.
+    stream.send_data(Bytes::new(), true).expect("end");
+    while let Some(Ok(_)) = within(recv.data()).await {}
+    eventually("the relay to end", || route.active() == 0).await;
+}
+
+/// An HTTPS proxy with a certificate for `*.plane.localhost`, and a client that trusts it.
+async fn https_proxy() -> (
+    SocketAddr,
+    RouteTable,
+    tokio_rustls::TlsConnector,
+    Pki,
+    oneshot::Sender<()>,
+) {
+    let pki = Pki::generate().expect("pki");
+    let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"]).expect("pair");
+    let cert = pki.dir().join("p.pem");
+    let key = pki.dir().join("p-key.pem");
+    std::fs::write(&cert, cert_pem).expect("cert");
+    std::fs::write(&key, key_pem).expect("key");
+    let certificate = Certificate::load(&cert, &key).expect("certificate");
+    let listeners = Listeners::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        std::num::NonZeroUsize::MIN,
+    )
+    .expect("bind")
+    .with_tls(&certificate)
+    .expect("tls");
+    let addr = listeners.local_addr().expect("addr");
+    let table = RouteTable::new(CLUSTER);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        listeners.serve(table.clone(), ProxyConfig::default(), async move {
+            let _ = stopped.await;
+        }),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
+        roots.add(c.expect("pem")).expect("trust");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (
+        addr,
+        table,
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        pki,
+        stop,
+    )
+}
+
+#[tokio::test]
+async fn alpn_h2_over_tls_says_https_and_refuses_another_backend_with_421() {
+    let (addr, table, connector, _pki, _stop) = https_proxy().await;
+    let app = Backend::echo("app").await;
+    let other = Backend::echo("other").await;
+    table.set_ready("app", app.addr);
+    table.set_ready("other", other.addr);
+    let tcp = within(TcpStream::connect(addr)).await.expect("connect");
+    let name = ServerName::try_from("app.plane.localhost").expect("name");
+    let tls = within(connector.connect(name, tcp)).await.expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut sender = client(tls).await;
+    let (response, body, _) = send(&mut sender, get("https://app.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(echoed(&body, "x-forwarded-proto"), ["https"]);
+    let (response, _, _) = send(&mut sender, get("https://other.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(other.accepted(), 0);
+}
+
+/// Writes one raw HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HPACK for `GET http://a.plane.localhost/` with literal fields, no indexing.
+fn request_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
+    block.push(0x01); // :authority, literal without indexing, indexed name 1
+    let authority = b"a.plane.localhost";
+    block.push(authority.len() as u8);
+    block.extend_from_slice(authority);
+    block
+}
+
+/// Reads until the proxy closes the connection or sends GOAWAY; true if it did either within
+/// the step deadline.
+async fn cut_off(stream: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // A GOAWAY frame (type 7) anywhere in what came back.
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got[at + 3] == 7 {
+                return true;
+            }
+            at += 9 + len;
+        }
+    }
+}
+
+#[tokio::test]
+async fn rapid_reset_and_continuation_floods_are_cut_and_others_still_served() {
+    let proxy = TestProxy::start(ProxyConfig::default()).await;
+    let backend = Backend::echo("a").await;
+    proxy.table.set_ready("a", backend.addr);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    // Rapid reset: streams opened and reset at once, far past the pending-reset limit.
+    let mut flood = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut bytes = preface.to_vec();
+    bytes.extend(frame(4, 0, 0, &[])); // SETTINGS
+    for i in 0..500u32 {
+        let id = 1 + 2 * i;
+        bytes.extend(frame(1, 0x4 | 0x1, id, &request_block())); // HEADERS, END_HEADERS|END_STREAM
+        bytes.extend(frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = within(flood.write_all(&bytes)).await;
+    assert!(
+        cut_off(&mut flood).await,
+        "a rapid-reset flood ends the connection"
+    );
+
+    // CONTINUATION flood: a header block that never ends, far past the header list limit.
+    let mut flood = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut bytes = preface.to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    bytes.extend(frame(1, 0x1, 1, &request_block())); // HEADERS without END_HEADERS
+    let mut filler = Vec::new();
+    for i in 0..200 {
+        // Literal header field without indexing, new name: x-fill-N: 200 bytes.
+        let name = format!("x-fill-{i}");
+        filler.push(0x00);
+        filler.push(name.len() as u8);
+        filler.extend_from_slice(name.as_bytes());
+        filler.push(0x7f);
+        filler.push(200 - 127);
+        filler.extend(std::iter::repeat_n(b'v', 200));
+    }
+    for piece in filler.chunks(1000) {
+        bytes.extend(frame(9, 0, 1, piece)); // CONTINUATION, no END_HEADERS
+    }
+    let _ = within(flood.write_all(&bytes)).await;
+    assert!(
+        cut_off(&mut flood).await,
+        "a CONTINUATION flood ends the connection"
+    );
+
+    // The proxy is fine: a new client is served.
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut sender = client(tcp).await;
+    let (response, _, _) = send(&mut sender, get("http://a.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
