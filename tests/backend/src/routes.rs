@@ -40,9 +40,39 @@ pub async fn handle(request: Request<Incoming>, conn: Conn) -> Result<Response<B
         (&Method::GET, "/stream") => stream_chunks(query),
         (&Method::GET, "/exit") => exit(query, &conn.exit_code),
         (&Method::GET, "/ws") => crate::ws::upgrade(request),
+        (&Method::GET, "/page") => page(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
+}
+
+/// A page for real browsers: it opens a WebSocket to `/ws` on its own origin, sends a message,
+/// and writes what came back with the protocol the page itself arrived over into
+/// `<pre id="result">` as JSON (or `{"error": ...}`), for a test to read from the DOM.
+fn page() -> Response<Body> {
+    const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>plane test page</title></head>
+<body><pre id="result">pending</pre>
+<script>
+const show = (value) => { document.getElementById("result").textContent = JSON.stringify(value); };
+const navigation = performance.getEntriesByType("navigation")[0];
+const protocol = navigation ? navigation.nextHopProtocol : "unknown";
+try {
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+  ws.onopen = () => ws.send("hello from the browser");
+  ws.onmessage = (event) => { show({ echo: event.data, protocol }); ws.close(); };
+  ws.onerror = () => show({ error: "websocket failed", protocol });
+} catch (error) {
+  show({ error: String(error), protocol });
+}
+</script></body></html>
+"#;
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())).boxed());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
 }
 
 /// A plain-text response.
