@@ -44,6 +44,7 @@ async fn spawn_schedules_on_a_drone_that_accepts() {
         DroneCommand::Spawn {
             backend: record.id.clone(),
             spec: spec(),
+            token: None,
         }
     );
     drone.assert_no_more();
@@ -52,7 +53,7 @@ async fn spawn_schedules_on_a_drone_that_accepts() {
         .backend(&record.id)
         .await
         .expect("stored");
-    assert_eq!(stored, record);
+    assert_eq!(stored, record.record);
 }
 
 #[tokio::test]
@@ -131,7 +132,7 @@ async fn one_backend(grace: Duration) -> (Cluster, FakeDrone, BackendId) {
         .await
         .expect("spawned");
     assert!(matches!(drone.next().await, DroneCommand::Spawn { .. }));
-    (cluster, drone, record.id)
+    (cluster, drone, record.record.id)
 }
 
 #[tokio::test]
