@@ -636,6 +636,19 @@ fn refusal(keep_alive: bool, framing: Framing) -> impl Fn(ProxyError) -> Failure
     move |error| Failure::Respond { error, keep_alive }
 }
 
+/// A handshake for one backend does not carry requests for another: `Some` (421) when the TLS
+/// handshake's name (`sni`) is a route and the request's route key `label` is another.
+pub(crate) fn misdirected(proxy: &Proxy, sni: Option<&str>, label: &str) -> Option<ProxyError> {
+    let named = proxy.table.route_key(sni?).ok()?;
+    if named.eq_ignore_ascii_case(label) || proxy.table.lookup(named).is_none() {
+        return None;
+    }
+    Some(ProxyError::Misdirected {
+        sni: named.to_ascii_lowercase().into(),
+        host: label.to_ascii_lowercase().into(),
+    })
+}
+
 /// Counts a request against `route`, within `max_conns_per_backend`.
 pub(crate) fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
     let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
@@ -678,14 +691,8 @@ pub(crate) fn prepare_request(
         .table
         .route_key(host_str)
         .map_err(|e| refuse(e.into()))?;
-    // A handshake for one backend does not carry requests for another.
-    if let Some(named) = sni.and_then(|sni| proxy.table.route_key(sni).ok()) {
-        if !named.eq_ignore_ascii_case(label) {
-            return Err(refuse(ProxyError::Misdirected {
-                sni: named.to_ascii_lowercase().into(),
-                host: label.to_ascii_lowercase().into(),
-            }));
-        }
+    if let Some(error) = misdirected(proxy, sni, label) {
+        return Err(refuse(error));
     }
     let route = proxy
         .table

@@ -26,7 +26,9 @@ use crate::access;
 use crate::counting::ActiveGuard;
 use crate::drain;
 use crate::error::ProxyError;
-use crate::exchange::{count, head_end, is_interim, stopping, unknown, wait_ready, Proxy};
+use crate::exchange::{
+    count, head_end, is_interim, misdirected, stopping, unknown, wait_ready, Proxy,
+};
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, ResponseHead};
 use crate::headers::{self, Credentials, Forwarded, H2Request};
@@ -127,17 +129,8 @@ async fn exchange(
         .table
         .route_key(authority)
         .map_err(|e| Failure::Respond(e.into()))?;
-    if let Some(named) = connection
-        .sni
-        .as_deref()
-        .and_then(|sni| proxy.table.route_key(sni).ok())
-    {
-        if !named.eq_ignore_ascii_case(label) {
-            return Err(Failure::Respond(ProxyError::Misdirected {
-                sni: named.to_ascii_lowercase().into(),
-                host: label.to_ascii_lowercase().into(),
-            }));
-        }
+    if let Some(error) = misdirected(proxy, connection.sni.as_deref(), label) {
+        return Err(Failure::Respond(error));
     }
     let route = proxy
         .table

@@ -8,6 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -20,7 +21,7 @@ use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
 use plane_test_support::pki::Pki;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -364,99 +365,24 @@ async fn alpn_h2_over_tls_says_https_and_refuses_another_backend_with_421() {
     assert_eq!(other.accepted(), 0);
 }
 
-/// Writes one raw HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// HPACK for `GET http://a.plane.localhost/` with literal fields, no indexing.
-fn request_block() -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
-    block.push(0x01); // :authority, literal without indexing, indexed name 1
-    let authority = b"a.plane.localhost";
-    block.push(authority.len() as u8);
-    block.extend_from_slice(authority);
-    block
-}
-
-/// Reads until the proxy closes the connection or sends GOAWAY; true if it did either within
-/// the step deadline.
-async fn cut_off(stream: &mut TcpStream) -> bool {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match within(stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return true,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-        // A GOAWAY frame (type 7) anywhere in what came back.
-        let mut at = 0;
-        while at + 9 <= got.len() {
-            let len = (usize::from(got[at]) << 16)
-                | (usize::from(got[at + 1]) << 8)
-                | usize::from(got[at + 2]);
-            if got[at + 3] == 7 {
-                return true;
-            }
-            at += 9 + len;
-        }
-    }
-}
-
 #[tokio::test]
 async fn rapid_reset_and_continuation_floods_are_cut_and_others_still_served() {
+    use plane_test_support::h2_flood;
     let proxy = TestProxy::start(ProxyConfig::default()).await;
     let backend = Backend::echo("a").await;
     proxy.table.set_ready("a", backend.addr);
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-    // Rapid reset: streams opened and reset at once, far past the pending-reset limit.
-    let mut flood = within(TcpStream::connect(proxy.addr))
-        .await
-        .expect("connect");
-    let mut bytes = preface.to_vec();
-    bytes.extend(frame(4, 0, 0, &[])); // SETTINGS
-    for i in 0..500u32 {
-        let id = 1 + 2 * i;
-        bytes.extend(frame(1, 0x4 | 0x1, id, &request_block())); // HEADERS, END_HEADERS|END_STREAM
-        bytes.extend(frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    for attack in [
+        h2_flood::rapid_reset("a.plane.localhost", 500),
+        h2_flood::endless_continuation("a.plane.localhost", 256 * 1024),
+    ] {
+        let mut flood = within(TcpStream::connect(proxy.addr))
+            .await
+            .expect("connect");
+        assert!(
+            h2_flood::is_cut_off(&mut flood, &attack, STEP).await,
+            "the flood ends its connection"
+        );
     }
-    let _ = within(flood.write_all(&bytes)).await;
-    assert!(
-        cut_off(&mut flood).await,
-        "a rapid-reset flood ends the connection"
-    );
-
-    // CONTINUATION flood: a header block that never ends, far past the header list limit.
-    let mut flood = within(TcpStream::connect(proxy.addr))
-        .await
-        .expect("connect");
-    let mut bytes = preface.to_vec();
-    bytes.extend(frame(4, 0, 0, &[]));
-    bytes.extend(frame(1, 0x1, 1, &request_block())); // HEADERS without END_HEADERS
-    let mut filler = Vec::new();
-    for i in 0..200 {
-        // Literal header field without indexing, new name: x-fill-N: 200 bytes.
-        let name = format!("x-fill-{i}");
-        filler.push(0x00);
-        filler.push(name.len() as u8);
-        filler.extend_from_slice(name.as_bytes());
-        filler.push(0x7f);
-        filler.push(200 - 127);
-        filler.extend(std::iter::repeat_n(b'v', 200));
-    }
-    for piece in filler.chunks(1000) {
-        bytes.extend(frame(9, 0, 1, piece)); // CONTINUATION, no END_HEADERS
-    }
-    let _ = within(flood.write_all(&bytes)).await;
-    assert!(
-        cut_off(&mut flood).await,
-        "a CONTINUATION flood ends the connection"
-    );
 
     // The proxy is fine: a new client is served.
     let tcp = within(TcpStream::connect(proxy.addr))
@@ -465,4 +391,62 @@ async fn rapid_reset_and_continuation_floods_are_cut_and_others_still_served() {
     let mut sender = client(tcp).await;
     let (response, _, _) = send(&mut sender, get("http://a.plane.localhost/"), None).await;
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
+    let mut proxy = TestProxy::start(ProxyConfig {
+        shutdown_grace: Duration::from_secs(10),
+        ..ProxyConfig::default()
+    })
+    .await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::clone(&gate);
+    let backend = Backend::start(move |_request: Request<Incoming>| {
+        let opened = Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Response::new(full("late"))
+        }
+    })
+    .await;
+    let route = proxy.table.set_ready("a", backend.addr);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let (sender, connection) = within(h2::client::handshake(tcp)).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut in_flight = sender.clone();
+    let pending = tokio::spawn(async move {
+        send(&mut in_flight, get("http://a.plane.localhost/slow"), None).await
+    });
+    eventually("the request to reach the backend", || route.active() == 1).await;
+
+    let served = proxy.shutdown();
+    // GOAWAY: the client may open no more streams on this connection.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let refused = match sender.clone().ready().await {
+            Err(_) => true,
+            Ok(mut ready) => ready
+                .send_request(get("http://a.plane.localhost/"), true)
+                .is_err(),
+        };
+        if refused {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no GOAWAY");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The open stream still gets its whole answer.
+    gate.notify_one();
+    let (response, body, _) = within(pending).await.expect("in flight");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"late");
+    within(served)
+        .await
+        .expect("joined")
+        .expect("drained cleanly");
+    let _ = within(connection).await;
+    assert_eq!(route.active(), 0);
 }

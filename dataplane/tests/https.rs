@@ -372,7 +372,18 @@ async fn a_request_for_another_backend_than_the_handshake_named_is_misdirected()
         String::from_utf8_lossy(&body)
     );
     assert!(String::from_utf8_lossy(&body).contains("backend: app"));
-    assert_eq!(other.accepted(), 0, "nothing reached the other backend");
+    assert_eq!(other.accepted(), 0, "nothing reached the other backend yet");
+
+    // A handshake naming no backend (here one that does not exist) binds nothing.
+    let unrouted = ServerName::try_from("nobody.plane.localhost").expect("name");
+    let mut unbound = proxy.connect_as(unrouted).await;
+    send(
+        &mut unbound,
+        b"GET / HTTP/1.1\r\nHost: other.plane.localhost\r\n\r\n",
+    )
+    .await;
+    let (head, _) = read_response(&mut unbound).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
 
     // Without SNI (a client that connected by address) the Host alone routes.
     let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
