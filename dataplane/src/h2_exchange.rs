@@ -37,7 +37,7 @@ use crate::sockets::write_all;
 use crate::upstream::Upstream;
 
 /// Bytes read from a backend at a time.
-const READ_BYTES: usize = 16 * 1024;
+const READ_BYTES: usize = 8 * 1024;
 
 /// What the streams of one HTTP/2 connection share.
 pub(crate) struct Connection {
@@ -281,27 +281,15 @@ async fn exchange(
     }
 
     // The final response head is at the start of `bbuf`.
-    let mut slots = header_slots();
-    let parsed = ResponseHead::parse(&bbuf[..], &mut slots, head_request)
-        .map_err(|_| Fault::Protocol("invalid response head"))
-        .and_then(|head| head.ok_or(Fault::Protocol("invalid line ending in head")))
+    let answer = final_answer(&bbuf, head_request, websocket)
         .map_err(|fault| fault.into_failure(&name, false))?;
-    if parsed.code == 101 && !(websocket && parsed.websocket) {
-        return Err(
-            Fault::Protocol("101 to a request that did not ask to upgrade")
-                .into_failure(&name, false),
-        );
-    }
-    if websocket && parsed.code != 101 && parsed.code < 300 {
-        return Err(
-            Fault::Protocol("a WebSocket request answered without 101").into_failure(&name, false)
-        );
-    }
-    let response = headers::h2_response(&parsed)
-        .map_err(|reason| Fault::Protocol(reason).into_failure(&name, false))?;
-    let (framing, keep_alive, len) = (parsed.framing, parsed.keep_alive, parsed.len);
-    let switching = parsed.code == 101;
-    bbuf.advance(len);
+    let (response, framing, keep_alive, switching) = (
+        answer.response,
+        answer.framing,
+        answer.keep_alive,
+        answer.switching,
+    );
+    bbuf.advance(answer.len);
     debug!(backend = %name, status = response.status().as_u16(), "routed (HTTP/2)");
 
     if switching {
@@ -412,17 +400,58 @@ where
         if !is_interim(bbuf) {
             return Ok(());
         }
-        let mut slots = header_slots();
-        let head = ResponseHead::parse(bbuf, &mut slots, false)
-            .map_err(|_| Fault::Protocol("invalid interim response"))?
-            .ok_or(Fault::Protocol("invalid line ending in head"))?;
-        let len = head.len;
-        if let Ok(response) = headers::h2_response(&head) {
+        let (response, len) = interim_answer(bbuf)?;
+        if let Some(response) = response {
             // Best effort: an interim answer the client cannot take changes nothing.
             let _ = respond.send_informational(response);
         }
         bbuf.advance(len);
     }
+}
+
+/// A backend's final response head, parsed and turned into what the client gets.
+struct FinalAnswer {
+    response: Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+    /// A WebSocket's 101: the stream now carries the relay.
+    switching: bool,
+    len: usize,
+}
+
+/// Parses the final response head at the start of `buf`. Synchronous, so the parser's header
+/// slots never become part of the stream's future (which `tokio::spawn` moves, and an open
+/// WebSocket keeps).
+fn final_answer(buf: &[u8], head_request: bool, websocket: bool) -> Result<FinalAnswer, Fault> {
+    let mut slots = header_slots();
+    let head = ResponseHead::parse(buf, &mut slots, head_request)
+        .map_err(|_| Fault::Protocol("invalid response head"))?
+        .ok_or(Fault::Protocol("invalid line ending in head"))?;
+    if head.code == 101 && !(websocket && head.websocket) {
+        return Err(Fault::Protocol(
+            "101 to a request that did not ask to upgrade",
+        ));
+    }
+    if websocket && head.code != 101 && head.code < 300 {
+        return Err(Fault::Protocol("a WebSocket request answered without 101"));
+    }
+    Ok(FinalAnswer {
+        response: headers::h2_response(&head).map_err(Fault::Protocol)?,
+        framing: head.framing,
+        keep_alive: head.keep_alive,
+        switching: head.code == 101,
+        len: head.len,
+    })
+}
+
+/// Parses the interim (1xx) head at the start of `buf`: what the client gets, if it can be
+/// said in HTTP/2, and the head's length.
+fn interim_answer(buf: &[u8]) -> Result<(Option<Response<()>>, usize), Fault> {
+    let mut slots = header_slots();
+    let head = ResponseHead::parse(buf, &mut slots, false)
+        .map_err(|_| Fault::Protocol("invalid interim response"))?
+        .ok_or(Fault::Protocol("invalid line ending in head"))?;
+    Ok((headers::h2_response(&head).ok(), head.len))
 }
 
 /// Streams the request's DATA frames to the backend (as chunks when `chunked`, with the
@@ -482,11 +511,13 @@ where
     Ok(())
 }
 
-/// Sends `data` as DATA frames as the client's window allows; a window that stays shut past
-/// the write progress timeout fails the stream.
+/// Sends `data` (not empty) as DATA frames as the client's window allows, the last one ending
+/// the stream when `end`; a window that stays shut past the write progress timeout fails the
+/// stream.
 async fn send_data(
     stream: &mut SendStream<Bytes>,
     mut data: Bytes,
+    end: bool,
     progress: Duration,
 ) -> Result<(), Fault> {
     while !data.is_empty() {
@@ -506,7 +537,7 @@ async fn send_data(
         };
         let part = data.split_to(capacity.min(data.len()));
         stream
-            .send_data(part, false)
+            .send_data(part, end && data.is_empty())
             .map_err(|e| Fault::Client(io::Error::other(e)))?;
     }
     Ok(())
@@ -560,7 +591,12 @@ async fn send_body(
             bbuf.advance(data.start);
             let payload = bbuf.split_to(data.len()).freeze();
             bbuf.advance(consumed - data.end);
-            send_data(stream, payload, progress_timeout).await?;
+            // The last bytes of a body of known length end the stream in the same frame.
+            let last = progress.is_done() && trailers.is_empty();
+            send_data(stream, payload, last, progress_timeout).await?;
+            if last {
+                return Ok(());
+            }
         }
     }
     let trailers = headers::h2_trailers(&trailers);
@@ -596,7 +632,7 @@ async fn relay(
     };
     let down = async {
         if !early.is_empty() {
-            send_data(&mut stream, early.freeze(), progress)
+            send_data(&mut stream, early.freeze(), false, progress)
                 .await
                 .map_err(fault_io)?;
         }
@@ -610,7 +646,7 @@ async fn relay(
                 return Ok::<(), io::Error>(());
             }
             let data = buf.split().freeze();
-            send_data(&mut stream, data, progress)
+            send_data(&mut stream, data, false, progress)
                 .await
                 .map_err(fault_io)?;
         }
