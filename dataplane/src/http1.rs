@@ -145,7 +145,7 @@ async fn serve_tls(
     let (_, session) = stream.get_ref();
     if session.alpn_protocol() == Some(b"h2") {
         let sni = session.server_name().map(Box::from);
-        http2::serve(proxy, stream, peer, sni, drain).await;
+        Box::pin(http2::serve(proxy, stream, peer, sni, drain)).await;
     } else {
         exchange::serve_connection(proxy, stream, peer, drain).await;
     }
