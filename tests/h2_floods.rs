@@ -5,9 +5,9 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{backend_bin, bounded, plane_bin};
+use common::{bounded, listening_backend, plane_bin};
 use plane_test_support::h2_flood;
-use plane_test_support::{curl, eventually, free_port, ChildGuard};
+use plane_test_support::{curl, ChildGuard};
 use std::process::Command;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,18 +26,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_are_cut_and_cost_the_proxy_little_memory() -> anyhow::Result<()> {
     bounded(async {
-        let port = free_port()?;
-        let mut backend = Command::new(backend_bin());
-        backend
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string());
-        let _backend = ChildGuard::spawn("backend", backend)?;
-        eventually(Duration::from_secs(10), "the backend to listen", || async {
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(drop))
-        })
-        .await?;
+        let (_backend, port) = listening_backend().await?;
         let mut proxy = Command::new(plane_bin());
         proxy.args([
             "proxy",

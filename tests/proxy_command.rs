@@ -5,26 +5,15 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{backend_bin, bounded, plane_bin};
-use plane_test_support::{curl, eventually, free_port, ChildGuard};
+use common::{bounded, listening_backend, plane_bin};
+use plane_test_support::{curl, ChildGuard};
 use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_routes_proxy_their_host_and_nothing_else() -> anyhow::Result<()> {
     bounded(async {
-        let port = free_port()?;
-        let mut backend = Command::new(backend_bin());
-        backend
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string());
-        let _backend = ChildGuard::spawn("backend", backend)?;
-        eventually(Duration::from_secs(10), "the backend to listen", || async {
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(drop))
-        })
-        .await?;
+        let (_backend, port) = listening_backend().await?;
 
         for threads in ["1", "2"] {
             let mut proxy = Command::new(plane_bin());

@@ -5,27 +5,16 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{backend_bin, bounded, plane_bin};
+use common::{bounded, listening_backend, plane_bin};
 use plane_test_support::pki::Pki;
-use plane_test_support::{curl, eventually, free_port, ChildGuard};
+use plane_test_support::{curl, ChildGuard};
 use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_with_its_certificate_and_only_strong_tls() -> anyhow::Result<()> {
     bounded(async {
-        let port = free_port()?;
-        let mut backend = Command::new(backend_bin());
-        backend
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string());
-        let _backend = ChildGuard::spawn("backend", backend)?;
-        eventually(Duration::from_secs(10), "the backend to listen", || async {
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(drop))
-        })
-        .await?;
+        let (_backend, port) = listening_backend().await?;
 
         let pki = Pki::generate()?;
         let (cert_pem, key_pem) = pki.server_pair(&["app.example.test"])?;

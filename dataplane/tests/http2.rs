@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +15,9 @@ use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use plane_dataplane::tls::Certificate;
-use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
-use plane_test_support::pki::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use plane_dataplane::ProxyConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 type Sender = h2::client::SendRequest<Bytes>;
 
@@ -209,28 +203,6 @@ async fn bodies_of_every_framing_cross_both_ways() {
     );
 }
 
-/// A WebSocket echo server on 127.0.0.1:0.
-async fn websocket_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    use futures::SinkExt;
-                    if message.is_text() && ws.send(message).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A masked client text frame (RFC 6455 §5.2).
 fn text_frame(text: &str) -> Bytes {
     let mask = [0x12, 0x34, 0x56, 0x78];
@@ -243,7 +215,7 @@ fn text_frame(text: &str) -> Bytes {
 #[tokio::test]
 async fn a_websocket_over_http2_is_an_extended_connect_relayed_to_an_http1_upgrade() {
     let proxy = TestProxy::start(ProxyConfig::default()).await;
-    let route = proxy.table.set_ready("ws", websocket_echo().await);
+    let route = proxy.table.set_ready("ws", websocket_echo().await.0);
     let tcp = within(TcpStream::connect(proxy.addr))
         .await
         .expect("connect");
@@ -294,66 +266,14 @@ async fn a_websocket_over_http2_is_an_extended_connect_relayed_to_an_http1_upgra
     eventually("the relay to end", || route.active() == 0).await;
 }
 
-/// An HTTPS proxy with a certificate for `*.plane.localhost`, and a client that trusts it.
-async fn https_proxy() -> (
-    SocketAddr,
-    RouteTable,
-    tokio_rustls::TlsConnector,
-    Pki,
-    oneshot::Sender<()>,
-) {
-    let pki = Pki::generate().expect("pki");
-    let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"]).expect("pair");
-    let cert = pki.dir().join("p.pem");
-    let key = pki.dir().join("p-key.pem");
-    std::fs::write(&cert, cert_pem).expect("cert");
-    std::fs::write(&key, key_pem).expect("key");
-    let certificate = Certificate::load(&cert, &key).expect("certificate");
-    let listeners = Listeners::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        std::num::NonZeroUsize::MIN,
-    )
-    .expect("bind")
-    .with_tls(&certificate)
-    .expect("tls");
-    let addr = listeners.local_addr().expect("addr");
-    let table = RouteTable::new(CLUSTER);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
-        listeners.serve(table.clone(), ProxyConfig::default(), async move {
-            let _ = stopped.await;
-        }),
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
-        roots.add(c.expect("pem")).expect("trust");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (
-        addr,
-        table,
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-        pki,
-        stop,
-    )
-}
-
 #[tokio::test]
 async fn alpn_h2_over_tls_says_https_and_refuses_another_backend_with_421() {
-    let (addr, table, connector, _pki, _stop) = https_proxy().await;
+    let proxy = HttpsProxy::start(ProxyConfig::default(), &[b"h2", b"http/1.1"]).await;
     let app = Backend::echo("app").await;
     let other = Backend::echo("other").await;
-    table.set_ready("app", app.addr);
-    table.set_ready("other", other.addr);
-    let tcp = within(TcpStream::connect(addr)).await.expect("connect");
-    let name = ServerName::try_from("app.plane.localhost").expect("name");
-    let tls = within(connector.connect(name, tcp)).await.expect("TLS");
+    proxy.table.set_ready("app", app.addr);
+    proxy.table.set_ready("other", other.addr);
+    let tls = proxy.connect().await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut sender = client(tls).await;
     let (response, body, _) = send(&mut sender, get("https://app.plane.localhost/"), None).await;

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -13,90 +11,12 @@ use futures::{SinkExt, StreamExt};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use plane_dataplane::tls::Certificate;
-use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
-use plane_test_support::pki::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use plane_dataplane::ProxyConfig;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A proxy serving HTTPS with a certificate for `*.plane.localhost` from a test CA.
-struct HttpsProxy {
-    addr: SocketAddr,
-    table: RouteTable,
-    connector: TlsConnector,
-    _pki: Pki,
-    _stop: oneshot::Sender<()>,
-}
-
-impl HttpsProxy {
-    async fn start(config: ProxyConfig) -> HttpsProxy {
-        let pki = Pki::generate().expect("pki");
-        let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"]).expect("pair");
-        let cert = pki.dir().join("proxy.pem");
-        let key = pki.dir().join("proxy-key.pem");
-        std::fs::write(&cert, cert_pem).expect("cert");
-        std::fs::write(&key, key_pem).expect("key");
-        let certificate = Certificate::load(&cert, &key).expect("certificate");
-        let listeners = Listeners::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            std::num::NonZeroUsize::MIN,
-        )
-        .expect("bind")
-        .with_tls(&certificate)
-        .expect("tls");
-        let addr = listeners.local_addr().expect("addr");
-        let table = RouteTable::new(CLUSTER);
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(listeners.serve(table.clone(), config, async move {
-            let _ = stopped.await;
-        }));
-        let connector = connector(&pki);
-        HttpsProxy {
-            addr,
-            table,
-            connector,
-            _pki: pki,
-            _stop: stop,
-        }
-    }
-
-    async fn connect(&self) -> TlsStream<TcpStream> {
-        self.connect_as(ServerName::try_from("app.plane.localhost").expect("name"))
-            .await
-    }
-
-    /// A connection whose handshake names `name` (a DNS name is sent as SNI; an address is not).
-    async fn connect_as(&self, name: ServerName<'static>) -> TlsStream<TcpStream> {
-        let tcp = within(TcpStream::connect(self.addr))
-            .await
-            .expect("connect");
-        within(self.connector.connect(name, tcp))
-            .await
-            .expect("TLS handshake")
-    }
-}
-
-fn connector(pki: &Pki) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
-        roots.add(cert.expect("ca pem")).expect("trust");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
 
 /// Reads one response with a `content-length` (or chunked to its last chunk) from `stream`:
 /// its head and body.
@@ -139,7 +59,7 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, request: &[u8]) {
 
 #[tokio::test]
 async fn requests_over_tls_are_proxied_and_say_https() {
-    let proxy = HttpsProxy::start(ProxyConfig::default()).await;
+    let proxy = HttpsProxy::start(ProxyConfig::default(), &[b"http/1.1"]).await;
     let backend = Backend::echo("tls").await;
     let route = proxy.table.set_ready("app", backend.addr);
     let mut stream = proxy.connect().await;
@@ -160,7 +80,7 @@ async fn requests_over_tls_are_proxied_and_say_https() {
 
 #[tokio::test]
 async fn large_chunked_and_uploaded_bodies_cross_tls_intact() {
-    let proxy = HttpsProxy::start(ProxyConfig::default()).await;
+    let proxy = HttpsProxy::start(ProxyConfig::default(), &[b"http/1.1"]).await;
     let large: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
     let served = large.clone();
     let backend = Backend::start(move |request: Request<Incoming>| {
@@ -230,32 +150,10 @@ async fn large_chunked_and_uploaded_bodies_cross_tls_intact() {
     );
 }
 
-/// A WebSocket echo server on 127.0.0.1:0.
-async fn websocket_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn websockets_over_tls_echo_and_count_while_open() {
-    let proxy = HttpsProxy::start(ProxyConfig::default()).await;
-    let route = proxy.table.set_ready("app", websocket_echo().await);
+    let proxy = HttpsProxy::start(ProxyConfig::default(), &[b"http/1.1"]).await;
+    let route = proxy.table.set_ready("app", websocket_echo().await.0);
     let stream = proxy.connect().await;
     let request = "wss://app.plane.localhost/socket"
         .into_client_request()
@@ -283,7 +181,7 @@ async fn a_client_that_never_completes_its_handshake_is_cut() {
         header_read_timeout: Duration::from_millis(200),
         ..ProxyConfig::default()
     };
-    let proxy = HttpsProxy::start(config).await;
+    let proxy = HttpsProxy::start(config, &[b"http/1.1"]).await;
     let mut silent = within(TcpStream::connect(proxy.addr))
         .await
         .expect("connect");
@@ -340,7 +238,7 @@ async fn the_plain_listener_of_an_https_proxy_redirects_to_https() {
 
 #[tokio::test]
 async fn a_request_for_another_backend_than_the_handshake_named_is_misdirected() {
-    let proxy = HttpsProxy::start(ProxyConfig::default()).await;
+    let proxy = HttpsProxy::start(ProxyConfig::default(), &[b"http/1.1"]).await;
     let app = Backend::echo("app").await;
     let other = Backend::echo("other").await;
     proxy.table.set_ready("app", app.addr);

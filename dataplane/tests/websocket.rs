@@ -10,31 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A WebSocket echo server on 127.0.0.1:0.
-async fn echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-
 async fn echoes_and_counts(connection_header: Option<&'static str>) {
     let proxy = TestProxy::start(ProxyConfig::default()).await;
-    let (backend, server) = echo_server().await;
+    let (backend, server) = websocket_echo().await;
     let route = proxy.table.set_ready("ws", backend);
 
     let mut request = "ws://ws.plane.localhost:9090/socket"
@@ -86,7 +64,7 @@ async fn firefox_connection_header_is_an_upgrade() {
 #[tokio::test]
 async fn removed_route_lets_open_websocket_finish() {
     let proxy = TestProxy::start(ProxyConfig::default()).await;
-    let (backend, server) = echo_server().await;
+    let (backend, server) = websocket_echo().await;
     let route = proxy.table.set_ready("ws", backend);
     let stream = within(TcpStream::connect(proxy.addr))
         .await
@@ -191,7 +169,7 @@ async fn open_websocket_keeps_its_connection_slot() {
         ..ProxyConfig::default()
     };
     let proxy = TestProxy::start(config).await;
-    let (backend, server) = echo_server().await;
+    let (backend, server) = websocket_echo().await;
     let route = proxy.table.set_ready("ws", backend);
     let http_backend = Backend::echo("a").await;
     proxy.table.set_ready("a", http_backend.addr);

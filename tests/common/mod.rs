@@ -465,3 +465,21 @@ pub async fn no_process_left(id: &str) -> anyhow::Result<()> {
     )
     .await
 }
+
+/// Starts the test backend on a free loopback port (`plane proxy`'s static routes need one
+/// that is already known) and waits until it listens.
+pub async fn listening_backend() -> anyhow::Result<(ChildGuard, u16)> {
+    let port = plane_test_support::free_port()?;
+    let mut backend = Command::new(backend_bin());
+    backend
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string());
+    let guard = ChildGuard::spawn("backend", backend)?;
+    plane_test_support::eventually(Duration::from_secs(10), "the backend to listen", || async {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop))
+    })
+    .await?;
+    Ok((guard, port))
+}

@@ -277,3 +277,100 @@ pub async fn read_until(stream: &mut TcpStream, pattern: &str) -> String {
     }
     String::from_utf8_lossy(&got).into_owned()
 }
+
+/// A proxy serving HTTPS with a certificate for `*.plane.localhost` from a test CA, and a
+/// client that trusts that CA and offers `alpn`.
+pub struct HttpsProxy {
+    pub addr: SocketAddr,
+    pub table: RouteTable,
+    pub connector: tokio_rustls::TlsConnector,
+    _pki: plane_test_support::pki::Pki,
+    _stop: oneshot::Sender<()>,
+}
+
+impl HttpsProxy {
+    pub async fn start(config: ProxyConfig, alpn: &[&[u8]]) -> HttpsProxy {
+        use rustls::pki_types::pem::PemObject;
+        let pki = plane_test_support::pki::Pki::generate().expect("pki");
+        let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"]).expect("pair");
+        let cert = pki.dir().join("proxy.pem");
+        let key = pki.dir().join("proxy-key.pem");
+        std::fs::write(&cert, cert_pem).expect("cert");
+        std::fs::write(&key, key_pem).expect("key");
+        let certificate =
+            plane_dataplane::tls::Certificate::load(&cert, &key).expect("certificate");
+        let listeners = plane_dataplane::Listeners::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            std::num::NonZeroUsize::MIN,
+        )
+        .expect("bind")
+        .with_tls(&certificate)
+        .expect("tls");
+        let addr = listeners.local_addr().expect("addr");
+        let table = RouteTable::new(CLUSTER);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(listeners.serve(table.clone(), config, async move {
+            let _ = stopped.await;
+        }));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
+            roots.add(cert.expect("ca pem")).expect("trust");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        HttpsProxy {
+            addr,
+            table,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            _pki: pki,
+            _stop: stop,
+        }
+    }
+
+    /// A connection whose handshake names `name` (a DNS name is sent as SNI; an address is not).
+    pub async fn connect_as(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = within(TcpStream::connect(self.addr))
+            .await
+            .expect("connect");
+        within(self.connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// A connection for `app.plane.localhost`.
+    pub async fn connect(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let name = rustls::pki_types::ServerName::try_from("app.plane.localhost").expect("name");
+        self.connect_as(name).await
+    }
+}
+
+/// A WebSocket echo server on 127.0.0.1:0: every text or binary message comes back.
+pub async fn websocket_echo() -> (SocketAddr, JoinHandle<()>) {
+    use futures::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
