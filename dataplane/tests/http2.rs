@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
