@@ -187,21 +187,8 @@ async fn chromium_loads_a_page_whose_websocket_echoes_over_http_and_over_h2() ->
         // HTTPS: the browser trusts the test CA; the page comes over h2.
         let pki = Pki::generate()?;
         home_trusting(&pki.ca, home.path())?;
-        let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"])?;
-        let cert = pki.dir().join("drone.pem");
-        let key = pki.dir().join("drone-key.pem");
-        std::fs::write(&cert, cert_pem)?;
-        std::fs::write(&key, key_pem)?;
-        let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
-        let c = Cluster::dev_with(&[
-            "--https",
-            "127.0.0.1:0",
-            "--cert",
-            &cert_arg,
-            "--key",
-            &key_arg,
-        ])
-        .await?;
+        let (cert, key) = pki.write_server_pair(&["*.plane.localhost"], "drone")?;
+        let c = Cluster::dev_https(&cert, &key).await?;
         let id = id_of(&c.spawn_ready("", &["--idle", "60"]).await?)?;
         let url = format!("https://{}:{}/page", c.host(&id), c.proxy_port);
         // Started after the CA went into its NSS database.

@@ -5,10 +5,9 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{bounded, listening_backend, plane_bin};
+use common::{bounded, listening_backend, plane_proxy};
+use plane_test_support::curl;
 use plane_test_support::h2_flood;
-use plane_test_support::{curl, ChildGuard};
-use std::process::Command;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -27,24 +26,15 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 async fn floods_are_cut_and_cost_the_proxy_little_memory() -> anyhow::Result<()> {
     bounded(async {
         let (_backend, port) = listening_backend().await?;
-        let mut proxy = Command::new(plane_bin());
-        proxy.args([
-            "proxy",
+        let route = format!("app.example.test=127.0.0.1:{port}");
+        let (proxy, addr) = plane_proxy(&[
             "--listen",
             "127.0.0.1:0",
             "--threads",
             "1",
             "--route",
-            &format!("app.example.test=127.0.0.1:{port}"),
-        ]);
-        let proxy = ChildGuard::spawn("proxy", proxy)?;
-        let line = proxy.wait_for_output("proxy listening on ", Duration::from_secs(20))?;
-        let addr = line
-            .split("proxy listening on ")
-            .nth(1)
-            .context("address")?
-            .trim()
-            .to_string();
+            &route,
+        ])?;
         let url = format!("http://{addr}/");
         let h2_get = || {
             curl(&[

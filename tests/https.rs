@@ -64,17 +64,7 @@ async fn plane_dev_serves_https_redirects_plain_http_and_rotates_its_certificate
         let key = pki.dir().join("drone-key.pem");
         let first = pki.server_pair(&["*.plane.localhost"])?;
         write_pair(&cert, &key, &first)?;
-        let cert_arg = cert.display().to_string();
-        let key_arg = key.display().to_string();
-        let c = Cluster::dev_with(&[
-            "--https",
-            "127.0.0.1:0",
-            "--cert",
-            &cert_arg,
-            "--key",
-            &key_arg,
-        ])
-        .await?;
+        let c = Cluster::dev_https(&cert, &key).await?;
         let https_port = c.proxy_port;
         let dev = c.drone.as_ref().context("plane dev")?;
         let plain = after(dev, "answers 308 to https (listening on ")?;

@@ -4,11 +4,10 @@
 
 mod common;
 
-use anyhow::{ensure, Context};
-use common::{bounded, listening_backend, plane_bin};
-use plane_test_support::{curl, ChildGuard};
+use anyhow::ensure;
+use common::{bounded, listening_backend, plane_bin, plane_proxy};
+use plane_test_support::curl;
 use std::process::Command;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_routes_proxy_their_host_and_nothing_else() -> anyhow::Result<()> {
@@ -16,24 +15,15 @@ async fn static_routes_proxy_their_host_and_nothing_else() -> anyhow::Result<()>
         let (_backend, port) = listening_backend().await?;
 
         for threads in ["1", "2"] {
-            let mut proxy = Command::new(plane_bin());
-            proxy.args([
-                "proxy",
+            let route = format!("App.Example.test=127.0.0.1:{port}");
+            let (_proxy, addr) = plane_proxy(&[
                 "--listen",
                 "127.0.0.1:0",
                 "--threads",
                 threads,
                 "--route",
-                &format!("App.Example.test=127.0.0.1:{port}"),
-            ]);
-            let proxy = ChildGuard::spawn("proxy", proxy)?;
-            let line = proxy.wait_for_output("proxy listening on ", Duration::from_secs(20))?;
-            let addr = line
-                .split("proxy listening on ")
-                .nth(1)
-                .context("the proxy's address")?
-                .trim()
-                .to_string();
+                &route,
+            ])?;
             let url = format!("http://{addr}/info");
 
             // Each curl is a new connection: with two threads both listening sockets take some.

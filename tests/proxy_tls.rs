@@ -17,11 +17,7 @@ async fn tls_listener_serves_with_its_certificate_and_only_strong_tls() -> anyho
         let (_backend, port) = listening_backend().await?;
 
         let pki = Pki::generate()?;
-        let (cert_pem, key_pem) = pki.server_pair(&["app.example.test"])?;
-        let cert = pki.dir().join("proxy.pem");
-        let key = pki.dir().join("proxy-key.pem");
-        std::fs::write(&cert, cert_pem)?;
-        std::fs::write(&key, key_pem)?;
+        let (cert, key) = pki.write_server_pair(&["app.example.test"], "proxy")?;
         let mut proxy = Command::new(plane_bin());
         proxy
             .args([

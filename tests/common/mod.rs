@@ -182,6 +182,15 @@ impl Cluster {
         Self::dev_with(&[]).await
     }
 
+    /// `plane dev --https` with the certificate and key in these files.
+    pub async fn dev_https(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<Cluster> {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        Self::dev_with(&["--https", "127.0.0.1:0", "--cert", &cert, "--key", &key]).await
+    }
+
     /// `plane dev` with extra flags.
     pub async fn dev_with(extra: &[&str]) -> anyhow::Result<Cluster> {
         let mut dev = Command::new(plane_bin());
@@ -482,4 +491,13 @@ pub async fn listening_backend() -> anyhow::Result<(ChildGuard, u16)> {
     })
     .await?;
     Ok((guard, port))
+}
+
+/// Starts `plane proxy ARGS`; returns it and the address its plain listener took.
+pub fn plane_proxy(args: &[&str]) -> anyhow::Result<(ChildGuard, String)> {
+    let mut proxy = Command::new(plane_bin());
+    proxy.arg("proxy").args(args);
+    let proxy = ChildGuard::spawn("proxy", proxy)?;
+    let addr = after(&proxy, "proxy listening on ")?;
+    Ok((proxy, addr))
 }

@@ -292,11 +292,9 @@ impl HttpsProxy {
     pub async fn start(config: ProxyConfig, alpn: &[&[u8]]) -> HttpsProxy {
         use rustls::pki_types::pem::PemObject;
         let pki = plane_test_support::pki::Pki::generate().expect("pki");
-        let (cert_pem, key_pem) = pki.server_pair(&["*.plane.localhost"]).expect("pair");
-        let cert = pki.dir().join("proxy.pem");
-        let key = pki.dir().join("proxy-key.pem");
-        std::fs::write(&cert, cert_pem).expect("cert");
-        std::fs::write(&key, key_pem).expect("key");
+        let (cert, key) = pki
+            .write_server_pair(&["*.plane.localhost"], "proxy")
+            .expect("certificate files");
         let certificate =
             plane_dataplane::tls::Certificate::load(&cert, &key).expect("certificate");
         let listeners = plane_dataplane::Listeners::bind(

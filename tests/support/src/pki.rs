@@ -72,6 +72,21 @@ impl Pki {
         )
     }
 
+    /// A new server certificate for `names` written as `{stem}.pem` and `{stem}-key.pem` in
+    /// the PKI's directory; their paths.
+    pub fn write_server_pair(
+        &self,
+        names: &[&str],
+        stem: &str,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (cert_pem, key_pem) = self.server_pair(names)?;
+        let cert = self.dir().join(format!("{stem}.pem"));
+        let key = self.dir().join(format!("{stem}-key.pem"));
+        std::fs::write(&cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
+        std::fs::write(&key, key_pem).with_context(|| format!("writing {}", key.display()))?;
+        Ok((cert, key))
+    }
+
     /// The directory the files are in (deleted with the `Pki`).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
