@@ -17,24 +17,34 @@ pub(crate) const COOKIE: &str = "plane_token";
 /// The path that turns a token in the query into the cookie.
 pub(crate) const AUTH_PATH: &str = "/_plane_auth";
 
-/// A request's header fields as (name, value) pairs: from an HTTP/1.1 head or an HTTP/2
-/// header map alike.
-pub(crate) trait Fields<'b>: Iterator<Item = (&'b str, &'b [u8])> + Clone {}
-impl<'b, I: Iterator<Item = (&'b str, &'b [u8])> + Clone> Fields<'b> for I {}
+/// A request's header fields as (name, value) pairs, walked as often as needed: an HTTP/1.1
+/// head's or an HTTP/2 header map, without copying either.
+pub(crate) trait Fields<'b>: Copy {
+    fn pairs(self) -> impl Iterator<Item = (&'b str, &'b [u8])>;
+}
 
-/// The fields of an HTTP/1.1 head.
-pub(crate) fn head_fields<'h, 'b>(headers: &'h [Header<'b>]) -> impl Fields<'b> + 'h {
-    headers.iter().map(|h| (h.name, h.value))
+impl<'h, 'b> Fields<'b> for &'h [Header<'b>] {
+    fn pairs(self) -> impl Iterator<Item = (&'b str, &'b [u8])> {
+        self.iter().map(|h| (h.name, h.value))
+    }
+}
+
+impl<'b> Fields<'b> for &'b http::HeaderMap {
+    fn pairs(self) -> impl Iterator<Item = (&'b str, &'b [u8])> {
+        self.iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    }
 }
 
 /// The token a request shows: `Authorization: Bearer`, else the cookie.
 pub(crate) fn presented<'b>(fields: impl Fields<'b>) -> Option<&'b [u8]> {
     let bearer = fields
-        .clone()
+        .pairs()
         .filter(|(name, _)| name.eq_ignore_ascii_case("authorization"))
         .find_map(|(_, value)| bearer(value));
     bearer.or_else(|| {
         fields
+            .pairs()
             .filter(|(name, _)| name.eq_ignore_ascii_case("cookie"))
             .find_map(|(_, value)| cookie(value, COOKIE))
     })
@@ -210,41 +220,36 @@ mod tests {
     #[test]
     fn finds_the_token_in_bearer_or_cookie() {
         let bearer = [header("Authorization", b"Bearer  abc123 ")];
-        assert_eq!(presented(head_fields(&bearer)), Some(&b"abc123"[..]));
+        assert_eq!(presented(&bearer[..]), Some(&b"abc123"[..]));
         let lower = [header("authorization", b"bearer abc")];
-        assert_eq!(presented(head_fields(&lower)), Some(&b"abc"[..]));
+        assert_eq!(presented(&lower[..]), Some(&b"abc"[..]));
         let basic = [header("Authorization", b"Basic dXNlcjpwYXNz")];
-        assert_eq!(presented(head_fields(&basic)), None);
+        assert_eq!(presented(&basic[..]), None);
         let cookie = [header("Cookie", b"theme=dark; plane_token=t0k; x=1")];
-        assert_eq!(presented(head_fields(&cookie)), Some(&b"t0k"[..]));
+        assert_eq!(presented(&cookie[..]), Some(&b"t0k"[..]));
         let lookalike = [header("Cookie", b"not_plane_token=zzz; plane_tokenx=1")];
-        assert_eq!(presented(head_fields(&lookalike)), None);
+        assert_eq!(presented(&lookalike[..]), None);
         let both = [
             header("Cookie", b"plane_token=from-cookie"),
             header("Authorization", b"Bearer from-header"),
         ];
-        assert_eq!(presented(head_fields(&both)), Some(&b"from-header"[..]));
-        assert_eq!(
-            presented(head_fields(&[header("Authorization", b"Bearer ")])),
-            None
-        );
+        assert_eq!(presented(&both[..]), Some(&b"from-header"[..]));
+        assert_eq!(presented(&[header("Authorization", b"Bearer ")][..]), None);
     }
 
     #[test]
     fn admits_only_the_right_token() {
         let right = [header("Authorization", b"Bearer secret")];
         let wrong = [header("Authorization", b"Bearer secreT")];
-        assert!(admit(head_fields(&right), b"secret", "b").is_ok());
+        assert!(admit(&right[..], b"secret", "b").is_ok());
         assert_eq!(
-            admit(head_fields(&wrong), b"secret", "b")
+            admit(&wrong[..], b"secret", "b")
                 .expect_err("wrong")
                 .status(),
             http::StatusCode::FORBIDDEN
         );
         assert_eq!(
-            admit(head_fields(&[]), b"secret", "b")
-                .expect_err("none")
-                .status(),
+            admit(&[][..], b"secret", "b").expect_err("none").status(),
             http::StatusCode::UNAUTHORIZED
         );
         assert!(!matches(b"secre", b"secret"), "a prefix is not the token");

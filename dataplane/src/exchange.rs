@@ -373,7 +373,6 @@ async fn forward<C: ClientStream>(
     };
     let sni = client.server_name();
     let request = prepare_request(proxy, inbuf.data(), out, &forwarded, sni)?;
-    *pending_head = request.head_len;
     let refuse = request.refuse();
     let mut guard = request.guard;
     let upstream = match request.upstream {
@@ -415,28 +414,19 @@ async fn forward<C: ClientStream>(
     // connection if all of it is still at hand (no body left to stream from the client).
     let mut use_pool = true;
     let (mut backend, head_read) = loop {
-        let pooled = if use_pool {
-            upstream.take_idle(config.backend_pool_idle_timeout)
-        } else {
-            None
-        };
-        let reused = pooled.is_some();
-        let mut backend = match pooled {
-            Some(stream) => stream,
-            None => match upstream.dial(config.backend_connect_timeout).await {
-                Ok(stream) => stream,
-                Err(source) => {
-                    // The backend never saw this request: it must not count as activity.
-                    guard.cancel();
-                    return Err(Failure::Respond {
-                        error: ProxyError::BackendConnect {
-                            backend: name.into(),
-                            source,
-                        },
-                        keep_alive: false,
-                    });
-                }
-            },
+        let (mut backend, reused) = match upstream.connection(!use_pool, config).await {
+            Ok(connection) => connection,
+            Err(source) => {
+                // The backend never saw this request: it must not count as activity.
+                guard.cancel();
+                return Err(Failure::Respond {
+                    error: ProxyError::BackendConnect {
+                        backend: name.into(),
+                        source,
+                    },
+                    keep_alive: false,
+                });
+            }
         };
         let sent = write_all(
             &mut backend,
@@ -638,17 +628,42 @@ fn refusal(keep_alive: bool, framing: Framing) -> impl Fn(ProxyError) -> Failure
     move |error| Failure::Respond { error, keep_alive }
 }
 
-/// A handshake for one backend does not carry requests for another: `Some` (421) when the TLS
-/// handshake's name (`sni`) is a route and the request's route key `label` is another.
-pub(crate) fn misdirected(proxy: &Proxy, sni: Option<&str>, label: &str) -> Option<ProxyError> {
-    let named = proxy.table.route_key(sni?).ok()?;
-    if named.eq_ignore_ascii_case(label) || proxy.table.lookup(named).is_none() {
-        return None;
+/// What every request passes before it counts, in HTTP/1.1 and HTTP/2 alike: its `host` names
+/// a route; a TLS handshake that named another backend (`sni`) does not carry it (421); a
+/// backend that requires a token sees it (`/_plane_auth` at `target` turns it into the cookie).
+/// Returns the route key and the route. Checked before counting: a refused request is no
+/// activity.
+pub(crate) fn admit_request<'h, 'b>(
+    proxy: &Proxy,
+    host: &'h str,
+    target: &str,
+    fields: impl access::Fields<'b>,
+    sni: Option<&str>,
+) -> Result<(&'h str, Arc<Route>), ProxyError> {
+    let label = proxy.table.route_key(host)?;
+    if let Some(named) = sni.and_then(|sni| proxy.table.route_key(sni).ok()) {
+        if !named.eq_ignore_ascii_case(label) && proxy.table.lookup(named).is_some() {
+            return Err(ProxyError::Misdirected {
+                sni: named.to_ascii_lowercase().into(),
+                host: label.to_ascii_lowercase().into(),
+            });
+        }
     }
-    Some(ProxyError::Misdirected {
-        sni: named.to_ascii_lowercase().into(),
-        host: label.to_ascii_lowercase().into(),
-    })
+    let route = proxy.table.lookup(label).ok_or_else(|| unknown(label))?;
+    if let Some(token) = route.token() {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path == access::AUTH_PATH {
+            let secure = proxy.proto.as_ref() == "https";
+            return Err(access::exchange_for_cookie(
+                query,
+                token,
+                route.backend(),
+                secure,
+            ));
+        }
+        access::admit(fields, token, route.backend())?;
+    }
+    Ok((label, route))
 }
 
 /// Counts a request against `route`, within `max_conns_per_backend`.
@@ -689,35 +704,8 @@ pub(crate) fn prepare_request(
     if let Some(port) = proxy.config.https_redirect {
         return Err(refuse(https_required(host_str, head.target.path, port)?));
     }
-    let label = proxy
-        .table
-        .route_key(host_str)
-        .map_err(|e| refuse(e.into()))?;
-    if let Some(error) = misdirected(proxy, sni, label) {
-        return Err(refuse(error));
-    }
-    let route = proxy
-        .table
-        .lookup(label)
-        .ok_or_else(|| refuse(unknown(label)))?;
-    // Checked before counting: a request without the token is no activity.
-    if let Some(token) = route.token() {
-        let (path, query) = head
-            .target
-            .path
-            .split_once('?')
-            .unwrap_or((head.target.path, ""));
-        if path == access::AUTH_PATH {
-            let secure = proxy.proto.as_ref() == "https";
-            return Err(refuse(access::exchange_for_cookie(
-                query,
-                token,
-                route.backend(),
-                secure,
-            )));
-        }
-        access::admit(access::head_fields(head.headers), token, route.backend()).map_err(refuse)?;
-    }
+    let (label, route) =
+        admit_request(proxy, host_str, head.target.path, head.headers, sni).map_err(refuse)?;
     // Counted from the request head on, including while held for a starting backend.
     let guard = count(proxy, &route).map_err(refuse)?;
     let credentials = if route.requires_token() {
@@ -1042,13 +1030,13 @@ pub(crate) async fn wait_ready(
     }
 }
 
-pub(crate) fn stopping(route: &Route) -> ProxyError {
+fn stopping(route: &Route) -> ProxyError {
     ProxyError::BackendStopping {
         backend: route.backend().into(),
     }
 }
 
-pub(crate) fn unknown(label: &str) -> ProxyError {
+fn unknown(label: &str) -> ProxyError {
     ProxyError::UnknownBackend {
         backend: label.to_ascii_lowercase().into_boxed_str(),
     }

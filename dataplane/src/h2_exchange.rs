@@ -22,13 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::access;
 use crate::counting::ActiveGuard;
 use crate::drain;
 use crate::error::ProxyError;
-use crate::exchange::{
-    count, head_end, is_interim, misdirected, stopping, unknown, wait_ready, Proxy,
-};
+use crate::exchange::{admit_request, count, head_end, is_interim, wait_ready, Proxy};
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, ResponseHead};
 use crate::headers::{self, Credentials, Forwarded, H2Request};
@@ -125,36 +122,15 @@ async fn exchange(
                 .and_then(|h| h.to_str().ok())
         })
         .ok_or(Failure::Respond(ProxyError::MissingHost))?;
-    let label = proxy
-        .table
-        .route_key(authority)
-        .map_err(|e| Failure::Respond(e.into()))?;
-    if let Some(error) = misdirected(proxy, connection.sni.as_deref(), label) {
-        return Err(Failure::Respond(error));
-    }
-    let route = proxy
-        .table
-        .lookup(label)
-        .ok_or_else(|| Failure::Respond(unknown(label)))?;
-    if let Some(token) = route.token() {
-        // `http`'s field iterator cannot be walked twice; gathered only for guarded backends.
-        let fields: Vec<(&str, &[u8])> = parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        if parts.uri.path() == access::AUTH_PATH {
-            let query = parts.uri.query().unwrap_or("");
-            let secure = proxy.proto.as_ref() == "https";
-            return Err(Failure::Respond(access::exchange_for_cookie(
-                query,
-                token,
-                route.backend(),
-                secure,
-            )));
-        }
-        access::admit(fields.iter().copied(), token, route.backend()).map_err(Failure::Respond)?;
-    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let (label, route) = admit_request(
+        proxy,
+        authority,
+        target,
+        &parts.headers,
+        connection.sni.as_deref(),
+    )
+    .map_err(Failure::Respond)?;
     let websocket = parts.method == http::Method::CONNECT
         && parts
             .extensions
@@ -178,9 +154,6 @@ async fn exchange(
             upstream
         }
     };
-    if guard.route().is_closed() {
-        return Err(Failure::Respond(stopping(guard.route())));
-    }
 
     let has_body = !body.is_end_stream() && !websocket;
     let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -220,25 +193,16 @@ async fn exchange(
     // goes again on a new one when nothing of its body has been sent.
     let mut use_pool = true;
     let (mut backend, mut bbuf) = loop {
-        let pooled = if use_pool {
-            upstream.take_idle(config.backend_pool_idle_timeout)
-        } else {
-            None
-        };
-        let reused = pooled.is_some();
-        let mut backend = match pooled {
-            Some(stream) => stream,
-            None => match upstream.dial(config.backend_connect_timeout).await {
-                Ok(stream) => stream,
-                Err(source) => {
-                    // The backend never saw this request: it must not count as activity.
-                    guard.cancel();
-                    return Err(Failure::Respond(ProxyError::BackendConnect {
-                        backend: name.as_str().into(),
-                        source,
-                    }));
-                }
-            },
+        let (mut backend, reused) = match upstream.connection(!use_pool, config).await {
+            Ok(connection) => connection,
+            Err(source) => {
+                // The backend never saw this request: it must not count as activity.
+                guard.cancel();
+                return Err(Failure::Respond(ProxyError::BackendConnect {
+                    backend: name.as_str().into(),
+                    source,
+                }));
+            }
         };
         if let Err(error) = write_all(&mut backend, &head, &[], config.write_progress_timeout).await
         {

@@ -125,6 +125,22 @@ impl Upstream {
         self.lock().len()
     }
 
+    /// A connection to send a request on: the newest usable pooled one unless `fresh`, else a
+    /// new one; with `true` when it came from the pool (a send that fails on it may go again on
+    /// a fresh one).
+    pub(crate) async fn connection(
+        &self,
+        fresh: bool,
+        config: &crate::ProxyConfig,
+    ) -> io::Result<(TcpStream, bool)> {
+        if !fresh {
+            if let Some(stream) = self.take_idle(config.backend_pool_idle_timeout) {
+                return Ok((stream, true));
+            }
+        }
+        Ok((self.dial(config.backend_connect_timeout).await?, false))
+    }
+
     /// A new connection to the backend, tuned like every backend socket.
     pub(crate) async fn dial(&self, connect_timeout: Duration) -> io::Result<TcpStream> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr))
