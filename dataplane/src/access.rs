@@ -23,7 +23,7 @@ pub(crate) trait Fields<'b>: Copy {
     fn pairs(self) -> impl Iterator<Item = (&'b str, &'b [u8])>;
 }
 
-impl<'h, 'b> Fields<'b> for &'h [Header<'b>] {
+impl<'b> Fields<'b> for &[Header<'b>] {
     fn pairs(self) -> impl Iterator<Item = (&'b str, &'b [u8])> {
         self.iter().map(|h| (h.name, h.value))
     }
