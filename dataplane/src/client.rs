@@ -21,7 +21,7 @@ use crate::buffer::Buf;
 use crate::sockets::write_all;
 use crate::splice::{Carry, Flow, PooledBuffer};
 use crate::stall::Stall;
-use crate::upgrade::{Closer, RelayLimits, Relayed};
+use crate::upgrade::{both_ways, Closer, RelayLimits, Relayed};
 
 /// Which side failed while a body moved from the backend to the client.
 #[derive(Debug)]
@@ -300,28 +300,14 @@ where
     let (mut backend_read, mut backend_write) = backend.split();
     let mut up = Direction::new(limits.write_progress);
     let mut down = Direction::new(limits.write_progress);
-    let (closed_first, result) = poll_fn(|cx| {
-        if let Poll::Ready(result) = up.poll_move(cx, client, &mut backend_write) {
-            return Poll::Ready((Closer::Client, result));
-        }
-        if let Poll::Ready(result) = down.poll_move(cx, &mut backend_read, client) {
-            return Poll::Ready((Closer::Backend, result));
-        }
-        Poll::Pending
-    })
-    .await;
-    result?;
-    let rest = poll_fn(|cx| match closed_first {
-        Closer::Client => down.poll_move(cx, &mut backend_read, client),
-        Closer::Backend => up.poll_move(cx, client, &mut backend_write),
-    });
-    let lingered = match tokio::time::timeout(limits.half_close_grace, rest).await {
-        Ok(result) => {
-            result?;
-            false
-        }
-        Err(_elapsed) => true,
-    };
+    let (closed_first, lingered) = both_ways(
+        |cx, from| match from {
+            Closer::Client => up.poll_move(cx, client, &mut backend_write),
+            Closer::Backend => down.poll_move(cx, &mut backend_read, client),
+        },
+        limits.half_close_grace,
+    )
+    .await?;
     Ok(Relayed {
         to_backend: up.copied,
         to_client: down.copied,

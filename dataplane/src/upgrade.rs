@@ -19,7 +19,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -89,6 +89,33 @@ pub(crate) struct Relayed {
     pub(crate) lingered: bool,
 }
 
+/// Runs the two directions of a relay, `poll(cx, from)` moving the bytes that `from` sends,
+/// until one ends; then the other gets `grace` to end too. Returns which side closed first and
+/// whether the other was still open when the grace ran out. The first error ends both.
+pub(crate) async fn both_ways(
+    mut poll: impl FnMut(&mut Context<'_>, Closer) -> Poll<io::Result<()>>,
+    grace: Duration,
+) -> io::Result<(Closer, bool)> {
+    let (first, result) = poll_fn(|cx| {
+        for side in [Closer::Client, Closer::Backend] {
+            if let Poll::Ready(result) = poll(cx, side) {
+                return Poll::Ready((side, result));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    result?;
+    let other = match first {
+        Closer::Client => Closer::Backend,
+        Closer::Backend => Closer::Client,
+    };
+    match tokio::time::timeout(grace, poll_fn(|cx| poll(cx, other))).await {
+        Ok(result) => result.map(|()| (first, false)),
+        Err(_elapsed) => Ok((first, true)),
+    }
+}
+
 /// Moves bytes both ways until one direction ends (passed on as a shutdown of its
 /// destination), then gives the other direction the half-close grace to end too.
 ///
@@ -104,29 +131,14 @@ pub(crate) async fn relay_io(
 ) -> io::Result<Relayed> {
     let mut up = Flow::until_end(client, backend, limits.carry, limits.write_progress);
     let mut down = Flow::until_end(backend, client, limits.carry, limits.write_progress);
-    let (closed_first, result) = poll_fn(|cx| {
-        if let Poll::Ready(result) = up.poll_flow(cx) {
-            return Poll::Ready((Closer::Client, result));
-        }
-        if let Poll::Ready(result) = down.poll_flow(cx) {
-            return Poll::Ready((Closer::Backend, result));
-        }
-        Poll::Pending
-    })
-    .await;
-    result?;
-
-    let rest = poll_fn(|cx| match closed_first {
-        Closer::Client => down.poll_flow(cx),
-        Closer::Backend => up.poll_flow(cx),
-    });
-    let lingered = match tokio::time::timeout(limits.half_close_grace, rest).await {
-        Ok(result) => {
-            result?;
-            false
-        }
-        Err(_elapsed) => true,
-    };
+    let (closed_first, lingered) = both_ways(
+        |cx, from| match from {
+            Closer::Client => up.poll_flow(cx),
+            Closer::Backend => down.poll_flow(cx),
+        },
+        limits.half_close_grace,
+    )
+    .await?;
     Ok(Relayed {
         to_backend: up.copied(),
         to_client: down.copied(),
