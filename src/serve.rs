@@ -144,10 +144,16 @@ impl DroneProxy {
             );
             let served = https
                 .listeners
-                .serve(table, https.config, shutdown.cancelled_owned())
+                .serve(table, https.config, shutdown.clone().cancelled_owned())
                 .await;
             watch.abort();
+            if served.is_err() {
+                // The plain listener stops (and drains) with it, rather than run on alone.
+                shutdown.cancel();
+            }
+            let plain = plain.await;
             served.context("HTTPS proxy")?;
+            return plain?.context("proxy");
         }
         plain.await?.context("proxy")?;
         Ok(())

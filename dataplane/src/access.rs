@@ -9,7 +9,7 @@
 use httparse::Header;
 use subtle::ConstantTimeEq;
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TokenCookie};
 
 /// The cookie that carries a token.
 pub(crate) const COOKIE: &str = "plane_token";
@@ -70,7 +70,8 @@ pub(crate) fn cookie<'b>(value: &'b [u8], name: &str) -> Option<&'b [u8]> {
     })
 }
 
-/// A `Cookie` field's value without the `plane_token` cookie; `None` when nothing else is left.
+/// Appends a `Cookie` field's value without the `plane_token` cookie to `out`; `false` when
+/// nothing else was left (then nothing was appended).
 pub(crate) fn without_token_cookie(value: &[u8], out: &mut Vec<u8>) -> bool {
     let start = out.len();
     for pair in value.split(|&b| b == b';') {
@@ -169,7 +170,7 @@ pub(crate) fn exchange_for_cookie(
     }
     ProxyError::TokenAccepted {
         location: location.into_boxed_str(),
-        cookie: cookie.into_boxed_str(),
+        cookie: TokenCookie::new(cookie),
     }
 }
 
@@ -278,13 +279,17 @@ mod tests {
         };
         assert_eq!(&**location, "/doc?id=42");
         assert_eq!(
-            &**cookie,
+            cookie.as_str(),
             "plane_token=secret; Path=/; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert!(
+            !format!("{accepted:?}").contains("secret"),
+            "the token is not in Debug output"
         );
         assert_eq!(accepted.status(), http::StatusCode::SEE_OTHER);
         let plain = exchange_for_cookie("token=secret", b"secret", "b", false);
         assert!(
-            matches!(&plain, ProxyError::TokenAccepted { location, cookie } if &**location == "/" && !cookie.contains("Secure"))
+            matches!(&plain, ProxyError::TokenAccepted { location, cookie } if &**location == "/" && !cookie.as_str().contains("Secure"))
         );
         for redirect in [
             "https://evil.example/",

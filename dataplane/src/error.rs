@@ -6,6 +6,28 @@ use http::StatusCode;
 
 use crate::host::HostError;
 
+/// A `Set-Cookie` value carrying an access token: given to the client it is for, never shown
+/// by `Debug` (errors are logged and formatted for tests).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenCookie(Box<str>);
+
+impl TokenCookie {
+    pub(crate) fn new(value: String) -> TokenCookie {
+        TokenCookie(value.into_boxed_str())
+    }
+
+    /// The header value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCookie(<redacted>)")
+    }
+}
+
 /// Which side of the proxy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -110,7 +132,10 @@ pub enum ProxyError {
         host: Box<str>,
     },
     /// The backend requires an access token and the request shows none.
-    #[error("backend {backend} requires an access token")]
+    #[error(
+        "backend {backend} requires an access token: send `Authorization: Bearer TOKEN`, or open \
+         /_plane_auth?token=TOKEN&redirect=/path once to get it as a cookie"
+    )]
     TokenRequired {
         /// The backend asked for.
         backend: Box<str>,
@@ -127,7 +152,7 @@ pub enum ProxyError {
         /// The path on the same host to continue at.
         location: Box<str>,
         /// The `Set-Cookie` value carrying the token.
-        cookie: Box<str>,
+        cookie: TokenCookie,
     },
     /// A plain-HTTP request to a proxy that serves HTTPS: the client is sent there (308).
     #[error("this proxy serves HTTPS: {location}")]
@@ -214,7 +239,7 @@ impl ProxyError {
     /// The cookie the client is given with the answer.
     pub fn set_cookie(&self) -> Option<&str> {
         match self {
-            ProxyError::TokenAccepted { cookie, .. } => Some(cookie),
+            ProxyError::TokenAccepted { cookie, .. } => Some(cookie.as_str()),
             _ => None,
         }
     }

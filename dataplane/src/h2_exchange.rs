@@ -138,7 +138,7 @@ async fn exchange(
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     if parts.method == http::Method::CONNECT && !websocket {
         return Err(Failure::Respond(ProxyError::BadRequest(
-            "CONNECT is not supported",
+            "CONNECT is supported only as an extended CONNECT with :protocol websocket",
         )));
     }
     let mut guard = count(proxy, &route).map_err(Failure::Respond)?;
@@ -247,13 +247,14 @@ async fn exchange(
     // The final response head is at the start of `bbuf`.
     let answer = final_answer(&bbuf, head_request, websocket)
         .map_err(|fault| fault.into_failure(&name, false))?;
-    let (response, framing, keep_alive, switching) = (
-        answer.response,
-        answer.framing,
-        answer.keep_alive,
-        answer.switching,
-    );
-    bbuf.advance(answer.len);
+    let FinalAnswer {
+        response,
+        framing,
+        keep_alive,
+        switching,
+        len,
+    } = answer;
+    bbuf.advance(len);
     debug!(backend = %name, status = response.status().as_u16(), "routed (HTTP/2)");
 
     if switching {
@@ -263,6 +264,9 @@ async fn exchange(
         relay(body, stream, backend, bbuf, guard, config).await;
         return Ok(());
     }
+    // What is left of an upload the backend answered before reading is not wanted: dropping
+    // the stream's receiving half gives its flow-control window back to the connection.
+    drop(body);
     let empty = matches!(framing, Framing::Empty | Framing::Length(0));
     let mut stream = respond
         .send_response(response, empty)

@@ -212,6 +212,10 @@ pub(crate) fn write_h2_request_head(
             cookies += 1;
             continue;
         }
+        // The client's key (if it sent one) is not the one the backend's 101 must answer.
+        if request.websocket_key.is_some() && name == "sec-websocket-key" {
+            continue;
+        }
         websocket_version |= name == "sec-websocket-version";
         write_field(out, name.as_bytes(), value.as_bytes());
     }

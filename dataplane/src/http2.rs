@@ -76,6 +76,9 @@ pub(crate) async fn serve<IO>(
         },
         () = cut.cut() => return,
     };
+    // An HTTP/2 connection with no stream open goes after this long, as an idle HTTP/1.1
+    // keep-alive connection does: it must not hold its connection slot forever.
+    let idle_limit = proxy.config.header_read_timeout;
     let connection = Arc::new(Connection {
         proxy,
         client_ip: peer.addr.ip().to_string().into_boxed_str(),
@@ -83,10 +86,13 @@ pub(crate) async fn serve<IO>(
     });
     let mut draining = drain.clone();
     let mut shutting_down = false;
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                     tokio::spawn(h2_exchange::serve_stream(
                         Arc::clone(&connection),
                         request,
@@ -104,6 +110,16 @@ pub(crate) async fn serve<IO>(
                 // GOAWAY: no new streams; the open ones finish within the grace.
                 shutting_down = true;
                 conn.graceful_shutdown();
+            }
+            () = &mut idle, if !shutting_down => {
+                // Every stream task holds the connection's state: more than this task's
+                // reference means streams are open, so look again a period later.
+                if Arc::strong_count(&connection) > 1 {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                } else {
+                    shutting_down = true;
+                    conn.graceful_shutdown();
+                }
             }
             () = cut.cut() => break,
         }

@@ -41,7 +41,7 @@ mod workers;
 
 pub use config::ProxyConfig;
 pub use counting::ActiveGuard;
-pub use error::{ProxyError, Side};
+pub use error::{ProxyError, Side, TokenCookie};
 pub use host::{backend_label, host_name, HostError};
 pub use http1::serve;
 pub use route_table::{Route, RouteTable};

@@ -136,11 +136,6 @@ impl Certificate {
         }))
     }
 
-    /// The pair served now.
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current.load_full()
-    }
-
     /// Loads the files again if they changed since the last load; `Ok(true)` if a new pair is
     /// now served. A pair that fails is reported once and not retried until the files change.
     ///
@@ -294,7 +289,8 @@ mod tests {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // http/1.1 first: the server's preference, not the client's, must pick h2.
+        config.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
         TlsConnector::from(Arc::new(config))
     }
 

@@ -70,7 +70,7 @@ async fn prior_knowledge_h2c_routes_streams_by_authority_and_counts_them() {
     let a = Backend::echo("a").await;
     let b = Backend::echo("b").await;
     let route_a = proxy.table.set_ready("a", a.addr);
-    proxy.table.set_ready("b", b.addr);
+    let route_b = proxy.table.set_ready("b", b.addr);
     let tcp = within(TcpStream::connect(proxy.addr))
         .await
         .expect("connect");
@@ -106,7 +106,10 @@ async fn prior_knowledge_h2c_routes_streams_by_authority_and_counts_them() {
     }
     let (response, _, _) = send(&mut sender, get("http://nobody.plane.localhost/"), None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    eventually("every stream to stop counting", || route_a.active() == 0).await;
+    eventually("every stream to stop counting", || {
+        route_a.active() == 0 && route_b.active() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -368,4 +371,48 @@ async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
         .expect("drained cleanly");
     let _ = within(connection).await;
     assert_eq!(route.active(), 0);
+}
+
+#[tokio::test]
+async fn h2c_on_the_plain_listener_of_an_https_proxy_is_served_not_redirected() {
+    // HTTP/1.1 there gets 308 to https (tests/https.rs); prior-knowledge h2c is for internal
+    // clients and keeps working.
+    let proxy = TestProxy::start(ProxyConfig {
+        https_redirect: Some(443),
+        ..ProxyConfig::default()
+    })
+    .await;
+    let backend = Backend::echo("internal").await;
+    proxy.table.set_ready("a", backend.addr);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let mut sender = client(tcp).await;
+    let (response, body, _) = send(&mut sender, get("http://a.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("backend: internal"));
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_like_an_idle_keep_alive() {
+    let proxy = TestProxy::start(ProxyConfig {
+        header_read_timeout: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    })
+    .await;
+    let backend = Backend::echo("a").await;
+    proxy.table.set_ready("a", backend.addr);
+    let tcp = within(TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let (sender, connection) = within(h2::client::handshake(tcp)).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut sender = sender;
+    let (response, _, _) = send(&mut sender, get("http://a.plane.localhost/"), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // No stream after that one: the proxy says GOAWAY and closes; the client's side ends.
+    within(connection)
+        .await
+        .expect("joined")
+        .expect("closed cleanly");
 }
