@@ -342,7 +342,7 @@ async fn a_token_is_in_the_spawn_answer_and_the_drone_command_and_nowhere_else()
         ("event", serde_json::to_string(&event).expect("json")),
         (
             "stored record",
-            format!("{:?}", cluster.controller.backends()),
+            serde_json::to_string(&cluster.controller.backends()).expect("json"),
         ),
     ] {
         assert!(!text.contains(&token), "the token is in the {what}: {text}");

@@ -356,7 +356,20 @@ pub async fn token_guards_a_backend(c: &Cluster) -> anyhow::Result<()> {
     )?;
     ensure!(offsite.status == 400, "off-site redirect: {offsite:?}");
 
-    let cookie = format!("Cookie: theme=dark; plane_token={token}");
+    // The cookie as /_plane_auth set it, sent back as a browser would.
+    let set_cookie = exchange
+        .body
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim())
+        })
+        .context("Set-Cookie")?;
+    let pair = set_cookie.split(';').next().unwrap_or_default();
+    ensure!(pair == format!("plane_token={token}"), "{set_cookie}");
+    let cookie = format!("Cookie: theme=dark; {pair}");
     let info = c.get(&host, "/info", &["-H", &cookie])?.json()?;
     ensure!(info["headers"]["cookie"] == "theme=dark", "cookies: {info}");
 
