@@ -33,8 +33,12 @@ use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::sockets::write_all;
 use crate::upstream::Upstream;
 
-/// Bytes read from a backend at a time.
+/// Bytes read from a backend at a time for a body.
 const READ_BYTES: usize = 8 * 1024;
+/// Room first given to a response head (grown when a head needs more): most heads, and the
+/// whole of a small response, fit, and a buffer this size comes from the allocator's
+/// per-thread cache, where 8 KiB would take its slow path once per stream.
+const HEAD_READ_BYTES: usize = 1024;
 
 /// What the streams of one HTTP/2 connection share.
 pub(crate) struct Connection {
@@ -53,64 +57,48 @@ enum Failure {
     Reset(ProxyError),
 }
 
-/// Serves one stream until its response (or relay) ends, it fails, or the drain cuts it.
-pub(crate) async fn serve_stream(
-    connection: Arc<Connection>,
+/// A stream's request, admitted and rewritten for its backend: all its task needs of it.
+/// Built before the task is spawned, so the parsed request (header map, URI, extensions) is
+/// never part of the task, which the allocator then serves from its per-thread cache.
+struct Admitted {
+    body: RecvStream,
+    /// The HTTP/1.1 head the backend gets.
+    head: Vec<u8>,
+    guard: ActiveGuard,
+    /// Where the backend listens, or, for one still starting, the route key to wait on.
+    upstream: Result<Arc<Upstream>, Box<str>>,
+    has_body: bool,
+    chunked: bool,
+    websocket: bool,
+    head_request: bool,
+}
+
+/// Takes a stream the connection accepted: refused at once (answered without a task) or
+/// forwarded on a task of its own, which holds `connection` until the stream ends.
+pub(crate) fn accept(
+    connection: &Arc<Connection>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
-    let mut cut = drain.clone();
-    let outcome = tokio::select! {
-        outcome = exchange(&connection, request, &mut respond, &mut drain) => outcome,
-        () = cut.cut() => return,
-    };
-    let proxy = &connection.proxy;
-    match outcome {
-        Ok(()) => {}
-        Err(Failure::Respond(error)) => {
-            log(&error);
-            let body = Bytes::from(format!("{error}\n"));
-            let mut response = Response::new(());
-            *response.status_mut() = error.status();
-            let fields = response.headers_mut();
-            fields.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            for (name, value) in error.answer_fields(proxy.config.retry_after_secs) {
-                if let Ok(value) = http::HeaderValue::from_str(&value) {
-                    fields.append(name, value);
-                }
-            }
-            if let Ok(mut stream) = respond.send_response(response, false) {
-                let _ = stream.send_data(body, true);
-            }
+    match admit(connection, request) {
+        Ok(admitted) => {
+            tokio::spawn(serve_stream(
+                Arc::clone(connection),
+                admitted,
+                respond,
+                drain,
+            ));
         }
-        Err(Failure::Reset(error)) => {
-            log(&error);
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
-        }
+        Err(error) => answer_error(&connection.proxy, &mut respond, &error),
     }
 }
 
-fn log(error: &ProxyError) {
-    match error.side() {
-        crate::Side::Client => debug!(%error, "HTTP/2 request refused"),
-        _ => warn!(%error, "HTTP/2 request failed"),
-    }
-}
-
-/// The exchange before its response head reached the client; `respond` is used by the caller
-/// to answer a failure, and taken by the response when it is sent.
-async fn exchange(
-    connection: &Connection,
-    request: Request<RecvStream>,
-    respond: &mut SendResponse<Bytes>,
-    drain: &mut drain::Watch,
-) -> Result<(), Failure> {
+/// Routes and checks the request and writes the head its backend gets; counts the stream
+/// against that backend.
+fn admit(connection: &Connection, request: Request<RecvStream>) -> Result<Admitted, ProxyError> {
     let proxy = &connection.proxy;
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let authority = parts
         .uri
         .authority()
@@ -121,7 +109,7 @@ async fn exchange(
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
-        .ok_or(Failure::Respond(ProxyError::MissingHost))?;
+        .ok_or(ProxyError::MissingHost)?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let (label, route) = admit_request(
         proxy,
@@ -129,31 +117,19 @@ async fn exchange(
         target,
         &parts.headers,
         connection.sni.as_deref(),
-    )
-    .map_err(Failure::Respond)?;
+    )?;
     let websocket = parts.method == http::Method::CONNECT
         && parts
             .extensions
             .get::<h2::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     if parts.method == http::Method::CONNECT && !websocket {
-        return Err(Failure::Respond(ProxyError::BadRequest(
+        return Err(ProxyError::BadRequest(
             "CONNECT is supported only as an extended CONNECT with :protocol websocket",
-        )));
+        ));
     }
-    let mut guard = count(proxy, &route).map_err(Failure::Respond)?;
-    let upstream = match route.upstream() {
-        Some(upstream) => upstream,
-        None => {
-            let (ready, upstream) = wait_ready(proxy, label, drain)
-                .await
-                .map_err(Failure::Respond)?;
-            if !Arc::ptr_eq(&ready, guard.route()) {
-                guard = count(proxy, &ready).map_err(Failure::Respond)?;
-            }
-            upstream
-        }
-    };
+    let guard = count(proxy, &route)?;
+    let upstream = route.upstream().ok_or_else(|| Box::from(label));
 
     let has_body = !body.is_end_stream() && !websocket;
     let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -178,17 +154,102 @@ async fn exchange(
         },
         credentials,
     );
-    let head_request = parts.method == http::Method::HEAD;
-    drop(parts);
+    Ok(Admitted {
+        body,
+        head,
+        guard,
+        upstream,
+        has_body,
+        chunked,
+        websocket,
+        head_request: parts.method == http::Method::HEAD,
+    })
+}
+
+/// Serves one admitted stream until its response (or relay) ends, it fails, or the drain cuts
+/// it.
+async fn serve_stream(
+    connection: Arc<Connection>,
+    admitted: Admitted,
+    mut respond: SendResponse<Bytes>,
+    mut drain: drain::Watch,
+) {
+    let mut cut = drain.clone();
+    let outcome = tokio::select! {
+        outcome = exchange(&connection.proxy, admitted, &mut respond, &mut drain) => outcome,
+        () = cut.cut() => return,
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(Failure::Respond(error)) => answer_error(&connection.proxy, &mut respond, &error),
+        Err(Failure::Reset(error)) => {
+            log(&error);
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// Answers the stream with `error` (its status, a one-line text body and its fields).
+fn answer_error(proxy: &Proxy, respond: &mut SendResponse<Bytes>, error: &ProxyError) {
+    log(error);
+    let body = Bytes::from(format!("{error}\n"));
+    let mut response = Response::new(());
+    *response.status_mut() = error.status();
+    let fields = response.headers_mut();
+    fields.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (name, value) in error.answer_fields(proxy.config.retry_after_secs) {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            fields.append(name, value);
+        }
+    }
+    if let Ok(mut stream) = respond.send_response(response, false) {
+        let _ = stream.send_data(body, true);
+    }
+}
+
+fn log(error: &ProxyError) {
+    match error.side() {
+        crate::Side::Client => debug!(%error, "HTTP/2 request refused"),
+        _ => warn!(%error, "HTTP/2 request failed"),
+    }
+}
+
+/// The exchange with the backend; `respond` is used by the caller to answer a failure before
+/// the response head was sent, and taken by the response when it is.
+async fn exchange(
+    proxy: &Proxy,
+    admitted: Admitted,
+    respond: &mut SendResponse<Bytes>,
+    drain: &mut drain::Watch,
+) -> Result<(), Failure> {
+    let Admitted {
+        mut body,
+        head,
+        mut guard,
+        upstream,
+        has_body,
+        chunked,
+        websocket,
+        head_request,
+    } = admitted;
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(label) => {
+            // Rare, and a large future: on the heap, so every stream's task is not as large.
+            let (ready, upstream) = Box::pin(wait_ready(proxy, &label, drain))
+                .await
+                .map_err(Failure::Respond)?;
+            if !Arc::ptr_eq(&ready, guard.route()) {
+                guard = count(proxy, &ready).map_err(Failure::Respond)?;
+            }
+            upstream
+        }
+    };
 
     let config = &proxy.config;
-    let name = guard.route().backend().to_owned();
-    let backend_failed = |source: io::Error| {
-        Failure::Respond(ProxyError::BackendRequest {
-            backend: name.as_str().into(),
-            source,
-        })
-    };
     // A pooled connection the backend closed meanwhile fails before any answer: the request
     // goes again on a new one when nothing of its body has been sent.
     let mut use_pool = true;
@@ -196,57 +257,57 @@ async fn exchange(
         let (mut backend, reused) = match upstream.connection(!use_pool, config).await {
             Ok(connection) => connection,
             Err(source) => {
+                let backend = guard.route().backend().into();
                 // The backend never saw this request: it must not count as activity.
                 guard.cancel();
                 return Err(Failure::Respond(ProxyError::BackendConnect {
-                    backend: name.as_str().into(),
+                    backend,
                     source,
                 }));
             }
         };
-        if let Err(error) = write_all(&mut backend, &head, &[], config.write_progress_timeout).await
+        if let Err(source) =
+            write_all(&mut backend, &head, &[], config.write_progress_timeout).await
         {
             if reused {
                 use_pool = false;
                 continue;
             }
-            return Err(backend_failed(error));
+            return Err(Failure::Respond(ProxyError::BackendRequest {
+                backend: guard.route().backend().into(),
+                source,
+            }));
         }
-        let mut bbuf = BytesMut::with_capacity(READ_BYTES);
+        let mut bbuf = BytesMut::with_capacity(HEAD_READ_BYTES);
         if has_body {
             break (backend, bbuf);
         }
         match read_response_head(&mut backend, &mut bbuf, respond).await {
             Ok(()) => break (backend, bbuf),
             Err(Fault::Backend(_)) if reused && bbuf.is_empty() => use_pool = false,
-            Err(fault) => return Err(fault.into_failure(&name, false)),
+            Err(fault) => return Err(fault.into_failure(guard.route().backend(), false)),
         }
     };
-    let mut body_done = !has_body;
-    if has_body {
-        let (mut backend_read, mut backend_write) = backend.split();
-        let response = read_response_head(&mut backend_read, &mut bbuf, respond);
-        let pump = pump_request(&mut body, &mut backend_write, chunked, config);
-        tokio::pin!(response, pump);
-        let mut pumping = true;
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = &mut response => break result,
-                result = &mut pump, if pumping => match result {
-                    Ok(()) => { pumping = false; body_done = true; }
-                    // The backend stopped reading: it may still have answered.
-                    Err(Fault::Backend(_)) => pumping = false,
-                    Err(fault) => break Err(fault),
-                },
-            }
-        };
-        result.map_err(|fault| fault.into_failure(&name, false))?;
-    }
+    drop(head);
+    let body_done = if has_body {
+        // Uploads are fewer, and their future large: on the heap.
+        Box::pin(upload(
+            &mut backend,
+            &mut bbuf,
+            respond,
+            &mut body,
+            chunked,
+            config,
+        ))
+        .await
+        .map_err(|fault| fault.into_failure(guard.route().backend(), false))?
+    } else {
+        true
+    };
 
     // The final response head is at the start of `bbuf`.
     let answer = final_answer(&bbuf, head_request, websocket)
-        .map_err(|fault| fault.into_failure(&name, false))?;
+        .map_err(|fault| fault.into_failure(guard.route().backend(), false))?;
     let FinalAnswer {
         response,
         framing,
@@ -255,13 +316,13 @@ async fn exchange(
         len,
     } = answer;
     bbuf.advance(len);
-    debug!(backend = %name, status = response.status().as_u16(), "routed (HTTP/2)");
+    debug!(backend = %guard.route().backend(), status = response.status().as_u16(), "routed (HTTP/2)");
 
     if switching {
         let stream = respond
             .send_response(response, false)
             .map_err(|e| Failure::Reset(client_gone(e)))?;
-        relay(body, stream, backend, bbuf, guard, config).await;
+        Box::pin(relay(body, stream, backend, bbuf, guard, config)).await;
         return Ok(());
     }
     // What is left of an upload the backend answered before reading is not wanted: dropping
@@ -278,10 +339,40 @@ async fn exchange(
     }
     send_body(&mut backend, &mut bbuf, &mut stream, framing, config)
         .await
-        .map_err(|fault| fault.into_failure(&name, true))?;
+        .map_err(|fault| fault.into_failure(guard.route().backend(), true))?;
     drop(guard);
     finish(backend, bbuf, &upstream, keep_alive && body_done, config);
     Ok(())
+}
+
+/// Sends the request body while waiting for the response head (a backend may answer before it
+/// has read it all); says whether the whole body was sent.
+async fn upload(
+    backend: &mut TcpStream,
+    bbuf: &mut BytesMut,
+    respond: &mut SendResponse<Bytes>,
+    body: &mut RecvStream,
+    chunked: bool,
+    config: &crate::ProxyConfig,
+) -> Result<bool, Fault> {
+    let (mut backend_read, mut backend_write) = backend.split();
+    let response = read_response_head(&mut backend_read, bbuf, respond);
+    let pump = pump_request(body, &mut backend_write, chunked, config);
+    tokio::pin!(response, pump);
+    let mut pumping = true;
+    let mut body_done = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut response => return result.map(|()| body_done),
+            result = &mut pump, if pumping => match result {
+                Ok(()) => { pumping = false; body_done = true; }
+                // The backend stopped reading: it may still have answered.
+                Err(Fault::Backend(_)) => pumping = false,
+                Err(fault) => return Err(fault),
+            },
+        }
+    }
 }
 
 /// Pools the backend connection if the exchange left it clean.
@@ -350,7 +441,7 @@ where
             if bbuf.len() >= MAX_RESPONSE_HEADER_BYTES {
                 return Err(Fault::Protocol("response head too large"));
             }
-            bbuf.reserve(READ_BYTES);
+            bbuf.reserve(HEAD_READ_BYTES);
             let read = tokio::select! {
                 read = backend.read_buf(bbuf) => read.map_err(Fault::Backend)?,
                 reason = poll_fn(|cx| respond.poll_reset(cx)) => {

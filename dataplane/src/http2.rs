@@ -93,12 +93,7 @@ pub(crate) async fn serve<IO>(
             accepted = conn.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
-                    tokio::spawn(h2_exchange::serve_stream(
-                        Arc::clone(&connection),
-                        request,
-                        respond,
-                        drain.clone(),
-                    ));
+                    h2_exchange::accept(&connection, request, respond, drain.clone());
                 }
                 Some(Err(error)) => {
                     debug!(%error, peer = %peer.addr, "HTTP/2 connection failed");
