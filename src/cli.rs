@@ -60,9 +60,20 @@ impl Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    Always,
+    /// The API's own name.
+    #[value(name = "if_not_present", alias = "if-not-present")]
+    IfNotPresent,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExecutorArg {
     /// Each backend is a local process.
     Process,
+    /// Each backend is a Docker container (the local engine, `DOCKER_HOST` or its socket).
+    Docker,
 }
 
 /// How many threads serve requests.
@@ -360,9 +371,34 @@ pub struct BackendArgs {
 
 #[derive(Args, Debug)]
 pub struct SpawnArgs {
-    /// The command to run, split like a shell would (quotes work; no variables or globs).
-    #[arg(long)]
-    pub command: String,
+    /// The command to run, split like a shell would (quotes work; no variables or globs); with
+    /// `--image`, it replaces the image's CMD.
+    #[arg(long, required_unless_present = "image")]
+    pub command: Option<String>,
+    /// Run the backend as a container of this image (a drone with `--executor docker`).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Memory limit of the container, e.g. `256M`, `1G` (K, M, G are powers of 1024).
+    #[arg(long, value_name = "SIZE", requires = "image")]
+    pub memory: Option<String>,
+    /// CPU limit of the container in cores, e.g. `0.5`.
+    #[arg(long, value_name = "CORES", requires = "image")]
+    pub cpus: Option<f64>,
+    /// Most processes and threads in the container.
+    #[arg(long, value_name = "N", requires = "image")]
+    pub pids: Option<u64>,
+    /// When the drone pulls the image (default: if_not_present).
+    #[arg(long, value_enum, requires = "image")]
+    pub pull: Option<PullArg>,
+    /// Registry user for pulling the image.
+    #[arg(long, value_name = "USER", requires_all = ["image", "registry_password_file"])]
+    pub registry_user: Option<String>,
+    /// File holding the registry password (read here; never put on the command line).
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    pub registry_password_file: Option<std::path::PathBuf>,
+    /// The backend is ready only once this path answers 2xx or 3xx.
+    #[arg(long, value_name = "PATH")]
+    pub ready_path: Option<String>,
     /// Seconds without connections before the backend is swept.
     #[arg(long)]
     pub idle: Option<u64>,

@@ -1,12 +1,13 @@
 //! The client commands (`spawn`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
 //! the HTTP API and prints readable text, or JSON with `--json`.
 
-use crate::cli::{BackendArgs, ClientArgs, SpawnArgs};
+use crate::cli::{BackendArgs, ClientArgs, PullArg, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::ApiClient;
-use plane_protocol::messages::{BackendState, Executable, UnixMillis};
+use plane_protocol::messages::{BackendState, PullPolicy, Resources, UnixMillis};
 use plane_protocol::records::{BackendRecord, DroneView};
-use plane_protocol::spawn_request::SpawnRequest;
+use plane_protocol::registry::RegistryCredentials;
+use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -24,8 +25,36 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
-    let command = shlex::split(&args.command)
-        .with_context(|| format!("--command {:?}: unbalanced quotes", args.command))?;
+    let command = match &args.command {
+        Some(command) => shlex::split(command)
+            .with_context(|| format!("--command {command:?}: unbalanced quotes"))?,
+        None => Vec::new(),
+    };
+    let credentials = match (&args.registry_user, &args.registry_password_file) {
+        (Some(username), Some(file)) => {
+            let password = std::fs::read_to_string(file)
+                .with_context(|| format!("--registry-password-file {}", file.display()))?;
+            Some(RegistryCredentials {
+                username: username.clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_string(),
+            })
+        }
+        _ => None,
+    };
+    let resources = Resources {
+        memory_bytes: args.memory.as_deref().map(parse_size).transpose()?,
+        cpu_millis: args
+            .cpus
+            .map(|cores| {
+                anyhow::ensure!(
+                    cores.is_finite() && cores > 0.0,
+                    "--cpus {cores}: must be a positive number of cores"
+                );
+                Ok((cores * 1000.0).round() as u64)
+            })
+            .transpose()?,
+        pids: args.pids,
+    };
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
@@ -34,10 +63,21 @@ pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
         env.insert(key.to_string(), value.to_string());
     }
     let request = SpawnRequest {
-        executable: Executable { command },
+        executable: SpawnExecutable {
+            image: args.image.clone(),
+            command,
+            pull_policy: args.pull.map(|pull| match pull {
+                PullArg::Always => PullPolicy::Always,
+                PullArg::IfNotPresent => PullPolicy::IfNotPresent,
+                PullArg::Never => PullPolicy::Never,
+            }),
+            credentials,
+        },
         max_idle_secs: args.idle,
         env,
         require_token: args.require_token,
+        resources,
+        ready_path: args.ready_path.clone(),
     };
     // Check locally first, so that a typo fails before any network round trip.
     request
@@ -211,5 +251,43 @@ mod tests {
     fn clock_formats_utc_time_of_day() {
         // 2026-11-28T14:02:03.045Z
         assert_eq!(clock(1_795_874_523_045), "14:02:03.045Z");
+    }
+}
+
+/// A size like `256M`: bytes, or K, M, G (powers of 1024, optionally followed by `i`/`iB`/`B`).
+fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .with_context(|| format!("--memory {text:?}: expected a number with K, M or G"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KI" | "KIB" => 10,
+        "M" | "MB" | "MI" | "MIB" => 20,
+        "G" | "GB" | "GI" | "GIB" => 30,
+        _ => bail!("--memory {text:?}: unknown unit {unit:?} (use K, M or G)"),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .with_context(|| format!("--memory {text:?}: too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_docker_writes_them() {
+        assert_eq!(parse_size("256M").expect("valid"), 256 << 20);
+        assert_eq!(parse_size("1g").expect("valid"), 1 << 30);
+        assert_eq!(parse_size("64KiB").expect("valid"), 64 << 10);
+        assert_eq!(parse_size("1000").expect("valid"), 1000);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999G").is_err());
     }
 }

@@ -10,6 +10,7 @@ use crate::cli::{
 use crate::secrets;
 use crate::shutdown;
 use anyhow::Context as _;
+use plane_agent::docker::DockerExecutor;
 use plane_agent::executor::Executor;
 use plane_agent::process::ProcessExecutor;
 use plane_agent::{Drone, DroneConfig};
@@ -50,10 +51,19 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
     Ok(duration)
 }
 
-fn executor(kind: ExecutorArg) -> anyhow::Result<Arc<dyn Executor>> {
+async fn executor(
+    kind: ExecutorArg,
+    cluster: &str,
+    drone: &DroneId,
+) -> anyhow::Result<Arc<dyn Executor>> {
     match kind {
         ExecutorArg::Process => Ok(Arc::new(
             ProcessExecutor::new().context("starting the process executor")?,
+        )),
+        ExecutorArg::Docker => Ok(Arc::new(
+            DockerExecutor::connect(cluster, drone.as_str())
+                .await
+                .context("starting the docker executor")?,
         )),
     }
 }
@@ -277,11 +287,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .context("opening cluster state")?;
     let table = RouteTable::new(&cluster);
     let drone_id = DroneId::generate();
+    let executor = executor(args.executor, &cluster, &drone_id).await?;
+    let executor_kind = executor.kind();
     let drone = Drone::new(
         drone_config(drone_id.clone(), &cluster, &proxy, &args.drone)?,
         bus,
         table.clone(),
-        executor(args.executor)?,
+        executor,
     );
 
     let api_addr = api_listener.local_addr()?;
@@ -297,7 +309,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "Plane dev is running.\n\
          \x20 API      http://{api_addr}\n\
          \x20 proxy    {scheme}://{{backend}}.{cluster}:{port}/ (listening on {proxy_addr}){plain_line}\n\
-         \x20 drone    {drone_id} (process executor)\n\n\
+         \x20 drone    {drone_id} ({executor_kind} executor)\n\n\
          Spawn a first backend (in another terminal):\n\
          \x20 cargo run --release -- spawn --wait --command \"sh -c 'exec python3 -m http.server --bind 127.0.0.1 \\$PORT'\"\n\
          Then open the URL it prints. Ctrl-C stops Plane and every backend it started.",
@@ -401,7 +413,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         drone_config(id.clone(), &cluster, &proxy, &args.drone)?,
         bus,
         table.clone(),
-        executor(args.executor)?,
+        executor(args.executor, &cluster, &id).await?,
     );
     // On stdout, for whoever started us with port 0 to learn the real address.
     proxy.announce()?;

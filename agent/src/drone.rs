@@ -18,6 +18,7 @@ use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
 };
+use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::subjects::Subjects;
 use plane_protocol::token::AccessToken;
 use std::collections::HashMap;
@@ -54,6 +55,12 @@ pub struct Drone {
     shared: Arc<Shared>,
     /// When this drone process started, told in every heartbeat.
     started_at: UnixMillis,
+}
+
+/// What a spawn command brings beside the spec, for this drone only.
+struct Secrets {
+    token: Option<AccessToken>,
+    credentials: Option<RegistryCredentials>,
 }
 
 /// State shared with the lifecycle tasks.
@@ -213,7 +220,8 @@ impl Drone {
                 backend,
                 spec,
                 token,
-            }) => self.spawn(backend, spec, token, reports),
+                credentials,
+            }) => self.spawn(backend, spec, Secrets { token, credentials }, reports),
             Ok(DroneCommand::Terminate { backend }) => {
                 if let Some(handle) = self.shared.backends().get(&backend) {
                     handle.request_stop(TerminationReason::Terminated);
@@ -240,9 +248,20 @@ impl Drone {
         &self,
         backend: BackendId,
         spec: BackendSpec,
-        token: Option<AccessToken>,
+        secrets: Secrets,
         reports: &Reports,
     ) -> Ack {
+        let Secrets { token, credentials } = secrets;
+        let needs = spec.executable.executor();
+        let runs = self.shared.context.executor.kind();
+        if needs != runs {
+            return Ack::Rejected {
+                error: format!(
+                    "backend {backend} needs the {needs} executor; drone {} runs {runs}",
+                    self.config.id
+                ),
+            };
+        }
         if spec.require_token != token.is_some() {
             return Ack::Rejected {
                 error: format!(
@@ -288,12 +307,13 @@ impl Drone {
             self.config.id.clone(),
             self.started_at,
         );
-        info!(backend = %backend, command = ?spec.executable.command, "spawning backend");
+        info!(backend = %backend, image = ?spec.executable.image, command = ?spec.executable.command, "spawning backend");
         self.shared.lifecycles.spawn(async move {
             lifecycle::run(
                 &shared.context,
                 backend.clone(),
                 spec,
+                credentials,
                 handle,
                 stop,
                 reports,

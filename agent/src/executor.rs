@@ -1,9 +1,11 @@
 //! What every executor (`process`, later `docker`) offers the lifecycle: start a backend, learn
 //! its address, wait for its exit, stop it. The lifecycle never knows which one it drives.
 
+use crate::readiness::ReadyCheck;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use plane_protocol::registry::RegistryCredentials;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +23,12 @@ pub enum LaunchError {
     NoPort(std::io::Error),
     #[error("the executor is shutting down")]
     ShuttingDown,
+    #[error("no image to run")]
+    NoImage,
+    #[error("image {image}: {message}")]
+    Image { image: String, message: String },
+    #[error("the container did not start: {message}")]
+    Start { message: String },
 }
 
 /// Everything needed to start one backend.
@@ -32,6 +40,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The port it must listen on (also in `env` as `PORT`).
     pub port: u16,
+    /// For pulling the image (containers only).
+    pub credentials: Option<RegistryCredentials>,
 }
 
 /// How a backend ended.
@@ -41,9 +51,18 @@ pub struct Exit {
     pub code: Option<i32>,
     /// The signal that killed it, if any.
     pub signal: Option<i32>,
+    /// The kernel killed it for going over its memory limit.
+    pub oom_killed: bool,
 }
 
 impl Exit {
+    /// An end nothing more is known of.
+    pub const UNKNOWN: Exit = Exit {
+        code: None,
+        signal: None,
+        oom_killed: false,
+    };
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -51,6 +70,9 @@ impl Exit {
     /// A short human description, e.g. `exit code 3` or `killed by signal 9`.
     pub fn describe(&self) -> String {
         match (self.code, self.signal) {
+            (Some(code), _) if self.oom_killed => {
+                format!("exit code {code}, killed for going over its memory limit")
+            }
             (Some(code), _) => format!("exit code {code}"),
             (None, Some(signal)) => format!("killed by signal {signal}"),
             (None, None) => "ended".to_string(),
@@ -61,6 +83,12 @@ impl Exit {
 /// A way of running backends.
 pub trait Executor: Send + Sync + 'static {
     fn kind(&self) -> ExecutorKind;
+
+    /// The port a new backend is told to listen on (`PORT`).
+    fn port(&self) -> std::io::Result<u16>;
+
+    /// What makes a started backend ready.
+    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck;
 
     /// Starts the backend. An error means it could not be loaded at all.
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>>;

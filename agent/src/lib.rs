@@ -2,12 +2,14 @@
 //! executor, drives it through its lifecycle, routes it in the proxy once ready, sweeps it when
 //! idle, and reports every state change until the controller acknowledges it.
 
+pub mod docker;
 pub mod drone;
 pub mod executor;
 mod lifecycle;
 pub mod limits;
 mod listener_owner;
 pub mod process;
+pub mod readiness;
 mod reaper;
 mod reporter;
 mod sweeper;

@@ -12,13 +12,12 @@
 //! backend runs any more and its route is gone.
 
 use crate::executor::{Executor, Exit, Launch, Running};
-use crate::limits::{READY_PROBE_MAX, READY_PROBE_MIN};
 use crate::reporter::BackendReports;
 use plane_dataplane::{Route, RouteTable};
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{BackendSpec, BackendState, TerminationReason};
-use std::net::SocketAddr;
+use plane_protocol::registry::RegistryCredentials;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,12 +87,22 @@ pub(crate) async fn run(
     ctx: &Context,
     backend: BackendId,
     spec: BackendSpec,
+    credentials: Option<RegistryCredentials>,
     handle: Arc<BackendHandle>,
     mut stop: watch::Receiver<Option<TerminationReason>>,
     mut reports: BackendReports,
 ) {
     reports.state(BackendState::Loading);
-    let outcome = drive(ctx, &backend, spec, &handle, &mut stop, &mut reports).await;
+    let outcome = drive(
+        ctx,
+        &backend,
+        spec,
+        credentials,
+        &handle,
+        &mut stop,
+        &mut reports,
+    )
+    .await;
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
     reports.terminated(outcome.reason, outcome.exit_code, outcome.message);
@@ -119,11 +128,12 @@ async fn drive(
     ctx: &Context,
     backend: &BackendId,
     spec: BackendSpec,
+    credentials: Option<RegistryCredentials>,
     handle: &BackendHandle,
     stop: &mut watch::Receiver<Option<TerminationReason>>,
     reports: &mut BackendReports,
 ) -> Outcome {
-    let port = match free_port() {
+    let port = match ctx.executor.port() {
         Ok(port) => port,
         Err(e) => {
             return Outcome::new(
@@ -133,13 +143,24 @@ async fn drive(
             )
         }
     };
+    let check = ctx.executor.ready_check(&spec);
     let launch = Launch {
         env: environment(backend, &ctx.cluster, port, &spec),
         backend: backend.clone(),
         spec,
         port,
+        credentials,
     };
-    let mut running = match ctx.executor.launch(launch).await {
+    // A stop while loading (a long pull, say) cuts the launch short; the executor removes
+    // whatever it had created.
+    let launched = tokio::select! {
+        launched = ctx.executor.launch(launch) => launched,
+        reason = stop_requested(stop) => {
+            reports.state(BackendState::Terminating);
+            return Outcome::new(reason, None, Some("stopped while loading".to_string()));
+        }
+    };
+    let mut running = match launched {
         Ok(running) => running,
         Err(e) => {
             return Outcome::new(TerminationReason::ErrorLoading, None, Some(error_chain(&e)))
@@ -152,7 +173,7 @@ async fn drive(
     reports.state(BackendState::Starting);
     let address = running.address();
     let ready = tokio::select! {
-        () = accepting(address) => true,
+        () = check.passed(address) => true,
         () = tokio::time::sleep(ctx.ready_timeout) => false,
         exit = running.wait() => {
             return Outcome::new(
@@ -165,7 +186,8 @@ async fn drive(
     };
     if !ready {
         let message = format!(
-            "did not accept connections on port {} within {:?}",
+            "did not {} on port {} within {:?}",
+            check.describe(),
             address.port(),
             ctx.ready_timeout
         );
@@ -234,26 +256,6 @@ async fn stop_requested(
     }
 }
 
-/// Resolves once something accepts TCP connections at `address`. There is no event for "a
-/// process started listening", so this probes, backing off up to [`READY_PROBE_MAX`].
-async fn accepting(address: SocketAddr) {
-    let mut pause = READY_PROBE_MIN;
-    loop {
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(READY_PROBE_MAX);
-    }
-}
-
-/// A port free on loopback a moment ago. The backend binds it itself; a race with another
-/// process shows up as a backend that never becomes ready.
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// The backend's environment (**contract**): `PORT`, `PLANE_BACKEND_ID`, `PLANE_CLUSTER`, then
 /// the spawn's own variables (which may not override these; the API refuses that).
 fn environment(
@@ -281,6 +283,7 @@ pub(crate) mod tests {
     use super::*;
     use plane_protocol::messages::Executable;
     use std::collections::BTreeMap;
+    use std::net::SocketAddr;
 
     /// A handle whose backend is ready and routed in `table` (as the lifecycle leaves it), with
     /// the receiving end of its stop channel.
@@ -332,9 +335,7 @@ pub(crate) mod tests {
     fn the_environment_puts_plane_variables_first_and_keeps_them() {
         let backend = BackendId::new("b1").expect("valid id");
         let spec = BackendSpec {
-            executable: Executable {
-                command: vec!["x".into()],
-            },
+            executable: Executable::process(vec!["x".into()]),
             max_idle_secs: 5,
             env: BTreeMap::from([
                 ("A".to_string(), "1".to_string()),
@@ -343,6 +344,8 @@ pub(crate) mod tests {
                 ("PLANE_CLUSTER".to_string(), "other".to_string()),
             ]),
             require_token: false,
+            resources: Default::default(),
+            ready_path: None,
         };
         let env = environment(&backend, "plane.test", 4242, &spec);
         let expected = [

@@ -21,6 +21,16 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
 pub const READY_PROBE_MIN: Duration = Duration::from_millis(20);
 pub const READY_PROBE_MAX: Duration = Duration::from_millis(250);
 
+/// How long one HTTP readiness probe may take to get its status line.
+pub const READY_PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The port a container's backend listens on inside (`PORT`); Docker publishes it on the
+/// drone's loopback.
+pub const CONTAINER_PORT: u16 = 8080;
+
+/// Pause before a lost Docker events stream is opened again.
+pub const DOCKER_EVENTS_RETRY: Duration = Duration::from_millis(500);
+
 /// How long a state report waits for the controller's acknowledgement before it is re-sent.
 pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 

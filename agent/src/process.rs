@@ -9,10 +9,11 @@
 
 use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
 use crate::limits::MAX_LOG_LINE_BYTES;
+use crate::readiness::ReadyCheck;
 use crate::reaper::Reaper;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::ExecutorKind;
+use plane_protocol::messages::{BackendSpec, ExecutorKind};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -100,6 +101,20 @@ impl Executor for ProcessExecutor {
         ExecutorKind::Process
     }
 
+    /// A port free on loopback a moment ago. The backend binds it itself; a race with another
+    /// process shows up as a backend that never becomes ready (or fails the listener check).
+    fn port(&self) -> std::io::Result<u16> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        Ok(listener.local_addr()?.port())
+    }
+
+    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck {
+        match &spec.ready_path {
+            Some(path) => ReadyCheck::Succeeds(path.clone()),
+            None => ReadyCheck::Accepts,
+        }
+    }
+
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {
         Box::pin(async move {
             let command = Self::command(&launch)?;
@@ -162,13 +177,11 @@ impl ProcessBackend {
             Ok(status) => Exit {
                 code: status.code(),
                 signal: status.signal(),
+                oom_killed: false,
             },
             Err(error) => {
                 warn!(backend = %self.backend, %error, "waiting for backend process failed");
-                Exit {
-                    code: None,
-                    signal: None,
-                }
+                Exit::UNKNOWN
             }
         };
         self.signal_group(libc::SIGKILL);

@@ -42,12 +42,12 @@ fn launch(command: &[&str], marker: &str, port: u16) -> Launch {
     Launch {
         backend: BackendId::new("test-backend").expect("valid id"),
         spec: BackendSpec {
-            executable: Executable {
-                command: command.iter().map(|s| s.to_string()).collect(),
-            },
+            executable: Executable::process(command.iter().map(|s| s.to_string()).collect()),
             max_idle_secs: 60,
             env: BTreeMap::new(),
             require_token: false,
+            resources: Default::default(),
+            ready_path: None,
         },
         env: vec![
             ("PORT".to_string(), port.to_string()),
@@ -55,6 +55,7 @@ fn launch(command: &[&str], marker: &str, port: u16) -> Launch {
             (MARKER.to_string(), marker.to_string()),
         ],
         port,
+        credentials: None,
     }
 }
 

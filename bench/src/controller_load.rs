@@ -71,12 +71,12 @@ fn spread(total: usize, drones: usize) -> Vec<usize> {
 /// What a spawn asks for in these benches.
 pub fn spec() -> BackendSpec {
     BackendSpec {
-        executable: Executable {
-            command: vec!["server".into()],
-        },
+        executable: Executable::process(vec!["server".into()]),
         max_idle_secs: 300,
         env: Default::default(),
         require_token: false,
+        resources: Default::default(),
+        ready_path: None,
     }
 }
 

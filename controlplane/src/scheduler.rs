@@ -17,8 +17,12 @@ pub enum NoDrone {
     NoneRegistered,
     #[error("no drone available: none of the {known} known drones is live")]
     NoneLive { known: usize },
-    #[error("no drone available: every live drone is draining, full or runs another executor")]
-    NoneWithRoom,
+    #[error("no drone available: none of the {live} live drones runs the {executor} executor")]
+    NoneRunsExecutor { executor: ExecutorKind, live: usize },
+    #[error("no drone available: every live {executor} drone is draining")]
+    AllDraining { executor: ExecutorKind },
+    #[error("no drone available: every live {executor} drone is full")]
+    AllFull { executor: ExecutorKind },
 }
 
 /// A drone as the scheduler weighs it.
@@ -49,14 +53,27 @@ pub fn candidates(
     if live.is_empty() {
         return Err(NoDrone::NoneLive { known });
     }
-    let mut usable: Vec<Candidate> = live
+    let live_count = live.len();
+    let running: Vec<Candidate> = live
         .into_iter()
-        .filter(|d| {
-            !d.drone.draining && d.drone.executor == executor && d.status.load < d.drone.capacity
-        })
+        .filter(|d| d.drone.executor == executor)
+        .collect();
+    if running.is_empty() {
+        return Err(NoDrone::NoneRunsExecutor {
+            executor,
+            live: live_count,
+        });
+    }
+    let open: Vec<Candidate> = running.into_iter().filter(|d| !d.drone.draining).collect();
+    if open.is_empty() {
+        return Err(NoDrone::AllDraining { executor });
+    }
+    let mut usable: Vec<Candidate> = open
+        .into_iter()
+        .filter(|d| d.status.load < d.drone.capacity)
         .collect();
     if usable.is_empty() {
-        return Err(NoDrone::NoneWithRoom);
+        return Err(NoDrone::AllFull { executor });
     }
     usable.shuffle(&mut rand::thread_rng());
     if usable.len() >= 2 && usable[1].lighter_than(&usable[0]).is_lt() {
@@ -166,7 +183,31 @@ mod tests {
         );
         assert_eq!(
             candidates(vec![drone("a", 1, 1, true)], ExecutorKind::Process).map(|_| ()),
-            Err(NoDrone::NoneWithRoom)
+            Err(NoDrone::AllFull {
+                executor: ExecutorKind::Process
+            })
+        );
+        let mut draining = drone("d", 0, 1, true);
+        Arc::make_mut(&mut draining.drone).draining = true;
+        assert_eq!(
+            candidates(
+                vec![draining, drone("silent", 0, 1, false)],
+                ExecutorKind::Process
+            )
+            .map(|_| ()),
+            Err(NoDrone::AllDraining {
+                executor: ExecutorKind::Process
+            })
+        );
+        let refused = candidates(
+            vec![drone("a", 0, 1, true), drone("b", 0, 1, true)],
+            ExecutorKind::Docker,
+        )
+        .map(|_| ())
+        .expect_err("no docker drone");
+        assert_eq!(
+            refused.to_string(),
+            "no drone available: none of the 2 live drones runs the docker executor"
         );
     }
 }

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_controlplane::api::{ApiConfig, ApiToken};
-use plane_protocol::messages::{Ack, BackendState, DroneCommand, TerminationReason};
+use plane_protocol::messages::{Ack, BackendState, DroneCommand, ExecutorKind, TerminationReason};
 use plane_protocol::records::BackendRecord;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -210,6 +210,7 @@ async fn spawn_get_and_terminate_over_http() {
         backend,
         spec,
         token,
+        credentials,
     } = drone.next().await
     else {
         panic!("expected a spawn command");
@@ -220,6 +221,7 @@ async fn spawn_get_and_terminate_over_http() {
         token.is_none() && json.get("token").is_none(),
         "no token unless asked"
     );
+    assert!(credentials.is_none());
 
     let path = format!("/v1/backends/{}", record.id);
     let (status, json) = api.call(Method::GET, &path, "").await;
@@ -349,6 +351,77 @@ async fn a_token_is_in_the_spawn_answer_and_the_drone_command_and_nowhere_else()
         assert!(
             !text.contains("\"token\""),
             "a token field in the {what}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registry_credentials_reach_the_docker_drone_and_nothing_else() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("proc", 0, 1).await;
+    let api = Api::serve(&cluster).await;
+    let body = r#"{"executable": {"image": "127.0.0.1:5000/app:v1", "pull_policy": "always",
+        "credentials": {"username": "robot", "password": "s3cret-pa55"}},
+        "resources": {"memory_bytes": 67108864, "cpu_millis": 250, "pids": 32}}"#;
+    // Only a process drone: the refusal says why.
+    let (status, json) = api.call(Method::POST, "/v1/backends", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    let error = json["error"].as_str().expect("an error");
+    assert!(error.contains("docker executor"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+
+    cluster.heartbeat_of("dock", ExecutorKind::Docker).await;
+    let mut drone = FakeDrone::start(&cluster, "dock", Answer::Accept).await;
+    let (status, json) = api.call(Method::POST, "/v1/backends", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(json["drone"], "dock", "only the docker drone can run it");
+    let id = json["id"].as_str().expect("id").to_string();
+    let DroneCommand::Spawn {
+        spec, credentials, ..
+    } = drone.next().await
+    else {
+        panic!("expected a spawn command");
+    };
+    assert_eq!(
+        spec.executable.image.as_deref(),
+        Some("127.0.0.1:5000/app:v1")
+    );
+    assert_eq!(spec.resources.cpu_millis, Some(250));
+    let credentials = credentials.expect("credentials for the drone");
+    assert_eq!(
+        (credentials.username.as_str(), credentials.password.as_str()),
+        ("robot", "s3cret-pa55")
+    );
+
+    let (_, status_json) = api
+        .call(Method::GET, &format!("/v1/backends/{id}"), "")
+        .await;
+    let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
+    let events = api
+        .send(Method::GET, &format!("/v1/backends/{id}/events"), "")
+        .await;
+    let mut events = Events {
+        body: events.into_body(),
+        buffer: BytesMut::new(),
+    };
+    let event = events.next().await.expect("the current state");
+    for (what, text) in [
+        ("spawn answer", json.to_string()),
+        ("status", status_json.to_string()),
+        ("list", list_json.to_string()),
+        ("event", serde_json::to_string(&event).expect("json")),
+        (
+            "stored record",
+            serde_json::to_string(&cluster.controller.backends()).expect("json"),
+        ),
+    ] {
+        assert!(
+            !text.contains("s3cret"),
+            "the password is in the {what}: {text}"
+        );
+        assert!(
+            !text.contains("credentials"),
+            "a credentials field in the {what}: {text}"
         );
     }
 }

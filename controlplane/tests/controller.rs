@@ -45,6 +45,7 @@ async fn spawn_schedules_on_a_drone_that_accepts() {
             backend: record.id.clone(),
             spec: spec(),
             token: None,
+            credentials: None,
         }
     );
     drone.assert_no_more();

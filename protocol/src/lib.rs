@@ -6,6 +6,7 @@ mod error_chain;
 pub mod ids;
 pub mod messages;
 pub mod records;
+pub mod registry;
 pub mod spawn_request;
 pub mod subjects;
 pub mod token;

@@ -3,6 +3,7 @@
 //! receiver (or answered with an error when a reply is expected).
 
 use crate::ids::{BackendId, DroneId};
+use crate::registry::RegistryCredentials;
 use crate::token::AccessToken;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -140,12 +141,88 @@ impl fmt::Display for ExecutorKind {
     }
 }
 
-/// What to run for a backend.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What to run for a backend: a container when `image` is given (its `command`, if any,
+/// replaces the image's CMD, as `docker run IMAGE cmd…` does), else the local `command`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Executable {
-    /// Program and arguments, run directly (no shell) by the `process` executor.
+    /// The container image reference (`docker` executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Program and arguments, run directly (no shell).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// When the drone pulls the image; containers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+}
+
+impl Executable {
+    /// A local process running `command`.
+    pub fn process(command: Vec<String>) -> Executable {
+        Executable {
+            command,
+            ..Executable::default()
+        }
+    }
+
+    /// The executor that can run it.
+    pub fn executor(&self) -> ExecutorKind {
+        if self.image.is_some() {
+            ExecutorKind::Docker
+        } else {
+            ExecutorKind::Process
+        }
+    }
+}
+
+/// When a drone pulls a backend's image (**contract**: the names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Every time a backend starts.
+    Always,
+    /// Only when the engine does not have it.
+    #[default]
+    IfNotPresent,
+    /// Never: an image the engine lacks fails the backend (`error_loading`).
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::IfNotPresent => "if_not_present",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Limits a container runs under; each is unlimited when absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU: 500 is half a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Most processes and threads at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl Resources {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Resources::default()
+    }
 }
 
 /// Everything a drone needs to run one backend.
@@ -160,11 +237,20 @@ pub struct BackendSpec {
     /// Clients must show the backend's access token (the spawn answer's `token`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_token: bool,
+    #[serde(default, skip_serializing_if = "Resources::is_unlimited")]
+    pub resources: Resources,
+    /// A path that must answer 2xx or 3xx before the backend is ready; without it, any HTTP
+    /// answer (containers) or an accepted connection (processes) makes it ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_path: Option<String>,
 }
 
 /// Controller → drone, as a request on [`crate::subjects::Subjects::drone_commands`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
+// One message decoded per command and dropped right after: the size of the small variant does
+// not matter, and boxing the spec would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum DroneCommand {
     /// Run a backend. Idempotent: a backend id the drone already knows is acknowledged again.
     Spawn {
@@ -173,6 +259,9 @@ pub enum DroneCommand {
         /// The token clients must show, when `spec.require_token`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<AccessToken>,
+        /// For pulling `spec.executable.image`; only this drone is ever given them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<RegistryCredentials>,
     },
     /// Stop a backend. Idempotent: an unknown or ended backend is acknowledged.
     Terminate { backend: BackendId },

@@ -204,12 +204,12 @@ mod tests {
             drone: DroneId::new("d1").expect("valid"),
             max_idle_secs: 5,
             spec: BackendSpec {
-                executable: Executable {
-                    command: vec!["x".into()],
-                },
+                executable: Executable::process(vec!["x".into()]),
                 max_idle_secs: 5,
                 env: Default::default(),
                 require_token: false,
+                resources: Default::default(),
+                ready_path: None,
             },
             created_at: 1,
             updated_at: 1,

@@ -413,8 +413,6 @@ fn start_drone_with(
         cluster,
         "--http",
         "127.0.0.1:0",
-        "--executor",
-        "process",
         "--heartbeat-secs",
         HEARTBEAT_SECS,
         "--stop-grace-secs",
@@ -424,6 +422,9 @@ fn start_drone_with(
     ]);
     if let Some(id) = id {
         drone.args(["--id", id]);
+    }
+    if !extra.contains(&"--executor") {
+        drone.args(["--executor", "process"]);
     }
     drone.args(extra);
     let drone = ChildGuard::spawn("drone", drone)?;

@@ -17,10 +17,11 @@ use plane_bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendSpec, BackendState, DroneCommand, ExecutorKind, StateReport,
-    TerminationReason,
+    now_millis, Ack, BackendSpec, BackendState, DroneCommand, StateReport, TerminationReason,
 };
 use plane_protocol::records::{BackendRecord, DroneRecord, DroneView, ReportOutcome, SpawnAnswer};
+use plane_protocol::registry::RegistryCredentials;
+use plane_protocol::spawn_request::ValidSpawn;
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
 use plane_protocol::token::AccessToken;
 use std::future::Future;
@@ -28,6 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+/// What a spawn's drone is given beside the spec, and nothing else keeps.
+#[derive(Clone, Copy)]
+struct Secrets<'a> {
+    token: Option<&'a AccessToken>,
+    credentials: Option<&'a RegistryCredentials>,
+}
 
 /// How the controller is set up.
 #[derive(Clone, Debug)]
@@ -368,16 +376,22 @@ impl Controller {
     /// Schedules a backend: picks drones best first and gives it to the first that accepts.
     /// A backend that requires a token gets a new one, given to its drone and in the answer,
     /// and kept nowhere else.
-    pub async fn spawn(&self, spec: BackendSpec) -> Result<SpawnAnswer, ControlError> {
+    /// Registry credentials go to the drone that runs it, and are kept nowhere either.
+    pub async fn spawn(&self, spawn: impl Into<ValidSpawn>) -> Result<SpawnAnswer, ControlError> {
+        let ValidSpawn { spec, credentials } = spawn.into();
         let token = spec.require_token.then(AccessToken::generate);
-        let record = self.schedule(spec, token.as_ref()).await?;
+        let secrets = Secrets {
+            token: token.as_ref(),
+            credentials: credentials.as_ref(),
+        };
+        let record = self.schedule(spec, secrets).await?;
         Ok(SpawnAnswer { record, token })
     }
 
     async fn schedule(
         &self,
         spec: BackendSpec,
-        token: Option<&AccessToken>,
+        secrets: Secrets<'_>,
     ) -> Result<BackendRecord, ControlError> {
         let state = &self.inner.state;
         let now = now_millis();
@@ -389,7 +403,7 @@ impl Controller {
                 status: d.status,
             })
             .collect();
-        let order = scheduler::candidates(drones, ExecutorKind::Process)?;
+        let order = scheduler::candidates(drones, spec.executable.executor())?;
         let id = BackendId::generate();
         let first = &order[0].drone;
         let record = BackendRecord {
@@ -434,7 +448,8 @@ impl Controller {
             let command = DroneCommand::Spawn {
                 backend: id.clone(),
                 spec: spec.clone(),
-                token: token.cloned(),
+                token: secrets.token.cloned(),
+                credentials: secrets.credentials.cloned(),
             };
             match self.command_drone(&drone.id, &command).await {
                 Ok(Ack::Accepted) => {

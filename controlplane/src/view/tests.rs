@@ -12,12 +12,12 @@ fn backend(id: &str, drone: &str, state: BackendState) -> BackendRecord {
         drone: DroneId::new(drone).expect("valid"),
         max_idle_secs: 5,
         spec: BackendSpec {
-            executable: Executable {
-                command: vec!["x".into()],
-            },
+            executable: Executable::process(vec!["x".into()]),
             max_idle_secs: 5,
             env: Default::default(),
             require_token: false,
+            resources: Default::default(),
+            ready_path: None,
         },
         created_at: 1,
         updated_at: 1,

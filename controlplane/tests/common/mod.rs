@@ -53,12 +53,12 @@ pub fn drone_id(id: &str) -> DroneId {
 
 pub fn spec() -> BackendSpec {
     BackendSpec {
-        executable: Executable {
-            command: vec!["my-server".into(), "--flag".into()],
-        },
+        executable: Executable::process(vec!["my-server".into(), "--flag".into()]),
         max_idle_secs: 30,
         env: BTreeMap::from([("K".to_string(), "V".to_string())]),
         require_token: false,
+        resources: Default::default(),
+        ready_path: None,
     }
 }
 
@@ -153,6 +153,24 @@ impl Cluster {
     /// Publishes a heartbeat and waits until the controller has recorded it.
     pub async fn heartbeat(&self, drone: &str, load: u32, started_at: UnixMillis) {
         self.heartbeat_listing(drone, load, started_at, &[]).await
+    }
+
+    /// [`Cluster::heartbeat`] of a drone running `executor`.
+    pub async fn heartbeat_of(&self, drone: &str, executor: ExecutorKind) {
+        let mut heartbeat = heartbeat_message(drone, 0, 1);
+        heartbeat.executor = executor;
+        let sent = now_millis();
+        within(
+            "publish heartbeat",
+            self.bus
+                .publish_json(&self.subjects.heartbeat(&heartbeat.drone), &heartbeat),
+        )
+        .await
+        .expect("heartbeat published");
+        self.wait_for_drone(drone, |d| {
+            d.last_heartbeat >= sent && d.executor == executor
+        })
+        .await;
     }
 
     /// [`Cluster::heartbeat`] of a drone that runs (or still reports on) `backends`.

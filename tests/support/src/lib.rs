@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod curl;
+pub mod docker;
 pub mod h2_flood;
 pub mod nats;
 pub mod nats_cluster;

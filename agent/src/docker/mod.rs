@@ -1,0 +1,366 @@
+//! The `docker` executor: each backend is a container named `plane-{backend}`, labelled with
+//! its backend, cluster and drone, its port published on the drone's loopback only, with the
+//! spawn's memory, CPU and process limits. Exits come from the engine's events stream
+//! (`exits.rs`); images are pulled by policy (`image.rs`).
+//!
+//! Nothing is left behind: a launch cut short (a terminate during the pull or the create)
+//! removes what it created, as does a backend handle dropped without a stop; a stop is the
+//! engine's own (SIGTERM, the grace, SIGKILL) followed by removal.
+
+mod exits;
+mod image;
+
+use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
+use crate::limits::CONTAINER_PORT;
+use crate::readiness::ReadyCheck;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use exits::Exits;
+use futures::future::BoxFuture;
+use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use image::engine_message;
+
+/// The labels on every container Plane starts (**contract**: how a restarted drone, or an
+/// operator, finds them).
+pub mod labels {
+    pub const BACKEND: &str = "dev.plane.backend";
+    pub const CLUSTER: &str = "dev.plane.cluster";
+    pub const DRONE: &str = "dev.plane.drone";
+}
+
+/// Why the executor could not reach the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine (is it running, and may this user use its socket?)")]
+    Connect(#[source] bollard::errors::Error),
+}
+
+/// The engine and whose containers these are.
+pub(crate) struct Engine {
+    docker: Docker,
+    cluster: String,
+    drone: String,
+}
+
+impl Engine {
+    /// How the container `name` ended, if it has (exited or dead; not merely created).
+    async fn exit_of(&self, name: &str) -> Option<Exit> {
+        let state = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .ok()?
+            .state?;
+        match state.status {
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => Some(Exit {
+                code: state.exit_code.and_then(|c| i32::try_from(c).ok()),
+                signal: None,
+                oom_killed: state.oom_killed.unwrap_or(false),
+            }),
+            _ => None,
+        }
+    }
+
+    async fn remove(&self, name: &str) {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => debug!(container = name, "container removed"),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(error) => warn!(container = name, %error, "could not remove container"),
+        }
+    }
+}
+
+/// Runs backends as Docker containers.
+pub struct DockerExecutor {
+    engine: Arc<Engine>,
+    exits: Arc<Exits>,
+}
+
+impl DockerExecutor {
+    /// Connects to the local engine (`DOCKER_HOST`, else its socket), agrees on an API version
+    /// with it, and starts watching this drone's containers. Within a tokio runtime.
+    pub async fn connect(cluster: &str, drone: &str) -> Result<DockerExecutor, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(DockerError::Connect)?
+            .negotiate_version()
+            .await
+            .map_err(DockerError::Connect)?;
+        docker.ping().await.map_err(DockerError::Connect)?;
+        info!(api = %docker.client_version(), "connected to the Docker engine");
+        let engine = Arc::new(Engine {
+            docker,
+            cluster: cluster.to_string(),
+            drone: drone.to_string(),
+        });
+        Ok(DockerExecutor {
+            exits: Arc::new(Exits::start(engine.clone())),
+            engine,
+        })
+    }
+
+    /// The container of a backend.
+    pub fn container_name(backend: &str) -> String {
+        format!("plane-{backend}")
+    }
+
+    fn create_body(&self, launch: &Launch, image: &str) -> ContainerCreateBody {
+        let spec = &launch.spec;
+        let port = format!("{}/tcp", launch.port);
+        let resources = &spec.resources;
+        let memory = resources.memory_bytes.and_then(|m| i64::try_from(m).ok());
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: (!spec.executable.command.is_empty()).then(|| spec.executable.command.clone()),
+            env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(HashMap::from([
+                (labels::BACKEND.to_string(), launch.backend.to_string()),
+                (labels::CLUSTER.to_string(), self.engine.cluster.clone()),
+                (labels::DRONE.to_string(), self.engine.drone.clone()),
+            ])),
+            exposed_ports: Some(vec![port.clone()]),
+            host_config: Some(HostConfig {
+                // Loopback only, on a port the engine picks: read back after the start.
+                port_bindings: Some(HashMap::from([(
+                    port,
+                    Some(vec![PortBinding {
+                        host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                memory,
+                // No swap beyond the memory limit, so the limit is what the backend gets.
+                memory_swap: memory,
+                nano_cpus: resources
+                    .cpu_millis
+                    .and_then(|c| i64::try_from(c.saturating_mul(1_000_000)).ok()),
+                pids_limit: resources.pids.and_then(|p| i64::try_from(p).ok()),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        }
+    }
+
+    /// Pull, create, start; `created` removes the container should this be cut short.
+    async fn start(&self, launch: Launch) -> Result<Box<dyn Running>, LaunchError> {
+        let image = launch
+            .spec
+            .executable
+            .image
+            .clone()
+            .ok_or(LaunchError::NoImage)?;
+        let policy = launch.spec.executable.pull_policy.unwrap_or_default();
+        image::ensure(
+            &self.engine.docker,
+            &image,
+            policy,
+            launch.credentials.as_ref(),
+        )
+        .await?;
+        let name = Self::container_name(launch.backend.as_str());
+        let mut created = Created {
+            engine: self.engine.clone(),
+            name: Some(name.clone()),
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = self.create_body(&launch, &image);
+        let docker = &self.engine.docker;
+        if let Err(error) = docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            let conflict = matches!(
+                error,
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409,
+                    ..
+                }
+            );
+            if !conflict {
+                return Err(create_failed(&image, &error));
+            }
+            // A container of the same backend left by an earlier drone process: this spawn
+            // is the one that counts.
+            warn!(container = %name, "replacing a leftover container of the same name");
+            self.engine.remove(&name).await;
+            docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(|e| create_failed(&image, &e))?;
+        }
+        let exit = self.exits.register(&name);
+        docker
+            .start_container(&name, None)
+            .await
+            .map_err(|error| LaunchError::Start {
+                message: engine_message(&error),
+            })?;
+        let inspected = docker
+            .inspect_container(&name, None)
+            .await
+            .map_err(|error| LaunchError::Start {
+                message: engine_message(&error),
+            })?;
+        let host_port = inspected
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|mut ports| ports.remove(&format!("{}/tcp", launch.port)))
+            .flatten()
+            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok());
+        let host_port = match host_port {
+            Some(port) => port,
+            // Already exited (the engine unpublishes a stopped container's port): port 0 is
+            // never ready, and the exit, on its way from the events stream, ends the start.
+            None if self.engine.exit_of(&name).await.is_some() => 0,
+            None => {
+                return Err(LaunchError::Start {
+                    message: "the engine published no port for the container".into(),
+                })
+            }
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+        info!(backend = %launch.backend, container = %name, %address, "container started");
+        Ok(Box::new(Container {
+            name,
+            created: created.take(),
+            exits: self.exits.clone(),
+            exit,
+            address,
+        }))
+    }
+}
+
+fn create_failed(image: &str, error: &bollard::errors::Error) -> LaunchError {
+    LaunchError::Image {
+        image: image.to_string(),
+        message: format!("cannot create a container: {}", engine_message(error)),
+    }
+}
+
+impl Executor for DockerExecutor {
+    fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Docker
+    }
+
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(CONTAINER_PORT)
+    }
+
+    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck {
+        match &spec.ready_path {
+            Some(path) => ReadyCheck::Succeeds(path.clone()),
+            None => ReadyCheck::Answers,
+        }
+    }
+
+    fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {
+        Box::pin(self.start(launch))
+    }
+}
+
+/// A created container, removed when dropped unless taken: what a launch cut short, or a
+/// backend handle dropped without a stop, leaves to clean up.
+struct Created {
+    engine: Arc<Engine>,
+    name: Option<String>,
+}
+
+impl Created {
+    fn take(&mut self) -> Created {
+        Created {
+            engine: self.engine.clone(),
+            name: self.name.take(),
+        }
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            let engine = self.engine.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { engine.remove(&name).await });
+                }
+                Err(_) => warn!(container = %name, "no runtime left to remove the container"),
+            }
+        }
+    }
+}
+
+/// A started container.
+struct Container {
+    name: String,
+    created: Created,
+    exits: Arc<Exits>,
+    exit: watch::Receiver<Option<Exit>>,
+    address: SocketAddr,
+}
+
+impl Container {
+    async fn exited(&mut self) -> Exit {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit.unwrap_or(Exit::UNKNOWN),
+            // The executor is gone: nothing will tell any more.
+            Err(_) => Exit::UNKNOWN,
+        }
+    }
+}
+
+impl Running for Container {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn verify_listener(&self) -> BoxFuture<'_, Result<(), String>> {
+        // The engine bound the published port for this container and no one else.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Exit> {
+        Box::pin(self.exited())
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let name = self.name.clone();
+            let engine = self.created.engine.clone();
+            let seconds = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
+            let options = StopContainerOptionsBuilder::default().t(seconds).build();
+            if let Err(error) = engine.docker.stop_container(&name, Some(options)).await {
+                debug!(container = %name, %error, "stop");
+            }
+            // The engine's stop returns once the container is down; its exit is on the way.
+            let exit = match tokio::time::timeout(Duration::from_secs(5), self.exited()).await {
+                Ok(exit) => exit,
+                Err(_) => engine.exit_of(&name).await.unwrap_or(Exit::UNKNOWN),
+            };
+            engine.remove(&name).await;
+            self.created.name = None;
+            exit
+        })
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.exits.forget(&self.name);
+        if self.created.name.is_some() {
+            // Stopped or not, it goes (Created's drop removes it): no orphan.
+            debug!(container = %self.name, "dropping a container that was not stopped");
+        }
+    }
+}

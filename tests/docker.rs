@@ -1,0 +1,239 @@
+//! The `docker` executor end to end, against the real engine: `plane dev --executor docker` and
+//! a docker drone over a real NATS, running the test image (`FROM scratch` around the statically
+//! linked test backend). A machine without an engine fails these tests; it never skips them.
+
+mod common;
+
+use anyhow::{ensure, Context};
+use common::{bounded, id_of, plane_bin, Cluster, STATE_TIMEOUT};
+use plane_test_support::docker::{container_exists, inspect, test_image};
+use plane_test_support::{eventually, NatsServer};
+use serde_json::Value;
+
+async fn docker_dev() -> anyhow::Result<Cluster> {
+    Cluster::dev_with(&["--executor", "docker"]).await
+}
+
+/// `plane spawn --image` of the test image (never pulled: it is built here) with `extra`.
+async fn spawn(c: &Cluster, extra: &[&str]) -> anyhow::Result<Value> {
+    let image = test_image()?;
+    let mut args = vec!["spawn", "--image", image, "--pull", "never"];
+    args.extend_from_slice(extra);
+    c.plane_json(&args).await
+}
+
+/// Waits until the backend's container is gone from the engine.
+async fn container_removed(id: &str) -> anyhow::Result<()> {
+    let name = format!("plane-{id}");
+    eventually(STATE_TIMEOUT, &format!("{name} removed"), || async {
+        Ok((!container_exists(&name)?).then_some(()))
+    })
+    .await
+}
+
+/// Spawns (without waiting), follows the backend to its end, and checks its container went.
+async fn ends_as(c: &Cluster, extra: &[&str], path: Option<&str>) -> anyhow::Result<Value> {
+    let mut args = extra.to_vec();
+    if path.is_some() {
+        args.push("--wait");
+    }
+    let record = spawn(c, &args).await?;
+    let id = id_of(&record)?;
+    if let Some(path) = path {
+        let answer = c.get(&c.host(&id), path, &[])?;
+        ensure!(answer.status == 200, "{path}: {answer:?}");
+    }
+    let events = c.watch_until_terminated(&id).await?;
+    container_removed(&id).await?;
+    events.last().cloned().context("no events")
+}
+
+#[tokio::test]
+async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() -> anyhow::Result<()>
+{
+    bounded(async {
+        let c = docker_dev().await?;
+        let record = spawn(
+            &c,
+            &[
+                "--wait",
+                "--memory",
+                "64M",
+                "--cpus",
+                "0.5",
+                "--pids",
+                "64",
+                "--env",
+                "GREETING=hi",
+            ],
+        )
+        .await?;
+        ensure!(record["state"] == "ready", "{record}");
+        let id = id_of(&record)?;
+
+        let answer = c.get(&c.host(&id), "/info", &[])?;
+        ensure!(answer.status == 200, "{answer:?}");
+        let info: Value = serde_json::from_str(&answer.body)?;
+        let env = &info["env"];
+        ensure!(env["PORT"] == "8080", "{env}");
+        ensure!(env["PLANE_BACKEND_ID"] == id.as_str(), "{env}");
+        ensure!(env["PLANE_CLUSTER"] == "plane.localhost", "{env}");
+        ensure!(env["GREETING"] == "hi", "{env}");
+
+        let name = format!("plane-{id}");
+        let container = inspect(&name)?;
+        let labels = &container["Config"]["Labels"];
+        ensure!(labels["dev.plane.backend"] == id.as_str(), "{labels}");
+        ensure!(labels["dev.plane.cluster"] == "plane.localhost", "{labels}");
+        ensure!(
+            labels["dev.plane.drone"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{labels}"
+        );
+        let host = &container["HostConfig"];
+        ensure!(host["Memory"] == 64 << 20, "memory: {}", host["Memory"]);
+        ensure!(
+            host["NanoCpus"] == 500_000_000,
+            "cpus: {}",
+            host["NanoCpus"]
+        );
+        ensure!(host["PidsLimit"] == 64, "pids: {}", host["PidsLimit"]);
+        let published = container["NetworkSettings"]["Ports"]["8080/tcp"]
+            .as_array()
+            .context("port 8080 published")?;
+        ensure!(!published.is_empty());
+        for binding in published {
+            ensure!(binding["HostIp"] == "127.0.0.1", "loopback only: {binding}");
+        }
+
+        let output = c.plane(&["terminate", &id]).await?;
+        ensure!(output.status.success(), "{output:?}");
+        let events = c.watch_until_terminated(&id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "terminated", "{last}");
+        container_removed(&id).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn container_backends_end_as_the_lifecycle_says() -> anyhow::Result<()> {
+    bounded(async {
+        let c = docker_dev().await?;
+
+        // Exits before it ever answers.
+        let last = ends_as(&c, &["--command=--exit-code 3"], None).await?;
+        ensure!(last["reason"] == "error_starting", "{last}");
+
+        // Docker's proxy accepts on the published port, but nothing answers HTTP inside.
+        let last = ends_as(&c, &["--command=--ready-delay-ms 600000"], None).await?;
+        ensure!(last["reason"] == "timed_out", "{last}");
+        let message = last["message"].as_str().unwrap_or_default();
+        ensure!(message.contains("answer HTTP"), "{last}");
+
+        // Ready, then fails, or exits cleanly.
+        let last = ends_as(&c, &[], Some("/exit?code=3")).await?;
+        ensure!(
+            last["reason"] == "failed" && last["exit_code"] == 3,
+            "{last}"
+        );
+        let last = ends_as(&c, &[], Some("/exit?code=0")).await?;
+        ensure!(
+            last["reason"] == "exited" && last["exit_code"] == 0,
+            "{last}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> anyhow::Result<()> {
+    bounded(async {
+        let c = docker_dev().await?;
+        let output = c
+            .plane(&[
+                "spawn",
+                "--wait",
+                "--image",
+                "plane-no-such-image:none",
+                "--pull",
+                "never",
+            ])
+            .await?;
+        ensure!(!output.status.success(), "spawn --wait must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(stderr.contains("error_loading"), "stderr: {stderr}");
+        let list = c.plane_json(&["list"]).await?;
+        let record = list
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|r| r["spec"]["executable"]["image"] == "plane-no-such-image:none")
+            })
+            .context("the failed backend is listed")?;
+        ensure!(record["reason"] == "error_loading", "{record}");
+        let message = record["message"].as_str().unwrap_or_default();
+        ensure!(message.contains("pull policy is never"), "{record}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_docker_drone_over_nats_runs_routes_and_removes_a_container() -> anyhow::Result<()> {
+    bounded(async {
+        let image = test_image()?;
+        let c = Cluster::over(NatsServer::start()?, false, &[], &["--executor", "docker"]).await?;
+        // A process spawn has no drone to go to, and the refusal says why.
+        let output = c.plane(&["spawn", "--command", "true"]).await?;
+        ensure!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(stderr.contains("process executor"), "{stderr}");
+
+        let record = c
+            .plane_json(&[
+                "spawn",
+                "--wait",
+                "--image",
+                image,
+                "--pull",
+                "if_not_present",
+            ])
+            .await?;
+        let id = id_of(&record)?;
+        let answer = c.get(&c.host(&id), "/", &[])?;
+        ensure!(answer.status == 200, "{answer:?}");
+        ensure!(answer.body.contains(&id), "{answer:?}");
+        ensure!(container_exists(&format!("plane-{id}"))?);
+        let output = c.plane(&["terminate", &id]).await?;
+        ensure!(output.status.success(), "{output:?}");
+        c.watch_until_terminated(&id).await?;
+        container_removed(&id).await
+    })
+    .await
+}
+
+#[test]
+fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyhow::Result<()> {
+    let output = std::process::Command::new(plane_bin())
+        .args([
+            "dev",
+            "--executor",
+            "docker",
+            "--api",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env("DOCKER_HOST", "unix:///nonexistent/plane-test/docker.sock")
+        .output()?;
+    ensure!(!output.status.success(), "must not start: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        stderr.contains("cannot reach the Docker engine"),
+        "{stderr}"
+    );
+    Ok(())
+}
