@@ -3,8 +3,8 @@
 
 use crate::cli::{BackendArgs, ClientArgs, PullArg, SpawnArgs};
 use anyhow::{bail, Context as _};
-use plane_client::ApiClient;
-use plane_protocol::messages::{BackendState, PullPolicy, Resources, UnixMillis};
+use plane_client::{ApiClient, BackendEvent};
+use plane_protocol::messages::{BackendState, PullPolicy, PullProgress, Resources, UnixMillis};
 use plane_protocol::records::{BackendRecord, DroneView};
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
@@ -103,8 +103,16 @@ pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
 /// Follows the event stream until the backend is ready; an error if it ends first.
 async fn wait_until_ready(api: &ApiClient, id: &str) -> anyhow::Result<BackendRecord> {
     let mut events = api.events(id).await?;
-    while let Some(record) = events.next().await {
-        let record = record?;
+    while let Some(event) = events.next_event().await {
+        let record = match event? {
+            BackendEvent::State(record) => record,
+            BackendEvent::Updated(record) => {
+                if let Some(pull) = &record.pull {
+                    eprintln!("{}", describe_pull(pull));
+                }
+                continue;
+            }
+        };
         match record.state {
             BackendState::Ready => return Ok(record),
             BackendState::Terminating | BackendState::Terminated => {
@@ -165,15 +173,36 @@ pub async fn terminate(args: BackendArgs) -> anyhow::Result<()> {
 
 pub async fn watch(args: BackendArgs) -> anyhow::Result<()> {
     let mut events = client(&args.client)?.events(&args.id).await?;
-    while let Some(record) = events.next().await {
-        let record = record?;
+    while let Some(event) = events.next_event().await {
+        let (record, line) = match event? {
+            BackendEvent::State(record) => {
+                let line = describe_state(&record);
+                (record, line)
+            }
+            BackendEvent::Updated(record) => {
+                let line = record.pull.as_ref().map(describe_pull).unwrap_or_default();
+                (record, line)
+            }
+        };
         if args.client.json {
             print_json(&record)?;
         } else {
-            println!("{}  {}", clock(record.updated_at), describe_state(&record));
+            println!("{}  {line}", clock(record.updated_at));
         }
     }
     Ok(())
+}
+
+/// `pulling  2/3 layers, 1.5 of 4.2 MB`.
+fn describe_pull(pull: &PullProgress) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    format!(
+        "pulling  {}/{} layers, {:.1} of {:.1} MB",
+        pull.layers_done,
+        pull.layers_total,
+        mb(pull.bytes_done),
+        mb(pull.bytes_total)
+    )
 }
 
 pub async fn drones(args: ClientArgs) -> anyhow::Result<()> {

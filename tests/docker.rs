@@ -53,6 +53,7 @@ async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() 
 {
     bounded(async {
         let c = docker_dev().await?;
+        let _cleanup = c.containers_removed_at_end().await?;
         let record = spawn(
             &c,
             &[
@@ -121,6 +122,7 @@ async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() 
 async fn container_backends_end_as_the_lifecycle_says() -> anyhow::Result<()> {
     bounded(async {
         let c = docker_dev().await?;
+        let _cleanup = c.containers_removed_at_end().await?;
 
         // Exits before it ever answers.
         let last = ends_as(&c, &["--command=--exit-code 3"], None).await?;
@@ -149,9 +151,30 @@ async fn container_backends_end_as_the_lifecycle_says() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_container_killed_for_memory_is_failed_with_oom_killed() -> anyhow::Result<()> {
+    bounded(async {
+        let c = docker_dev().await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let record = spawn(&c, &["--wait", "--memory", "32M"]).await?;
+        let id = id_of(&record)?;
+        // The kill cuts the answer off: whatever curl gets is beside the point.
+        let _ = c.get(&c.host(&id), "/alloc?mib=256", &[]);
+        let events = c.watch_until_terminated(&id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "failed", "{last}");
+        ensure!(last["oom_killed"] == true, "{last}");
+        let status = c.status(&id).await?;
+        ensure!(status["oom_killed"] == true, "{status}");
+        container_removed(&id).await
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> anyhow::Result<()> {
     bounded(async {
         let c = docker_dev().await?;
+        let _cleanup = c.containers_removed_at_end().await?;
         let output = c
             .plane(&[
                 "spawn",
@@ -186,6 +209,7 @@ async fn a_docker_drone_over_nats_runs_routes_and_removes_a_container() -> anyho
     bounded(async {
         let image = test_image()?;
         let c = Cluster::over(NatsServer::start()?, false, &[], &["--executor", "docker"]).await?;
+        let _cleanup = c.containers_removed_at_end().await?;
         // A process spawn has no drone to go to, and the refusal says why.
         let output = c.plane(&["spawn", "--command", "true"]).await?;
         ensure!(!output.status.success());

@@ -4,7 +4,7 @@
 use crate::readiness::ReadyCheck;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use plane_protocol::messages::{BackendSpec, ExecutorKind, PullProgress};
 use plane_protocol::registry::RegistryCredentials;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,8 +31,11 @@ pub enum LaunchError {
     Start { message: String },
 }
 
+/// Where an executor tells how far a pull has come (the lifecycle reports it).
+pub type PullSink = tokio::sync::watch::Sender<Option<PullProgress>>;
+
 /// Everything needed to start one backend.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Launch {
     pub backend: BackendId,
     pub spec: BackendSpec,
@@ -42,6 +45,8 @@ pub struct Launch {
     pub port: u16,
     /// For pulling the image (containers only).
     pub credentials: Option<RegistryCredentials>,
+    /// Pull progress goes here, when someone listens.
+    pub pull_progress: Option<PullSink>,
 }
 
 /// How a backend ended.

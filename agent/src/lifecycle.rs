@@ -105,12 +105,19 @@ pub(crate) async fn run(
     .await;
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
-    reports.terminated(outcome.reason, outcome.exit_code, outcome.message);
+    reports.terminated(
+        outcome.reason,
+        outcome.exit_code,
+        outcome.oom_killed,
+        outcome.message,
+    );
 }
 
 struct Outcome {
     reason: TerminationReason,
     exit_code: Option<i32>,
+    /// Killed for going over its memory limit.
+    oom_killed: bool,
     message: Option<String>,
 }
 
@@ -119,6 +126,7 @@ impl Outcome {
         Outcome {
             reason,
             exit_code: exit.and_then(|e| e.code),
+            oom_killed: exit.is_some_and(|e| e.oom_killed),
             message,
         }
     }
@@ -144,22 +152,40 @@ async fn drive(
         }
     };
     let check = ctx.executor.ready_check(&spec);
+    let (pull_sink, mut pulled) = watch::channel(None);
     let launch = Launch {
         env: environment(backend, &ctx.cluster, port, &spec),
         backend: backend.clone(),
         spec,
         port,
         credentials,
+        pull_progress: Some(pull_sink),
     };
     // A stop while loading (a long pull, say) cuts the launch short; the executor removes
     // whatever it had created.
-    let launched = tokio::select! {
-        launched = ctx.executor.launch(launch) => launched,
-        reason = stop_requested(stop) => {
-            reports.state(BackendState::Terminating);
-            return Outcome::new(reason, None, Some("stopped while loading".to_string()));
+    let launching = ctx.executor.launch(launch);
+    tokio::pin!(launching);
+    let launched = loop {
+        tokio::select! {
+            launched = &mut launching => break launched,
+            Ok(()) = pulled.changed() => {
+                let progress = *pulled.borrow_and_update();
+                if let Some(progress) = progress {
+                    reports.pull(progress);
+                }
+            }
+            reason = stop_requested(stop) => {
+                reports.state(BackendState::Terminating);
+                return Outcome::new(reason, None, Some("stopped while loading".to_string()));
+            }
         }
     };
+    // The figures a pull gave just as it ended.
+    if pulled.has_changed().unwrap_or(false) {
+        if let Some(progress) = *pulled.borrow_and_update() {
+            reports.pull(progress);
+        }
+    }
     let mut running = match launched {
         Ok(running) => running,
         Err(e) => {

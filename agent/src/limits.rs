@@ -54,3 +54,6 @@ pub const HEARTBEAT_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The longest line of a backend's output that is logged whole.
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
+
+/// Pull progress is reported at most this often (and once more when the pull ends).
+pub const PULL_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

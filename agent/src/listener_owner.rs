@@ -22,6 +22,12 @@ pub(crate) fn group_listens_on(pgid: i32, port: u16) -> io::Result<bool> {
     if inodes.is_empty() {
         return Ok(false);
     }
+    // The group's leader (its pid is the group id) binds the port itself in the common case:
+    // look there first, and walk every process (a cost that grows with everything the machine
+    // runs) only when it does not.
+    if in_group(pgid, pgid) && holds_any(pgid, &inodes) {
+        return Ok(true);
+    }
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry
@@ -31,27 +37,32 @@ pub(crate) fn group_listens_on(pgid: i32, port: u16) -> io::Result<bool> {
         else {
             continue;
         };
-        // Processes come and go while we look: unreadable ones are skipped.
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if process_group(&stat) != Some(pgid) {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = fs::read_link(fd.path()) {
-                if let Some(inode) = socket_inode(&target.to_string_lossy()) {
-                    if inodes.contains(&inode) {
-                        return Ok(true);
-                    }
-                }
-            }
+        if pid != pgid && in_group(pid, pgid) && holds_any(pid, &inodes) {
+            return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Whether process `pid` is in process group `pgid` (processes come and go while we look: an
+/// unreadable one is not).
+fn in_group(pid: i32, pgid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| process_group(&stat))
+        == Some(pgid)
+}
+
+/// Whether process `pid` has one of these socket inodes open.
+fn holds_any(pid: i32, inodes: &HashSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            socket_inode(&target.to_string_lossy()).is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
 }
 
 /// Inodes of sockets in LISTEN state on `port` in a `/proc/net/tcp{,6}` table.
@@ -61,12 +72,13 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .lines()
         .skip(1)
         .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = fields.get(1)?;
-            let state = fields.get(3)?;
-            let inode = fields.get(9)?;
+            // Fields 1 (local address), 3 (state) and 9 (inode), without collecting the line.
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let inode = fields.nth(5)?;
             let (_, hex_port) = local.rsplit_once(':')?;
-            let listening = *state == LISTEN && u16::from_str_radix(hex_port, 16).ok()? == port;
+            let listening = state == LISTEN && u16::from_str_radix(hex_port, 16).ok()? == port;
             listening.then(|| inode.parse().ok()).flatten()
         })
         .collect()

@@ -13,7 +13,7 @@ use crate::limits::{MAX_QUEUED_REPORTS, REPORT_ACK_TIMEOUT, REPORT_RETRY_MAX, RE
 use plane_bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendState, StateReport, TerminationReason, UnixMillis,
+    now_millis, Ack, BackendState, PullProgress, StateReport, TerminationReason, UnixMillis,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,37 +164,71 @@ impl BackendReports {
     }
 
     pub(crate) fn state(&mut self, state: BackendState) {
-        self.send(state, None, None, None);
+        self.send(Change::new(state));
+    }
+
+    /// How far the image's pull has come, while loading.
+    pub(crate) fn pull(&mut self, progress: PullProgress) {
+        self.send(Change {
+            pull: Some(progress),
+            ..Change::new(BackendState::Loading)
+        });
     }
 
     pub(crate) fn terminated(
         &mut self,
         reason: TerminationReason,
         exit_code: Option<i32>,
+        oom_killed: bool,
         message: Option<String>,
     ) {
-        self.send(BackendState::Terminated, Some(reason), exit_code, message);
+        self.send(Change {
+            reason: Some(reason),
+            exit_code,
+            oom_killed,
+            message,
+            ..Change::new(BackendState::Terminated)
+        });
     }
 
-    fn send(
-        &mut self,
-        state: BackendState,
-        reason: Option<TerminationReason>,
-        exit_code: Option<i32>,
-        message: Option<String>,
-    ) {
+    fn send(&mut self, change: Change) {
         self.seq += 1;
         self.reports.push(StateReport {
             backend: self.backend.clone(),
             drone: self.drone.clone(),
             seq: self.seq,
-            state,
-            reason,
-            exit_code,
-            message,
+            state: change.state,
+            reason: change.reason,
+            exit_code: change.exit_code,
+            oom_killed: change.oom_killed,
+            pull: change.pull,
+            message: change.message,
             drone_started_at: self.drone_started_at,
             at: now_millis(),
         });
+    }
+}
+
+/// What one report says.
+struct Change {
+    state: BackendState,
+    reason: Option<TerminationReason>,
+    exit_code: Option<i32>,
+    oom_killed: bool,
+    message: Option<String>,
+    pull: Option<PullProgress>,
+}
+
+impl Change {
+    fn new(state: BackendState) -> Change {
+        Change {
+            state,
+            reason: None,
+            exit_code: None,
+            oom_killed: false,
+            message: None,
+            pull: None,
+        }
     }
 }
 

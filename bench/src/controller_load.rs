@@ -152,6 +152,8 @@ async fn hold(bus: &Bus, subjects: &Subjects, counts: &[usize]) -> Holders {
             state: BackendState::Ready,
             reason: None,
             exit_code: None,
+            oom_killed: false,
+            pull: None,
             message: None,
             drone: drone.clone(),
             max_idle_secs: 300,

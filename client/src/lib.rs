@@ -229,16 +229,43 @@ impl EventStream {
     /// The next state change; `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Result<BackendRecord, ClientError>> {
         loop {
+            match self.next_event().await? {
+                Ok(BackendEvent::State(record)) => return Some(Ok(record)),
+                Ok(BackendEvent::Updated(_)) => continue,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// The next state change or update (pull progress); `None` when the stream ended.
+    pub async fn next_event(&mut self) -> Option<Result<BackendEvent, ClientError>> {
+        loop {
             let event = match self.events.next().await? {
                 Ok(event) => event,
                 Err(EventStreamError::Transport(e)) => return Some(Err(e.into())),
                 Err(e) => return Some(Err(ClientError::Stream(e.to_string()))),
             };
-            if event.event == "state" {
-                return Some(serde_json::from_str(&event.data).map_err(ClientError::from));
-            }
+            let wrap = match event.event.as_str() {
+                "state" => BackendEvent::State,
+                "updated" => BackendEvent::Updated,
+                _ => continue,
+            };
+            return Some(
+                serde_json::from_str(&event.data)
+                    .map(wrap)
+                    .map_err(ClientError::from),
+            );
         }
     }
+}
+
+/// One event of a backend's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// Its state changed.
+    State(BackendRecord),
+    /// Something else changed (the pull of its image, while loading).
+    Updated(BackendRecord),
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_controlplane::api::{ApiConfig, ApiToken};
-use plane_protocol::messages::{Ack, BackendState, DroneCommand, ExecutorKind, TerminationReason};
+use plane_protocol::messages::{
+    Ack, BackendState, DroneCommand, ExecutorKind, PullProgress, TerminationReason,
+};
 use plane_protocol::records::BackendRecord;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -264,6 +266,13 @@ struct Events {
 impl Events {
     /// The next `state` event's record; `None` once the stream has ended.
     async fn next(&mut self) -> Option<BackendRecord> {
+        let (name, record) = self.next_named().await?;
+        assert_eq!(name, "state");
+        Some(record)
+    }
+
+    /// The next event's name and record; `None` once the stream has ended.
+    async fn next_named(&mut self) -> Option<(String, BackendRecord)> {
         loop {
             if let Some(at) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let event = String::from_utf8(self.buffer[..at].to_vec()).expect("UTF-8 events");
@@ -280,8 +289,8 @@ impl Events {
                 if data.is_empty() {
                     continue; // A keep-alive comment.
                 }
-                assert_eq!(name, "state", "{event}");
-                return Some(serde_json::from_str(&data.join("\n")).expect("a backend record"));
+                let record = serde_json::from_str(&data.join("\n")).expect("a backend record");
+                return Some((name.to_string(), record));
             }
             match within("an event", self.body.frame()).await {
                 None => {
@@ -477,6 +486,64 @@ async fn events_give_the_current_state_then_each_change_and_end_after_terminated
         );
     }
     assert!(events.next().await.is_none(), "events after terminated");
+}
+
+#[tokio::test]
+async fn pull_progress_while_loading_comes_as_updated_events_and_stays_in_the_record() {
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let _drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let record = within("spawn", cluster.controller.spawn(common::spec()))
+        .await
+        .expect("spawned");
+    let api = Api::serve(&cluster).await;
+    let response = api
+        .send(
+            Method::GET,
+            &format!("/v1/backends/{}/events", record.id),
+            "",
+        )
+        .await;
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: BytesMut::new(),
+    };
+    events.next().await.expect("the current state");
+    let loading = report(&record.id, "d1", 1, BackendState::Loading, None);
+    assert_eq!(cluster.report(&loading).await, Ack::Accepted);
+    let (name, _) = events.next_named().await.expect("loading");
+    assert_eq!(name, "state");
+    let figures = [(0, 2, 0, 1000), (1, 2, 600, 1000), (2, 2, 1000, 1000)];
+    for (seq, (layers_done, layers_total, bytes_done, bytes_total)) in (2..).zip(figures) {
+        let progress = PullProgress {
+            layers_done,
+            layers_total,
+            bytes_done,
+            bytes_total,
+        };
+        let mut pulling = report(&record.id, "d1", seq, BackendState::Loading, None);
+        pulling.pull = Some(progress);
+        assert_eq!(cluster.report(&pulling).await, Ack::Accepted);
+        let (name, event) = events.next_named().await.expect("an update");
+        assert_eq!(name, "updated");
+        assert_eq!(
+            (event.state, event.pull),
+            (BackendState::Loading, Some(progress))
+        );
+    }
+    let starting = report(&record.id, "d1", 5, BackendState::Starting, None);
+    assert_eq!(cluster.report(&starting).await, Ack::Accepted);
+    let (name, event) = events.next_named().await.expect("starting");
+    assert_eq!(
+        (name.as_str(), event.state),
+        ("state", BackendState::Starting)
+    );
+    // The last figures stay: how the image got there is still worth knowing.
+    let (_, status) = api
+        .call(Method::GET, &format!("/v1/backends/{}", record.id), "")
+        .await;
+    assert_eq!(status["pull"]["layers_done"], 2, "{status}");
+    assert_eq!(status["pull"]["bytes_total"], 1000, "{status}");
 }
 
 #[tokio::test]

@@ -205,6 +205,17 @@ impl fmt::Display for PullPolicy {
     }
 }
 
+/// How far the pull of a backend's image has come, while it is `loading` (**contract**: the
+/// field names of `"pull"` in records and `updated` events).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    pub layers_done: u32,
+    pub layers_total: u32,
+    pub bytes_done: u64,
+    /// Of the layers whose size is known so far.
+    pub bytes_total: u64,
+}
+
 /// Limits a container runs under; each is unlimited when absent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,6 +298,12 @@ pub struct StateReport {
     pub reason: Option<TerminationReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// It was killed for going over its memory limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// Its image's pull, while loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullProgress>,
     /// A human-readable detail, e.g. why loading failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

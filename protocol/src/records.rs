@@ -3,7 +3,8 @@
 
 use crate::ids::{BackendId, DroneId};
 use crate::messages::{
-    BackendSpec, BackendState, ExecutorKind, Heartbeat, StateReport, TerminationReason, UnixMillis,
+    BackendSpec, BackendState, ExecutorKind, Heartbeat, PullProgress, StateReport,
+    TerminationReason, UnixMillis,
 };
 use crate::token::AccessToken;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub struct BackendRecord {
     pub reason: Option<TerminationReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Killed for going over its memory limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// How far the pull of its image has come (the last figures seen while loading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullProgress>,
     /// Detail from the drone, e.g. why loading failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -105,6 +112,10 @@ impl BackendRecord {
         self.state = report.state;
         self.reason = report.reason;
         self.exit_code = report.exit_code;
+        self.oom_killed = report.oom_killed;
+        if report.pull.is_some() {
+            self.pull = report.pull;
+        }
         if report.message.is_some() {
             self.message.clone_from(&report.message);
         }
@@ -200,6 +211,8 @@ mod tests {
             state: BackendState::Scheduled,
             reason: None,
             exit_code: None,
+            oom_killed: false,
+            pull: None,
             message: None,
             drone: DroneId::new("d1").expect("valid"),
             max_idle_secs: 5,
@@ -227,6 +240,8 @@ mod tests {
             state,
             reason: None,
             exit_code: None,
+            oom_killed: false,
+            pull: None,
             message: None,
             drone_started_at: 7,
             at: 10,

@@ -357,6 +357,21 @@ impl Cluster {
         curl(&args)
     }
 
+    /// A guard that removes every container of this cluster's drones when the test ends,
+    /// however it ends.
+    pub async fn containers_removed_at_end(
+        &self,
+    ) -> anyhow::Result<plane_test_support::docker::RemoveContainersOnDrop> {
+        let drones = self.plane_json(&["drones"]).await?;
+        let ids = drones
+            .as_array()
+            .context("a list of drones")?
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_string))
+            .collect();
+        Ok(plane_test_support::docker::RemoveContainersOnDrop::of_drones(ids))
+    }
+
     /// The state of a backend now.
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await

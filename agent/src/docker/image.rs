@@ -2,13 +2,17 @@
 //! (no such image, bad credentials, unreachable registry) are what the backend's
 //! `error_loading` says; the credentials go to the engine with the pull and nowhere else.
 
-use crate::executor::LaunchError;
+use crate::executor::{LaunchError, PullSink};
+use crate::limits::PULL_PROGRESS_INTERVAL;
 use bollard::auth::DockerCredentials;
+use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
-use plane_protocol::messages::PullPolicy;
+use plane_protocol::messages::{PullPolicy, PullProgress};
 use plane_protocol::registry::RegistryCredentials;
+use std::collections::HashMap;
+use std::time::Instant;
 use tracing::{debug, info};
 
 /// An image reference split as the engine's pull takes it: repository, and tag or digest.
@@ -56,6 +60,7 @@ pub(crate) async fn ensure(
     image: &str,
     policy: PullPolicy,
     credentials: Option<&RegistryCredentials>,
+    progress: Option<&PullSink>,
 ) -> Result<(), LaunchError> {
     let present = || async { docker.inspect_image(image).await.is_ok() };
     match policy {
@@ -70,7 +75,9 @@ pub(crate) async fn ensure(
             }
         }
         PullPolicy::IfNotPresent if present().await => Ok(()),
-        PullPolicy::IfNotPresent | PullPolicy::Always => pull(docker, image, credentials).await,
+        PullPolicy::IfNotPresent | PullPolicy::Always => {
+            pull(docker, image, credentials, progress).await
+        }
     }
 }
 
@@ -78,6 +85,7 @@ async fn pull(
     docker: &Docker,
     image: &str,
     credentials: Option<&RegistryCredentials>,
+    sink: Option<&PullSink>,
 ) -> Result<(), LaunchError> {
     let reference = Reference::parse(image);
     let options = CreateImageOptionsBuilder::default()
@@ -91,10 +99,20 @@ async fn pull(
         ..DockerCredentials::default()
     });
     info!(image, "pulling image");
-    let mut progress = docker.create_image(Some(options), None, auth);
-    while let Some(step) = progress.next().await {
+    let mut steps = docker.create_image(Some(options), None, auth);
+    let mut layers = Layers::default();
+    let mut told = Instant::now() - PULL_PROGRESS_INTERVAL;
+    while let Some(step) = steps.next().await {
         match step {
-            Ok(step) => debug!(image, status = ?step.status, "pull"),
+            Ok(step) => {
+                debug!(image, status = ?step.status, "pull");
+                if layers.record(&step) && told.elapsed() >= PULL_PROGRESS_INTERVAL {
+                    told = Instant::now();
+                    if let Some(sink) = sink {
+                        sink.send_replace(Some(layers.progress()));
+                    }
+                }
+            }
             Err(error) => {
                 return Err(LaunchError::Image {
                     image: image.to_string(),
@@ -103,7 +121,67 @@ async fn pull(
             }
         }
     }
+    if let Some(sink) = sink {
+        sink.send_replace(Some(layers.progress()));
+    }
     Ok(())
+}
+
+/// The layers of a pull as the engine's progress messages describe them, by layer id.
+#[derive(Default)]
+struct Layers {
+    layers: HashMap<String, Layer>,
+}
+
+#[derive(Default)]
+struct Layer {
+    current: u64,
+    total: u64,
+    done: bool,
+}
+
+impl Layers {
+    /// Takes one progress message; says whether the figures changed.
+    fn record(&mut self, step: &CreateImageInfo) -> bool {
+        let (Some(id), Some(status)) = (&step.id, &step.status) else {
+            return false;
+        };
+        // "v1: Pulling from team/app" names the tag, not a layer.
+        if status.starts_with("Pulling from") {
+            return false;
+        }
+        let layer = self.layers.entry(id.clone()).or_default();
+        let detail = step.progress_detail.as_ref();
+        let number = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+        match status.as_str() {
+            "Downloading" => {
+                if let Some(total) = number(detail.and_then(|d| d.total)) {
+                    layer.total = total;
+                }
+                if let Some(current) = number(detail.and_then(|d| d.current)) {
+                    layer.current = current.min(layer.total.max(current));
+                }
+            }
+            "Verifying Checksum" | "Download complete" | "Extracting" => {
+                layer.current = layer.total;
+            }
+            "Pull complete" | "Already exists" => {
+                layer.current = layer.total;
+                layer.done = true;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn progress(&self) -> PullProgress {
+        PullProgress {
+            layers_done: self.layers.values().filter(|l| l.done).count() as u32,
+            layers_total: self.layers.len() as u32,
+            bytes_done: self.layers.values().map(|l| l.current).sum(),
+            bytes_total: self.layers.values().map(|l| l.total).sum(),
+        }
+    }
 }
 
 /// What the engine said, without bollard's wrapping.
@@ -118,6 +196,38 @@ pub(crate) fn engine_message(error: &bollard::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::ProgressDetail;
+
+    fn step(id: &str, status: &str, current: Option<i64>, total: Option<i64>) -> CreateImageInfo {
+        CreateImageInfo {
+            id: Some(id.to_string()),
+            status: Some(status.to_string()),
+            progress_detail: Some(ProgressDetail { current, total }),
+            ..CreateImageInfo::default()
+        }
+    }
+
+    #[test]
+    fn layers_add_up_as_the_engine_reports_them() {
+        let mut layers = Layers::default();
+        assert!(!layers.record(&step("v1", "Pulling from team/app", None, None)));
+        layers.record(&step("a", "Pulling fs layer", None, None));
+        layers.record(&step("b", "Already exists", None, None));
+        layers.record(&step("a", "Downloading", Some(100), Some(400)));
+        assert_eq!(
+            layers.progress(),
+            PullProgress {
+                layers_done: 1,
+                layers_total: 2,
+                bytes_done: 100,
+                bytes_total: 400
+            }
+        );
+        layers.record(&step("a", "Download complete", None, None));
+        layers.record(&step("a", "Pull complete", None, None));
+        let done = layers.progress();
+        assert_eq!((done.layers_done, done.bytes_done), (2, 400));
+    }
 
     #[test]
     fn splits_references_as_the_engine_does() {

@@ -167,6 +167,7 @@ impl DockerExecutor {
             &image,
             policy,
             launch.credentials.as_ref(),
+            launch.pull_progress.as_ref(),
         )
         .await?;
         let name = Self::container_name(launch.backend.as_str());

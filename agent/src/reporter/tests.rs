@@ -9,6 +9,8 @@ fn report(backend: &str, seq: u64, state: BackendState) -> StateReport {
         state,
         reason: None,
         exit_code: None,
+        oom_killed: false,
+        pull: None,
         message: None,
         drone_started_at: 1,
         at: 1,
@@ -79,7 +81,7 @@ async fn reports_wait_for_a_controller_and_arrive_in_order() {
     b1.state(BackendState::Loading);
     b2.state(BackendState::Loading);
     b1.state(BackendState::Ready);
-    b1.terminated(TerminationReason::Swept, None, None);
+    b1.terminated(TerminationReason::Swept, None, false, None);
     let mut pending = reports.pending();
     pending.sort();
     assert_eq!(

@@ -1,5 +1,6 @@
 //! `GET /v1/backends/{id}/events`: server-sent events, one `state` event per state change of
-//! the backend, ending after `terminated`. Fed by the controller's view: a stream costs no
+//! the backend, ending after `terminated`, and `updated` events for other changes worth
+//! following (the pull of its image while it loads). Fed by the controller's view: a stream costs no
 //! watch of its own on the bus, and a slow client skips to the latest version instead of
 //! holding memory for every change.
 
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::BackendState;
+use plane_protocol::messages::{BackendState, PullProgress};
 use plane_protocol::records::BackendRecord;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,12 +39,13 @@ pub(super) async fn backend_events(
         id,
         changes,
         last_state: None,
+        last_pull: None,
         pending: Some(current),
         done: false,
     };
     let stream = futures::stream::unfold(events, |mut s| async move {
-        let record = s.next_record().await?;
-        Some((Ok(state_event(&record)), s))
+        let (kind, record) = s.next_record().await?;
+        Some((Ok(event(kind, &record)), s))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -54,14 +56,16 @@ struct EventStream {
     id: BackendId,
     changes: broadcast::Receiver<Arc<BackendRecord>>,
     last_state: Option<BackendState>,
+    last_pull: Option<PullProgress>,
     pending: Option<Arc<BackendRecord>>,
     done: bool,
 }
 
 impl EventStream {
-    /// The next record whose state differs from the last one sent; `None` after `terminated`,
-    /// when the backend is forgotten, or when the server shuts down.
-    async fn next_record(&mut self) -> Option<Arc<BackendRecord>> {
+    /// The next record whose state differs from the last one sent (`state`), or whose pull
+    /// progress does (`updated`); `None` after `terminated`, when the backend is forgotten, or
+    /// when the server shuts down.
+    async fn next_record(&mut self) -> Option<(&'static str, Arc<BackendRecord>)> {
         if self.done {
             return None;
         }
@@ -81,18 +85,23 @@ impl EventStream {
                 },
             };
             if self.last_state == Some(record.state) {
+                if record.pull != self.last_pull && record.state == BackendState::Loading {
+                    self.last_pull = record.pull;
+                    return Some(("updated", record));
+                }
                 continue;
             }
             self.last_state = Some(record.state);
+            self.last_pull = record.pull;
             self.done = record.is_terminated();
-            return Some(record);
+            return Some(("state", record));
         }
     }
 }
 
-fn state_event(record: &BackendRecord) -> Event {
+fn event(kind: &'static str, record: &BackendRecord) -> Event {
     Event::default()
-        .event("state")
+        .event(kind)
         .json_data(record)
         .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
 }

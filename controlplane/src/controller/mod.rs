@@ -412,6 +412,8 @@ impl Controller {
             state: BackendState::Scheduled,
             reason: None,
             exit_code: None,
+            oom_killed: false,
+            pull: None,
             message: None,
             drone: first.id.clone(),
             max_idle_secs: spec.max_idle_secs,

@@ -8,6 +8,8 @@ fn backend(id: &str, drone: &str, state: BackendState) -> BackendRecord {
         state,
         reason: None,
         exit_code: None,
+        oom_killed: false,
+        pull: None,
         message: None,
         drone: DroneId::new(drone).expect("valid"),
         max_idle_secs: 5,

@@ -272,6 +272,8 @@ pub fn report(
         state,
         reason,
         exit_code: None,
+        oom_killed: false,
+        pull: None,
         message: None,
         drone_started_at: FIRST_PROCESS,
         at: now_millis(),

@@ -39,6 +39,7 @@ pub async fn handle(request: Request<Incoming>, conn: Conn) -> Result<Response<B
         (&Method::GET, "/") => text(StatusCode::OK, format!("hello from {}\n", conn.backend_id)),
         (&Method::GET, "/stream") => stream_chunks(query),
         (&Method::GET, "/exit") => exit(query, &conn.exit_code),
+        (&Method::GET, "/alloc") => alloc(query),
         (&Method::GET, "/ws") => crate::ws::upgrade(request),
         (&Method::GET, "/page") => page(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -162,6 +163,33 @@ fn exit(query: Option<&str>, exit_code: &OnceLock<u8>) -> Response<Body> {
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Most memory `/alloc` takes in one request.
+const MAX_ALLOC_MIB: usize = 4096;
+
+/// Memory `/alloc` took and keeps for the life of the process.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// `/alloc?mib=N`: takes N MiB, touches every page and keeps it, so that a memory limit below
+/// that gets the process killed (the OOM test).
+fn alloc(query: Option<&str>) -> Response<Body> {
+    let mib = match query_param(query, "mib", 0usize) {
+        Ok(mib) if mib <= MAX_ALLOC_MIB => mib,
+        Ok(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("at most {MAX_ALLOC_MIB} MiB\n"),
+            )
+        }
+        Err(error) => return text(StatusCode::BAD_REQUEST, error),
+    };
+    for _ in 0..mib {
+        // Non-zero bytes: the pages are really written, not left to the zero page.
+        let block = vec![1u8; 1 << 20];
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(block);
+    }
+    text(StatusCode::OK, format!("holding {mib} MiB more\n"))
 }
 
 /// The value of `name` in a query string, parsed; `default` when absent, an error message (for a

@@ -62,6 +62,20 @@ pub fn test_image() -> anyhow::Result<&'static str> {
     Ok(TEST_IMAGE)
 }
 
+/// Builds `tag`: `base` plus a layer of its own (a file with `stamp` in it), so that once `tag`
+/// is pushed and removed here, pulling it downloads a layer the engine does not have.
+pub fn image_with_own_layer(base: &str, tag: &str, stamp: &str) -> anyhow::Result<()> {
+    let context = tempfile::tempdir().context("a build context")?;
+    std::fs::write(context.path().join("stamp"), stamp)?;
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY stamp /stamp\n"),
+    )?;
+    let dir = context.path().display().to_string();
+    docker(&["build", "-q", "-t", tag, &dir]).with_context(|| format!("building {tag}"))?;
+    Ok(())
+}
+
 /// The statically linked test backend `scripts/test` builds.
 fn static_backend() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os(STATIC_BACKEND_ENV)
@@ -98,4 +112,31 @@ pub fn container_exists(name: &str) -> anyhow::Result<bool> {
     let filter = format!("name=^/{name}$");
     let names = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])?;
     Ok(names.lines().any(|n| n == name))
+}
+
+/// Removes every container of these drones when dropped: what a failed test would otherwise
+/// leave running (containers outlive their drone process by design).
+pub struct RemoveContainersOnDrop {
+    drones: Vec<String>,
+}
+
+impl RemoveContainersOnDrop {
+    pub fn of_drones(drones: Vec<String>) -> RemoveContainersOnDrop {
+        RemoveContainersOnDrop { drones }
+    }
+}
+
+impl Drop for RemoveContainersOnDrop {
+    fn drop(&mut self) {
+        for drone in &self.drones {
+            let Ok(names) = containers_labelled(&format!("dev.plane.drone={drone}")) else {
+                continue;
+            };
+            if !names.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(names.iter().map(String::as_str));
+                let _ = docker(&args);
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod nats_cluster;
 pub mod nats_jwt;
 pub mod pki;
 pub mod process;
+pub mod registry;
 pub mod relay;
 pub mod wait;
 
