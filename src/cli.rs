@@ -213,6 +213,10 @@ pub struct DevArgs {
     pub cluster: String,
     #[arg(long, value_enum, default_value = "process")]
     pub executor: ExecutorArg,
+    /// Where the drone keeps its id across restarts, so that a restarted `plane dev` finds the
+    /// containers it left (default: $XDG_STATE_HOME/plane, else ~/.local/state/plane).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub https: HttpsArgs,
     #[command(flatten)]
@@ -317,9 +321,13 @@ pub struct DroneArgs {
     pub http: SocketAddr,
     #[arg(long, value_enum, default_value = "process")]
     pub executor: ExecutorArg,
-    /// This drone's id (default: a random one).
+    /// This drone's id (default: the one kept in --state-dir, made up the first time).
     #[arg(long)]
     pub id: Option<String>,
+    /// Where the drone keeps its id across restarts (default: $XDG_STATE_HOME/plane, else
+    /// ~/.local/state/plane).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The proxy's port as clients see it, when a load balancer or NAT changes it.
     #[arg(long)]
     pub public_port: Option<u16>,

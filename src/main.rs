@@ -7,6 +7,7 @@ mod memory;
 mod secrets;
 mod serve;
 mod shutdown;
+mod state_dir;
 
 use clap::Parser;
 use cli::{Cli, Command};

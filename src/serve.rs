@@ -9,6 +9,7 @@ use crate::cli::{
 };
 use crate::secrets;
 use crate::shutdown;
+use crate::state_dir;
 use anyhow::Context as _;
 use plane_agent::docker::DockerExecutor;
 use plane_agent::executor::Executor;
@@ -21,6 +22,7 @@ use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
 use plane_protocol::ids::DroneId;
 use plane_protocol::subjects::Subjects;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -286,7 +288,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("opening cluster state")?;
     let table = RouteTable::new(&cluster);
-    let drone_id = DroneId::generate();
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => state_dir::default_state_dir()?,
+    };
+    let drone_id = state_dir::drone_id(None, &state_dir, &cluster)?;
     let executor = executor(args.executor, &cluster, &drone_id).await?;
     let executor_kind = executor.kind();
     let drone = Drone::new(
@@ -393,9 +399,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
-    let id = match &args.id {
-        Some(id) => DroneId::new(id.as_str()).with_context(|| format!("--id {id:?}"))?,
-        None => DroneId::generate(),
+    let id = match (&args.id, &args.state_dir) {
+        (Some(id), _) => state_dir::drone_id(Some(id), Path::new(""), &cluster)?,
+        (None, Some(dir)) => state_dir::drone_id(None, dir, &cluster)?,
+        (None, None) => state_dir::drone_id(None, &state_dir::default_state_dir()?, &cluster)?,
     };
     let proxy = DroneProxy::bind(
         args.http,

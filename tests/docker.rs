@@ -14,6 +14,15 @@ async fn docker_dev() -> anyhow::Result<Cluster> {
     Cluster::dev_with(&["--executor", "docker"]).await
 }
 
+/// A controller and a docker drone over a real NATS. The drone's id is the test's own (and
+/// this run's): drones of one id and cluster share their containers (a restarted one removes
+/// what it finds).
+async fn docker_over_nats(name: &str) -> anyhow::Result<Cluster> {
+    let id = format!("{name}-{}", std::process::id());
+    let flags = ["--executor", "docker", "--id", &id];
+    Cluster::over(NatsServer::start()?, false, &[], &flags).await
+}
+
 /// `plane spawn --image` of the test image (never pulled: it is built here) with `extra`.
 async fn spawn(c: &Cluster, extra: &[&str]) -> anyhow::Result<Value> {
     let image = test_image()?;
@@ -208,7 +217,7 @@ async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> a
 async fn a_docker_drone_over_nats_runs_routes_and_removes_a_container() -> anyhow::Result<()> {
     bounded(async {
         let image = test_image()?;
-        let c = Cluster::over(NatsServer::start()?, false, &[], &["--executor", "docker"]).await?;
+        let c = docker_over_nats("docker-routes").await?;
         let _cleanup = c.containers_removed_at_end().await?;
         // A process spawn has no drone to go to, and the refusal says why.
         let output = c.plane(&["spawn", "--command", "true"]).await?;
@@ -235,6 +244,52 @@ async fn a_docker_drone_over_nats_runs_routes_and_removes_a_container() -> anyho
         ensure!(output.status.success(), "{output:?}");
         c.watch_until_terminated(&id).await?;
         container_removed(&id).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restarted_dev_removes_the_containers_its_killed_process_left() -> anyhow::Result<()> {
+    bounded(async {
+        let mut c = docker_dev().await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let record = spawn(&c, &["--wait"]).await?;
+        let id = id_of(&record)?;
+        c.kill_drone();
+        // Containers outlive their drone process...
+        ensure!(
+            container_exists(&format!("plane-{id}"))?,
+            "outlived the drone"
+        );
+        // ...and the same drone, started again, removes what it no longer runs.
+        c.start_dev_again().await?;
+        container_removed(&id).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restarted_docker_drone_removes_what_its_killed_process_left() -> anyhow::Result<()> {
+    bounded(async {
+        let image = test_image()?;
+        let mut c = docker_over_nats("docker-restarts").await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let record = c
+            .plane_json(&["spawn", "--wait", "--image", image, "--pull", "never"])
+            .await?;
+        let id = id_of(&record)?;
+        c.kill_drone();
+        ensure!(
+            container_exists(&format!("plane-{id}"))?,
+            "outlived the drone"
+        );
+        c.restart_drone().await?;
+        container_removed(&id).await?;
+        eventually(STATE_TIMEOUT, "the backend ended", || async {
+            let status = c.status(&id).await?;
+            Ok((status["state"] == "terminated").then_some(()))
+        })
+        .await
     })
     .await
 }

@@ -59,6 +59,11 @@ pub struct Cluster {
     nodes: Option<NatsCluster>,
     /// Between the controller and NATS, when the test cuts the controller off.
     relay: Option<TcpRelay>,
+    /// The drone's extra flags, for a restart.
+    drone_flags: Vec<String>,
+    /// `plane dev`'s flags and state directory (where its drone keeps its id), for a restart.
+    dev_flags: Vec<String>,
+    state_dir: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -133,6 +138,9 @@ impl Cluster {
             nats: None,
             nodes: None,
             relay: None,
+            drone_flags: drone_flags.iter().map(|f| f.to_string()).collect(),
+            dev_flags: Vec::new(),
+            state_dir: None,
         })
     }
 
@@ -191,8 +199,33 @@ impl Cluster {
         Self::dev_with(&["--https", "127.0.0.1:0", "--cert", &cert, "--key", &key]).await
     }
 
-    /// `plane dev` with extra flags.
+    /// `plane dev` with extra flags, its drone's state in a directory of its own.
     pub async fn dev_with(extra: &[&str]) -> anyhow::Result<Cluster> {
+        let state_dir = tempfile::tempdir()?;
+        let mut flags = vec![
+            "--state-dir".to_string(),
+            state_dir.path().display().to_string(),
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let (dev, proxy_port, api) = Self::start_dev(&flags)?;
+        let cluster = Cluster {
+            cluster: "plane.localhost".to_string(),
+            api,
+            proxy_port,
+            drone: Some(dev),
+            controller: None,
+            nats: None,
+            nodes: None,
+            relay: None,
+            drone_flags: Vec::new(),
+            dev_flags: flags,
+            state_dir: Some(state_dir),
+        };
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
+    fn start_dev(flags: &[String]) -> anyhow::Result<(ChildGuard, u16, String)> {
         let mut dev = Command::new(plane_bin());
         dev.args([
             "dev",
@@ -205,23 +238,28 @@ impl Cluster {
             "--ready-timeout-secs",
             READY_TIMEOUT_SECS,
         ]);
-        dev.args(extra);
+        dev.args(flags);
         let dev = ChildGuard::spawn("dev", dev)?;
         let api = after(&dev, "API      ")?;
         let proxy = after(&dev, "(listening on ")?;
         let proxy_port = port_of(proxy.trim_end_matches(')'))?;
-        let cluster = Cluster {
-            cluster: "plane.localhost".to_string(),
-            api,
-            proxy_port,
-            drone: Some(dev),
-            controller: None,
-            nats: None,
-            nodes: None,
-            relay: None,
-        };
-        cluster.wait_for_live_drone().await?;
-        Ok(cluster)
+        Ok((dev, proxy_port, api))
+    }
+
+    /// Kills `plane dev` or the drone (SIGKILL).
+    pub fn kill_drone(&mut self) {
+        drop(self.drone.take());
+    }
+
+    /// Starts `plane dev` again (after [`Cluster::kill_drone`]) with the same flags and state
+    /// directory, so its drone has the same id; its API and proxy addresses change.
+    pub async fn start_dev_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.state_dir.is_some(), "not a `plane dev` cluster");
+        let (dev, proxy_port, api) = Self::start_dev(&self.dev_flags)?;
+        self.drone = Some(dev);
+        self.proxy_port = proxy_port;
+        self.api = api;
+        self.wait_for_live_drone().await
     }
 
     /// Kills the controller (SIGKILL).
@@ -258,7 +296,9 @@ impl Cluster {
             .nats
             .as_ref()
             .context("only a NATS cluster has separate drones")?;
-        let (drone, proxy_port) = start_drone(&nats.url(), &self.cluster, Some("drone-1"))?;
+        let flags: Vec<&str> = self.drone_flags.iter().map(String::as_str).collect();
+        let (drone, proxy_port) =
+            start_drone_with(&nats.url(), &self.cluster, Some("drone-1"), &flags)?;
         self.drone = Some(drone);
         self.proxy_port = proxy_port;
         Ok(())
@@ -435,7 +475,7 @@ fn start_drone_with(
         "--ready-timeout-secs",
         READY_TIMEOUT_SECS,
     ]);
-    if let Some(id) = id {
+    if let Some(id) = id.filter(|_| !extra.contains(&"--id")) {
         drone.args(["--id", id]);
     }
     if !extra.contains(&"--executor") {

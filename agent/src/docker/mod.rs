@@ -5,7 +5,8 @@
 //!
 //! Nothing is left behind: a launch cut short (a terminate during the pull or the create)
 //! removes what it created, as does a backend handle dropped without a stop; a stop is the
-//! engine's own (SIGTERM, the grace, SIGKILL) followed by removal.
+//! engine's own (SIGTERM, the grace, SIGKILL) followed by removal. Containers outlive a drone
+//! killed outright; the drone, started again under its id, removes them first thing.
 
 mod exits;
 mod image;
@@ -15,7 +16,8 @@ use crate::limits::CONTAINER_PORT;
 use crate::readiness::ReadyCheck;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use exits::Exits;
@@ -43,6 +45,8 @@ pub mod labels {
 pub enum DockerError {
     #[error("cannot reach the Docker engine (is it running, and may this user use its socket?)")]
     Connect(#[source] bollard::errors::Error),
+    #[error("cannot list this drone's containers")]
+    List(#[source] bollard::errors::Error),
 }
 
 /// The engine and whose containers these are.
@@ -69,6 +73,36 @@ impl Engine {
             }),
             _ => None,
         }
+    }
+
+    /// Removes the containers an earlier process of this drone left (it was killed, or the
+    /// machine went down): the controller ends the backends of a drone's earlier process, so
+    /// none of them is wanted any more.
+    async fn remove_leftovers(&self) -> Result<(), DockerError> {
+        let drone = format!("{}={}", labels::DRONE, self.drone);
+        let cluster = format!("{}={}", labels::CLUSTER, self.cluster);
+        let filters = HashMap::from([("label", vec![drone.as_str(), cluster.as_str()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let leftovers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::List)?;
+        for container in leftovers {
+            let Some(name) = container.names.and_then(|n| n.into_iter().next()) else {
+                continue;
+            };
+            let name = name.trim_start_matches('/');
+            warn!(
+                container = name,
+                "removing a container an earlier drone process left"
+            );
+            self.remove(name).await;
+        }
+        Ok(())
     }
 
     async fn remove(&self, name: &str) {
@@ -105,6 +139,7 @@ impl DockerExecutor {
             cluster: cluster.to_string(),
             drone: drone.to_string(),
         });
+        engine.remove_leftovers().await?;
         Ok(DockerExecutor {
             exits: Arc::new(Exits::start(engine.clone())),
             engine,
