@@ -7,8 +7,11 @@ mod common;
 
 use anyhow::{ensure, Context};
 use common::{bounded, id_of, Cluster};
-use plane_test_support::docker::{docker, image_with_own_layer, test_image};
+use plane_test_support::docker::{
+    container_exists, docker, image_with_own_layer, incompressible, test_image,
+};
 use plane_test_support::registry::Registry;
+use plane_test_support::{eventually, TcpRelay};
 use serde_json::Value;
 
 /// The repository and tag the test image is pushed as.
@@ -153,6 +156,45 @@ async fn pull_policies_with_and_without_credentials() -> anyhow::Result<()> {
         ensure!(!log.contains(&password), "in Plane's log");
         ensure!(!list.contains("\"credentials\""), "{list}");
 
+        let _ = docker(&["rmi", &reference]);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_terminate_during_a_slow_pull_leaves_nothing() -> anyhow::Result<()> {
+    bounded(async {
+        let registry = Registry::start(false)?;
+        // 8 MiB that the engine does not have, pulled through a 256 KiB/s link: half a minute.
+        let local = format!("plane-slow-pull:{}", std::process::id());
+        let layer = incompressible(8 << 20, u64::from(std::process::id()));
+        image_with_own_layer(test_image()?, &local, &layer)?;
+        registry.push(&local, "plane/slow:v1")?;
+        docker(&["rmi", &local])?;
+        let relay = TcpRelay::throttled(registry.addr.parse()?, 256 * 1024).await?;
+        let reference = format!("{}/plane/slow:v1", relay.addr());
+
+        let c = Cluster::dev_with(&["--executor", "docker"]).await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let record = c.plane_json(&["spawn", "--image", &reference]).await?;
+        let id = id_of(&record)?;
+        eventually(common::STATE_TIMEOUT, "the pull under way", || async {
+            let status = c.status(&id).await?;
+            let pulling = status["state"] == "loading"
+                && status["pull"]["bytes_done"].as_u64().is_some_and(|n| n > 0);
+            Ok(pulling.then_some(()))
+        })
+        .await?;
+        let output = c.plane(&["terminate", &id]).await?;
+        ensure!(output.status.success(), "{output:?}");
+        let events = c.watch_until_terminated(&id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "terminated", "{last}");
+        ensure!(
+            !container_exists(&format!("plane-{id}"))?,
+            "no container was made"
+        );
         let _ = docker(&["rmi", &reference]);
         Ok(())
     })

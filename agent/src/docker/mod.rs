@@ -210,6 +210,7 @@ impl DockerExecutor {
             engine: self.engine.clone(),
             name: Some(name.clone()),
         };
+        let creating = std::time::Instant::now();
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.create_body(&launch, &image);
         let docker = &self.engine.docker;
@@ -236,7 +237,9 @@ impl DockerExecutor {
                 .await
                 .map_err(|e| create_failed(&image, &e))?;
         }
+        let created_in = creating.elapsed();
         let exit = self.exits.register(&name);
+        let starting = std::time::Instant::now();
         docker
             .start_container(&name, None)
             .await
@@ -268,7 +271,14 @@ impl DockerExecutor {
             }
         };
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
-        info!(backend = %launch.backend, container = %name, %address, "container started");
+        info!(
+            backend = %launch.backend,
+            container = %name,
+            %address,
+            create_ms = created_in.as_secs_f64() * 1e3,
+            start_ms = starting.elapsed().as_secs_f64() * 1e3,
+            "container started"
+        );
         Ok(Box::new(Container {
             name,
             created: created.take(),

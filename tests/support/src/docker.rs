@@ -64,9 +64,9 @@ pub fn test_image() -> anyhow::Result<&'static str> {
 
 /// Builds `tag`: `base` plus a layer of its own (a file with `stamp` in it), so that once `tag`
 /// is pushed and removed here, pulling it downloads a layer the engine does not have.
-pub fn image_with_own_layer(base: &str, tag: &str, stamp: &str) -> anyhow::Result<()> {
+pub fn image_with_own_layer(base: &str, tag: &str, stamp: impl AsRef<[u8]>) -> anyhow::Result<()> {
     let context = tempfile::tempdir().context("a build context")?;
-    std::fs::write(context.path().join("stamp"), stamp)?;
+    std::fs::write(context.path().join("stamp"), stamp.as_ref())?;
     std::fs::write(
         context.path().join("Dockerfile"),
         format!("FROM {base}\nCOPY stamp /stamp\n"),
@@ -139,4 +139,18 @@ impl Drop for RemoveContainersOnDrop {
             }
         }
     }
+}
+
+/// `len` bytes that do not compress (a layer pushed gzipped stays this large): xorshift output.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }

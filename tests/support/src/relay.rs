@@ -1,6 +1,8 @@
 //! A TCP relay on loopback in front of a server, which a test can cut and restore: what a
 //! network partition between one client and the server looks like to both. While cut, every
-//! relayed connection is closed and new ones are accepted and closed at once.
+//! relayed connection is closed and new ones are accepted and closed at once. A throttled relay
+//! passes the server's bytes at a set rate: a slow link (a pull that takes long enough to be
+//! interrupted).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +19,19 @@ pub struct TcpRelay {
 impl TcpRelay {
     /// Listens on a free loopback port and relays every connection to `target`.
     pub async fn start(target: SocketAddr) -> anyhow::Result<TcpRelay> {
+        Self::start_with(target, None).await
+    }
+
+    /// A relay that passes the server's bytes to the client at `bytes_per_sec` at most.
+    pub async fn throttled(target: SocketAddr, bytes_per_sec: u64) -> anyhow::Result<TcpRelay> {
+        Self::start_with(target, Some(bytes_per_sec.max(1))).await
+    }
+
+    async fn start_with(target: SocketAddr, rate: Option<u64>) -> anyhow::Result<TcpRelay> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(watch::Sender::new(false));
-        let task = tokio::spawn(accept(listener, target, cut.clone()));
+        let task = tokio::spawn(accept(listener, target, cut.clone(), rate));
         Ok(TcpRelay { addr, cut, task })
     }
 
@@ -47,7 +58,12 @@ impl Drop for TcpRelay {
     }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, cut: Arc<watch::Sender<bool>>) {
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: Arc<watch::Sender<bool>>,
+    rate: Option<u64>,
+) {
     while let Ok((client, _)) = listener.accept().await {
         if *cut.borrow() {
             drop(client);
@@ -59,11 +75,44 @@ async fn accept(listener: TcpListener, target: SocketAddr, cut: Arc<watch::Sende
                 return;
             };
             let (mut client, mut server) = (client, server);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = cut.wait_for(|cut| *cut) => {}
+            match rate {
+                None => tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.wait_for(|cut| *cut) => {}
+                },
+                Some(rate) => {
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+                        _ = paced_copy(&mut server_read, &mut client_write, rate) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                }
             }
         });
+    }
+}
+
+/// Copies at `rate` bytes per second at most, in chunks of a tenth of a second's worth.
+async fn paced_copy<R, W>(from: &mut R, to: &mut W, rate: u64) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chunk = usize::try_from(rate / 10)
+        .unwrap_or(usize::MAX)
+        .clamp(1, 64 * 1024);
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        let pause = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+        tokio::time::sleep(pause).await;
     }
 }
 
