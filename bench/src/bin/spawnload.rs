@@ -71,6 +71,9 @@ fn start_dev(
             "127.0.0.1:0",
             "--executor",
             executor,
+            // Room for every live backend the process case holds.
+            "--capacity",
+            "4096",
         ])
         .arg("--state-dir")
         .arg(state)
@@ -254,6 +257,18 @@ async fn run(kind: &str, plane: &str, what: &str, count: usize, n: usize) -> Res
     };
     let (mut dev, api_url, log) = start_dev(plane, executor, &state).map_err(|e| e.to_string())?;
     let api = ApiClient::new(&api_url).map_err(|e| e.to_string())?;
+    // The API answers before the drone's first heartbeat has landed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !api
+        .drones()
+        .await
+        .is_ok_and(|drones| drones.iter().any(|d| d.live))
+    {
+        if Instant::now() > deadline {
+            return Err("no live drone within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let request = |command: Vec<String>, image: Option<String>| SpawnRequest {
         executable: SpawnExecutable {
             image,
@@ -333,9 +348,18 @@ async fn run(kind: &str, plane: &str, what: &str, count: usize, n: usize) -> Res
     report("load (to starting)", pick(|p| p.load));
     report("first answer (to ready)", pick(|p| p.answer));
     report("spawn -> ready", pick(|p| p.total));
-    // Give the backends their stop before the dev process goes.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = dev.kill();
+    // Every backend ended (containers stopped and removed), then Plane stopped as Ctrl-C does.
+    for id in &all_ids {
+        if let Ok(mut events) = api.events(id).await {
+            while let Some(Ok(event)) = events.next().await {
+                if event.state == BackendState::Terminated {
+                    break;
+                }
+            }
+        }
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(dev.id() as libc::pid_t, libc::SIGTERM) };
     let _ = dev.wait();
     let _ = std::fs::remove_dir_all(&state);
     if kind == "docker" {
