@@ -80,6 +80,8 @@ impl ApiClient {
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Requests are small and answered at once: no Nagle delay on them.
+        connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(ApiClient {
             base,

@@ -44,6 +44,9 @@ pub async fn serve(
                 }
             },
         };
+        // Small writes (one server-sent event each) go out at once instead of waiting on the
+        // client's delayed ACK (Nagle): without this every event after the first came ~40 ms late.
+        let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(%peer, limit = max_connections, "API connection limit reached; closing a new connection");
             continue;
