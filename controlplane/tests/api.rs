@@ -57,6 +57,18 @@ impl Api {
         }
     }
 
+    /// The event stream of backend `id`.
+    async fn events(&self, id: &impl std::fmt::Display) -> Events {
+        let response = self
+            .send(Method::GET, &format!("/v1/backends/{id}/events"), "")
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        Events {
+            body: response.into_body(),
+            buffer: BytesMut::new(),
+        }
+    }
+
     async fn send(&self, method: Method, path: &str, body: &str) -> hyper::Response<Incoming> {
         let mut request = Request::builder()
             .method(method)
@@ -339,13 +351,7 @@ async fn a_token_is_in_the_spawn_answer_and_the_drone_command_and_nowhere_else()
         .call(Method::GET, &format!("/v1/backends/{id}"), "")
         .await;
     let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
-    let events = api
-        .send(Method::GET, &format!("/v1/backends/{id}/events"), "")
-        .await;
-    let mut events = Events {
-        body: events.into_body(),
-        buffer: BytesMut::new(),
-    };
+    let mut events = api.events(&id).await;
     let event = events.next().await.expect("the current state");
     for (what, text) in [
         ("status", status_json.to_string()),
@@ -406,13 +412,7 @@ async fn registry_credentials_reach_the_docker_drone_and_nothing_else() {
         .call(Method::GET, &format!("/v1/backends/{id}"), "")
         .await;
     let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
-    let events = api
-        .send(Method::GET, &format!("/v1/backends/{id}/events"), "")
-        .await;
-    let mut events = Events {
-        body: events.into_body(),
-        buffer: BytesMut::new(),
-    };
+    let mut events = api.events(&id).await;
     let event = events.next().await.expect("the current state");
     for (what, text) in [
         ("spawn answer", json.to_string()),
@@ -497,17 +497,7 @@ async fn pull_progress_while_loading_comes_as_updated_events_and_stays_in_the_re
         .await
         .expect("spawned");
     let api = Api::serve(&cluster).await;
-    let response = api
-        .send(
-            Method::GET,
-            &format!("/v1/backends/{}/events", record.id),
-            "",
-        )
-        .await;
-    let mut events = Events {
-        body: response.into_body(),
-        buffer: BytesMut::new(),
-    };
+    let mut events = api.events(&record.id).await;
     events.next().await.expect("the current state");
     let loading = report(&record.id, "d1", 1, BackendState::Loading, None);
     assert_eq!(cluster.report(&loading).await, Ack::Accepted);
@@ -563,18 +553,7 @@ async fn events_of_a_terminated_backend_end_after_one_event() {
     );
     assert_eq!(cluster.report(&end).await, Ack::Accepted);
     let api = Api::serve(&cluster).await;
-    let response = api
-        .send(
-            Method::GET,
-            &format!("/v1/backends/{}/events", record.id),
-            "",
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut events = Events {
-        body: response.into_body(),
-        buffer: BytesMut::new(),
-    };
+    let mut events = api.events(&record.id).await;
     let only = events.next().await.expect("the current state");
     assert_eq!(only.state, BackendState::Terminated);
     assert_eq!(only.reason, Some(TerminationReason::Exited));

@@ -159,18 +159,7 @@ impl Cluster {
     pub async fn heartbeat_of(&self, drone: &str, executor: ExecutorKind) {
         let mut heartbeat = heartbeat_message(drone, 0, 1);
         heartbeat.executor = executor;
-        let sent = now_millis();
-        within(
-            "publish heartbeat",
-            self.bus
-                .publish_json(&self.subjects.heartbeat(&heartbeat.drone), &heartbeat),
-        )
-        .await
-        .expect("heartbeat published");
-        self.wait_for_drone(drone, |d| {
-            d.last_heartbeat >= sent && d.executor == executor
-        })
-        .await;
+        self.beat(heartbeat, |d| d.executor == executor).await;
     }
 
     /// [`Cluster::heartbeat`] of a drone that runs (or still reports on) `backends`.
@@ -183,6 +172,13 @@ impl Cluster {
     ) {
         let mut heartbeat = heartbeat_message(drone, load, started_at);
         heartbeat.backends = backends.iter().map(|b| (*b).clone()).collect();
+        self.beat(heartbeat, |d| d.load == load && d.started_at == started_at)
+            .await;
+    }
+
+    /// Publishes `heartbeat` and waits until the controller's record of its drone is at least
+    /// that recent and passes `recorded`.
+    async fn beat(&self, heartbeat: Heartbeat, recorded: impl Fn(&DroneRecord) -> bool) {
         let sent = now_millis();
         within(
             "publish heartbeat",
@@ -191,10 +187,9 @@ impl Cluster {
         )
         .await
         .expect("heartbeat published");
-        self.wait_for_drone(drone, |d| {
-            d.last_heartbeat >= sent && d.load == load && d.started_at == started_at
-        })
-        .await;
+        let drone = heartbeat.drone.to_string();
+        self.wait_for_drone(&drone, |d| d.last_heartbeat >= sent && recorded(d))
+            .await;
     }
 
     pub async fn wait_for_drone(
