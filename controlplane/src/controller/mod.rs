@@ -453,7 +453,14 @@ impl Controller {
                 token: secrets.token.cloned(),
                 credentials: secrets.credentials.cloned(),
             };
-            match self.command_drone(&drone.id, &command).await {
+            // A drone that did not answer may be between two NATS servers (its node died);
+            // a spawn is idempotent by backend id, so asking once more is safe.
+            let mut answer = self.command_drone(&drone.id, &command).await;
+            if let Err(error) = &answer {
+                debug!(backend = %id, drone = %drone.id, error = %error_chain(error), "no acknowledgement; asking again");
+                answer = self.command_drone(&drone.id, &command).await;
+            }
+            match answer {
                 Ok(Ack::Accepted) => {
                     info!(backend = %id, drone = %drone.id, "backend scheduled");
                     return self.backend(&id).await;
