@@ -5,9 +5,9 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{bounded, id_of, plane_bin, Cluster, STATE_TIMEOUT};
+use common::{bounded, container_removed, id_of, plane_bin, Cluster, STATE_TIMEOUT};
 use plane_test_support::docker::{container_exists, inspect, test_image};
-use plane_test_support::{eventually, NatsServer};
+use plane_test_support::{eventually, ChildGuard, NatsServer};
 use serde_json::Value;
 
 async fn docker_dev() -> anyhow::Result<Cluster> {
@@ -29,15 +29,6 @@ async fn spawn(c: &Cluster, extra: &[&str]) -> anyhow::Result<Value> {
     let mut args = vec!["spawn", "--image", image, "--pull", "never"];
     args.extend_from_slice(extra);
     c.plane_json(&args).await
-}
-
-/// Waits until the backend's container is gone from the engine.
-async fn container_removed(id: &str) -> anyhow::Result<()> {
-    let name = format!("plane-{id}");
-    eventually(STATE_TIMEOUT, &format!("{name} removed"), || async {
-        Ok((!container_exists(&name)?).then_some(()))
-    })
-    .await
 }
 
 /// Spawns (without waiting), follows the backend to its end, and checks its container went.
@@ -197,14 +188,9 @@ async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> a
         ensure!(!output.status.success(), "spawn --wait must fail");
         let stderr = String::from_utf8_lossy(&output.stderr);
         ensure!(stderr.contains("error_loading"), "stderr: {stderr}");
-        let list = c.plane_json(&["list"]).await?;
-        let record = list
-            .as_array()
-            .and_then(|all| {
-                all.iter()
-                    .find(|r| r["spec"]["executable"]["image"] == "plane-no-such-image:none")
-            })
-            .context("the failed backend is listed")?;
+        let record = c
+            .last_listed(|r| r["spec"]["executable"]["image"] == "plane-no-such-image:none")
+            .await?;
         ensure!(record["reason"] == "error_loading", "{record}");
         let message = record["message"].as_str().unwrap_or_default();
         ensure!(message.contains("pull policy is never"), "{record}");
@@ -296,23 +282,29 @@ async fn a_restarted_docker_drone_removes_what_its_killed_process_left() -> anyh
 
 #[test]
 fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyhow::Result<()> {
-    let output = std::process::Command::new(plane_bin())
-        .args([
-            "dev",
-            "--executor",
-            "docker",
-            "--api",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .env("DOCKER_HOST", "unix:///nonexistent/plane-test/docker.sock")
-        .output()?;
-    ensure!(!output.status.success(), "must not start: {output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let state = tempfile::tempdir()?;
+    let mut dev = std::process::Command::new(plane_bin());
+    dev.args([
+        "dev",
+        "--executor",
+        "docker",
+        "--api",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .arg("--state-dir")
+    .arg(state.path())
+    .env("DOCKER_HOST", "unix:///nonexistent/plane-test/docker.sock");
+    let dev = ChildGuard::spawn("dev", dev)?;
+    let status = dev
+        .wait_exit(STATE_TIMEOUT)
+        .context("plane dev did not exit")?;
+    let output = dev.output_so_far();
+    ensure!(!status.success(), "must not start: {output}");
     ensure!(
-        stderr.contains("cannot reach the Docker engine"),
-        "{stderr}"
+        output.contains("cannot reach the Docker engine"),
+        "{output}"
     );
     Ok(())
 }

@@ -37,15 +37,8 @@ async fn spawn(
 
 /// The record of the last backend of this image, as `plane list` shows it.
 async fn last_record(c: &Cluster, reference: &str) -> anyhow::Result<Value> {
-    let list = c.plane_json(&["list"]).await?;
-    list.as_array()
-        .and_then(|all| {
-            all.iter()
-                .rev()
-                .find(|r| r["spec"]["executable"]["image"] == reference)
-        })
-        .cloned()
-        .context("the backend is listed")
+    c.last_listed(|r| r["spec"]["executable"]["image"] == reference)
+        .await
 }
 
 async fn terminate(c: &Cluster, record: &Value) -> anyhow::Result<()> {
@@ -53,7 +46,7 @@ async fn terminate(c: &Cluster, record: &Value) -> anyhow::Result<()> {
     let output = c.plane(&["terminate", &id]).await?;
     ensure!(output.status.success(), "{output:?}");
     c.watch_until_terminated(&id).await?;
-    Ok(())
+    common::container_removed(&id).await
 }
 
 #[tokio::test]
@@ -156,7 +149,7 @@ async fn pull_policies_with_and_without_credentials() -> anyhow::Result<()> {
         ensure!(!log.contains(&password), "in Plane's log");
         ensure!(!list.contains("\"credentials\""), "{list}");
 
-        let _ = docker(&["rmi", &reference]);
+        docker(&["rmi", &reference])?;
         Ok(())
     })
     .await

@@ -270,6 +270,26 @@ async fn spawn_get_and_terminate_over_http() {
 }
 
 /// Reads `state` events from a server-sent event stream.
+/// Everything the API and the store show of backend `id`: its status, the list, its first
+/// event and the stored records, each named, as text.
+async fn everything_shown(api: &Api, cluster: &Cluster, id: &str) -> Vec<(&'static str, String)> {
+    let (_, status) = api
+        .call(Method::GET, &format!("/v1/backends/{id}"), "")
+        .await;
+    let (_, list) = api.call(Method::GET, "/v1/backends", "").await;
+    let mut events = api.events(&id).await;
+    let event = events.next().await.expect("the current state");
+    vec![
+        ("status", status.to_string()),
+        ("list", list.to_string()),
+        ("event", serde_json::to_string(&event).expect("json")),
+        (
+            "stored record",
+            serde_json::to_string(&cluster.controller.backends()).expect("json"),
+        ),
+    ]
+}
+
 struct Events {
     body: Incoming,
     buffer: BytesMut,
@@ -347,21 +367,7 @@ async fn a_token_is_in_the_spawn_answer_and_the_drone_command_and_nowhere_else()
     assert_eq!(sent.as_ref().map(|t| t.as_str()), Some(token.as_str()));
 
     // Status, list and the event stream: the record, never the token.
-    let (_, status_json) = api
-        .call(Method::GET, &format!("/v1/backends/{id}"), "")
-        .await;
-    let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
-    let mut events = api.events(&id).await;
-    let event = events.next().await.expect("the current state");
-    for (what, text) in [
-        ("status", status_json.to_string()),
-        ("list", list_json.to_string()),
-        ("event", serde_json::to_string(&event).expect("json")),
-        (
-            "stored record",
-            serde_json::to_string(&cluster.controller.backends()).expect("json"),
-        ),
-    ] {
+    for (what, text) in everything_shown(&api, &cluster, &id).await {
         assert!(!text.contains(&token), "the token is in the {what}: {text}");
         assert!(
             !text.contains("\"token\""),
@@ -408,22 +414,11 @@ async fn registry_credentials_reach_the_docker_drone_and_nothing_else() {
         ("robot", "s3cret-pa55")
     );
 
-    let (_, status_json) = api
-        .call(Method::GET, &format!("/v1/backends/{id}"), "")
-        .await;
-    let (_, list_json) = api.call(Method::GET, "/v1/backends", "").await;
-    let mut events = api.events(&id).await;
-    let event = events.next().await.expect("the current state");
-    for (what, text) in [
-        ("spawn answer", json.to_string()),
-        ("status", status_json.to_string()),
-        ("list", list_json.to_string()),
-        ("event", serde_json::to_string(&event).expect("json")),
-        (
-            "stored record",
-            serde_json::to_string(&cluster.controller.backends()).expect("json"),
-        ),
-    ] {
+    let shown = everything_shown(&api, &cluster, &id).await;
+    for (what, text) in [("spawn answer", json.to_string())]
+        .into_iter()
+        .chain(shown)
+    {
         assert!(
             !text.contains("s3cret"),
             "the password is in the {what}: {text}"

@@ -280,8 +280,13 @@ async fn a_request_for_another_backend_than_the_handshake_named_is_misdirected()
         b"GET / HTTP/1.1\r\nHost: other.plane.localhost\r\n\r\n",
     )
     .await;
-    let (head, _) = read_response(&mut unbound).await;
+    let (head, body) = read_response(&mut unbound).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("backend: other"),
+        "routed by Host: {}",
+        String::from_utf8_lossy(&body)
+    );
 
     // Without SNI (a client that connected by address) the Host alone routes.
     let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());

@@ -176,15 +176,11 @@ pub async fn missing_command_is_error_loading(c: &Cluster) -> anyhow::Result<()>
     ensure!(!output.status.success(), "spawn --wait must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(stderr.contains("error_loading"), "stderr: {stderr}");
-    let list = c.plane_json(&["list"]).await?;
-    let record = list
-        .as_array()
-        .and_then(|all| {
-            all.iter().find(|r| {
-                r["spec"]["executable"]["command"][0] == "/nonexistent/plane-no-such-program"
-            })
+    let record = c
+        .last_listed(|r| {
+            r["spec"]["executable"]["command"][0] == "/nonexistent/plane-no-such-program"
         })
-        .context("the failed backend is listed")?;
+        .await?;
     ensure!(record["state"] == "terminated", "{record}");
     ensure!(record["reason"] == "error_loading", "{record}");
     Ok(())

@@ -412,10 +412,28 @@ impl Cluster {
         Ok(plane_test_support::docker::RemoveContainersOnDrop::of_drones(ids))
     }
 
+    /// The newest backend in `plane list` that `matches`.
+    pub async fn last_listed(&self, matches: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let list = self.plane_json(&["list"]).await?;
+        list.as_array()
+            .and_then(|all| all.iter().rev().find(|r| matches(r)))
+            .cloned()
+            .with_context(|| format!("no such backend in the list: {list}"))
+    }
+
     /// The state of a backend now.
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await
     }
+}
+
+/// Waits until backend `id`'s container is gone from the engine.
+pub async fn container_removed(id: &str) -> anyhow::Result<()> {
+    let name = format!("plane-{id}");
+    eventually(STATE_TIMEOUT, &format!("{name} removed"), || async {
+        Ok((!plane_test_support::docker::container_exists(&name)?).then_some(()))
+    })
+    .await
 }
 
 /// Starts `plane controller`; returns it and its API's URL.

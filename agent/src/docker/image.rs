@@ -159,7 +159,7 @@ impl Layers {
                     layer.total = total;
                 }
                 if let Some(current) = number(detail.and_then(|d| d.current)) {
-                    layer.current = current.min(layer.total.max(current));
+                    layer.current = current;
                 }
             }
             "Verifying Checksum" | "Download complete" | "Extracting" => {

@@ -239,6 +239,11 @@ impl DockerExecutor {
         }
         let created_in = creating.elapsed();
         let exit = self.exits.register(&name);
+        // Forgotten again however this ends: a failed start, a stop while loading, the end.
+        let awaited = Awaited {
+            exits: self.exits.clone(),
+            name: name.clone(),
+        };
         let starting = std::time::Instant::now();
         docker
             .start_container(&name, None)
@@ -282,7 +287,7 @@ impl DockerExecutor {
         Ok(Box::new(Container {
             name,
             created: created.take(),
-            exits: self.exits.clone(),
+            _awaited: awaited,
             exit,
             address,
         }))
@@ -290,9 +295,11 @@ impl DockerExecutor {
 }
 
 fn create_failed(image: &str, error: &bollard::errors::Error) -> LaunchError {
-    LaunchError::Image {
-        image: image.to_string(),
-        message: format!("cannot create a container: {}", engine_message(error)),
+    LaunchError::Start {
+        message: format!(
+            "cannot create a container of {image}: {}",
+            engine_message(error)
+        ),
     }
 }
 
@@ -351,7 +358,7 @@ impl Drop for Created {
 struct Container {
     name: String,
     created: Created,
-    exits: Arc<Exits>,
+    _awaited: Awaited,
     exit: watch::Receiver<Option<Exit>>,
     address: SocketAddr,
 }
@@ -403,10 +410,21 @@ impl Running for Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        self.exits.forget(&self.name);
         if self.created.name.is_some() {
             // Stopped or not, it goes (Created's drop removes it): no orphan.
             debug!(container = %self.name, "dropping a container that was not stopped");
         }
+    }
+}
+
+/// A container whose exit is awaited; no longer once this is dropped.
+struct Awaited {
+    exits: Arc<Exits>,
+    name: String,
+}
+
+impl Drop for Awaited {
+    fn drop(&mut self) {
+        self.exits.forget(&self.name);
     }
 }

@@ -456,7 +456,7 @@ impl Controller {
             // A drone that did not answer may be between two NATS servers (its node died);
             // a spawn is idempotent by backend id, so asking once more is safe.
             let mut answer = self.command_drone(&drone.id, &command).await;
-            if let Err(error) = &answer {
+            if let Err(error @ BusError::Timeout { .. }) = &answer {
                 debug!(backend = %id, drone = %drone.id, error = %error_chain(error), "no acknowledgement; asking again");
                 answer = self.command_drone(&drone.id, &command).await;
             }
