@@ -5,22 +5,24 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{bounded, container_removed, id_of, plane_bin, Cluster, STATE_TIMEOUT};
+use common::{bounded, container_removed, id_of, own_cluster, plane_bin, Cluster, STATE_TIMEOUT};
 use plane_test_support::docker::{container_exists, inspect, test_image};
 use plane_test_support::{eventually, ChildGuard, NatsServer};
 use serde_json::Value;
 
-async fn docker_dev() -> anyhow::Result<Cluster> {
-    Cluster::dev_with(&["--executor", "docker"]).await
+/// `plane dev --executor docker` under a cluster of its own (see [`own_cluster`]).
+async fn docker_dev(name: &str) -> anyhow::Result<Cluster> {
+    let cluster = own_cluster(name);
+    Cluster::dev_with(&["--executor", "docker", "--cluster", &cluster]).await
 }
 
-/// A controller and a docker drone over a real NATS. The drone's id is the test's own (and
-/// this run's): drones of one id and cluster share their containers (a restarted one removes
-/// what it finds).
+/// A controller and a docker drone over a real NATS, in a cluster of the test's own (and this
+/// run's): a drone that starts takes over or removes every container of its cluster on the
+/// engine, so tests that share the engine must not share a cluster.
 async fn docker_over_nats(name: &str) -> anyhow::Result<Cluster> {
     let id = format!("{name}-{}", std::process::id());
     let flags = ["--executor", "docker", "--id", &id];
-    Cluster::over(NatsServer::start()?, false, &[], &flags).await
+    Cluster::over_named(&own_cluster(name), NatsServer::start()?, &[], &flags).await
 }
 
 /// `plane spawn --image` of the test image (never pulled: it is built here) with `extra`.
@@ -52,7 +54,7 @@ async fn ends_as(c: &Cluster, extra: &[&str], path: Option<&str>) -> anyhow::Res
 async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() -> anyhow::Result<()>
 {
     bounded(async {
-        let c = docker_dev().await?;
+        let c = docker_dev("docker-routed").await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let record = spawn(
             &c,
@@ -78,14 +80,17 @@ async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() 
         let env = &info["env"];
         ensure!(env["PORT"] == "8080", "{env}");
         ensure!(env["PLANE_BACKEND_ID"] == id.as_str(), "{env}");
-        ensure!(env["PLANE_CLUSTER"] == "plane.localhost", "{env}");
+        ensure!(env["PLANE_CLUSTER"] == c.cluster.as_str(), "{env}");
         ensure!(env["GREETING"] == "hi", "{env}");
 
         let name = format!("plane-{id}");
         let container = inspect(&name)?;
         let labels = &container["Config"]["Labels"];
         ensure!(labels["dev.plane.backend"] == id.as_str(), "{labels}");
-        ensure!(labels["dev.plane.cluster"] == "plane.localhost", "{labels}");
+        ensure!(
+            labels["dev.plane.cluster"] == c.cluster.as_str(),
+            "{labels}"
+        );
         ensure!(
             labels["dev.plane.drone"]
                 .as_str()
@@ -121,7 +126,7 @@ async fn a_container_is_routed_with_its_env_limits_labels_and_a_loopback_port() 
 #[tokio::test]
 async fn container_backends_end_as_the_lifecycle_says() -> anyhow::Result<()> {
     bounded(async {
-        let c = docker_dev().await?;
+        let c = docker_dev("docker-lifecycle").await?;
         let _cleanup = c.containers_removed_at_end().await?;
 
         // Exits before it ever answers.
@@ -153,7 +158,7 @@ async fn container_backends_end_as_the_lifecycle_says() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_container_killed_for_memory_is_failed_with_oom_killed() -> anyhow::Result<()> {
     bounded(async {
-        let c = docker_dev().await?;
+        let c = docker_dev("docker-oom").await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let record = spawn(&c, &["--wait", "--memory", "32M"]).await?;
         let id = id_of(&record)?;
@@ -173,7 +178,7 @@ async fn a_container_killed_for_memory_is_failed_with_oom_killed() -> anyhow::Re
 #[tokio::test]
 async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> anyhow::Result<()> {
     bounded(async {
-        let c = docker_dev().await?;
+        let c = docker_dev("docker-missing-image").await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let output = c
             .plane(&[
@@ -237,7 +242,7 @@ async fn a_docker_drone_over_nats_runs_routes_and_removes_a_container() -> anyho
 #[tokio::test]
 async fn a_restarted_dev_removes_the_containers_its_killed_process_left() -> anyhow::Result<()> {
     bounded(async {
-        let mut c = docker_dev().await?;
+        let mut c = docker_dev("docker-dev-restart").await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let record = spawn(&c, &["--wait"]).await?;
         let id = id_of(&record)?;
@@ -254,28 +259,121 @@ async fn a_restarted_dev_removes_the_containers_its_killed_process_left() -> any
     .await
 }
 
+/// Spawns the test image over `c` and waits until it is ready.
+async fn ready(c: &Cluster, extra: &[&str]) -> anyhow::Result<Value> {
+    let mut args = vec!["--wait"];
+    args.extend_from_slice(extra);
+    spawn(c, &args).await
+}
+
+/// The engine's id of backend `id`'s container.
+fn container_id(id: &str) -> anyhow::Result<String> {
+    let inspected = inspect(&format!("plane-{id}"))?;
+    Ok(inspected["Id"].as_str().context("an Id")?.to_string())
+}
+
+/// The loopback port the engine published backend `id`'s container on.
+fn published_port(id: &str) -> anyhow::Result<u16> {
+    let inspected = inspect(&format!("plane-{id}"))?;
+    let port = &inspected["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"];
+    port.as_str()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no published port: {inspected}"))
+}
+
+/// Waits until a drone process other than the one that started at `before` has reported the
+/// backend (it took it over), and returns its status.
+async fn taken_over(c: &Cluster, id: &str, before: &Value) -> anyhow::Result<Value> {
+    eventually(STATE_TIMEOUT, "the backend taken over", || async {
+        let status = c.status(id).await?;
+        let moved = status["drone_started_at"] != *before;
+        Ok(moved.then_some(status))
+    })
+    .await
+}
+
 #[tokio::test]
-async fn a_restarted_docker_drone_removes_what_its_killed_process_left() -> anyhow::Result<()> {
+async fn a_restarted_docker_drone_adopts_what_the_cluster_still_wants() -> anyhow::Result<()> {
     bounded(async {
-        let image = test_image()?;
-        let mut c = docker_over_nats("docker-restarts").await?;
+        let mut c = docker_over_nats("docker-adopts").await?;
         let _cleanup = c.containers_removed_at_end().await?;
-        let record = c
-            .plane_json(&["spawn", "--wait", "--image", image, "--pull", "never"])
-            .await?;
+        // One that requires a token and is swept when idle; one that ends while the drone is
+        // down.
+        let kept = ready(&c, &["--require-token", "--idle", "8"]).await?;
+        let kept_id = id_of(&kept)?;
+        let token = kept["token"].as_str().context("a token")?.to_string();
+        let ends = ready(&c, &[]).await?;
+        let ends_id = id_of(&ends)?;
+        let before = c.status(&kept_id).await?["drone_started_at"].clone();
+        let container = container_id(&kept_id)?;
+
+        c.kill_drone();
+        // Straight to the container (the proxy died with the drone): it exits with 3.
+        let port = published_port(&ends_id)?;
+        let exited = plane_test_support::curl(&[&format!("http://127.0.0.1:{port}/exit?code=3")])?;
+        ensure!(exited.status == 200, "{exited:?}");
+        eventually(STATE_TIMEOUT, "the container exited", || async {
+            let status = inspect(&format!("plane-{ends_id}"))?["State"]["Status"].clone();
+            Ok((status == "exited").then_some(()))
+        })
+        .await?;
+        c.restart_drone().await?;
+
+        // Taken over, the same container, routed by the new proxy with the same token check.
+        let status = taken_over(&c, &kept_id, &before).await?;
+        ensure!(status["state"] == "ready", "{status}");
+        ensure!(container_id(&kept_id)? == container, "the same container");
+        let bearer = format!("Authorization: Bearer {token}");
+        let answer = c.get(&c.host(&kept_id), "/", &["-H", &bearer])?;
+        ensure!(
+            answer.status == 200 && answer.body.contains(&kept_id),
+            "{answer:?}"
+        );
+        let refused = c.get(
+            &c.host(&kept_id),
+            "/",
+            &["-H", "Authorization: Bearer wrong"],
+        )?;
+        ensure!(refused.status == 403, "{refused:?}");
+        ensure!(c.get(&c.host(&kept_id), "/", &[])?.status == 401);
+        // The one that exited meanwhile: its end reported, its container removed.
+        let events = c.watch_until_terminated(&ends_id).await?;
+        let last = events.last().context("events")?;
+        ensure!(
+            last["reason"] == "failed" && last["exit_code"] == 3,
+            "{last}"
+        );
+        container_removed(&ends_id).await?;
+        // The idle clock restarted with the new process: untouched, the adopted one is swept.
+        let events = c.watch_until_terminated(&kept_id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "swept", "{last}");
+        container_removed(&kept_id).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_lost_drones_containers_are_removed_by_the_next_drone_on_the_engine() -> anyhow::Result<()>
+{
+    bounded(async {
+        let mut c = docker_over_nats("docker-lost").await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let record = ready(&c, &[]).await?;
         let id = id_of(&record)?;
         c.kill_drone();
+        // Silent past the grace: the drone is lost and so is its backend...
+        let events = c.watch_until_terminated(&id).await?;
+        let last = events.last().context("events")?;
+        ensure!(last["reason"] == "lost", "{last}");
         ensure!(
             container_exists(&format!("plane-{id}"))?,
             "outlived the drone"
         );
-        c.restart_drone().await?;
-        container_removed(&id).await?;
-        eventually(STATE_TIMEOUT, "the backend ended", || async {
-            let status = c.status(&id).await?;
-            Ok((status["state"] == "terminated").then_some(()))
-        })
-        .await
+        // ...and another drone of the cluster on the same engine removes its container.
+        let other = format!("docker-lost-other-{}", std::process::id());
+        c.restart_drone_as(&other).await?;
+        container_removed(&id).await
     })
     .await
 }

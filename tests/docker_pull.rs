@@ -73,7 +73,8 @@ async fn pull_policies_with_and_without_credentials() -> anyhow::Result<()> {
                 .map(str::to_string)
                 .to_vec()
         };
-        let c = Cluster::dev_with(&["--executor", "docker"]).await?;
+        let cluster = common::own_cluster("pull-policies");
+        let c = Cluster::dev_with(&["--executor", "docker", "--cluster", &cluster]).await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let fetches = || registry.manifest_fetches(NAME, TAG);
 
@@ -168,7 +169,8 @@ async fn a_terminate_during_a_slow_pull_leaves_nothing() -> anyhow::Result<()> {
         let relay = TcpRelay::throttled(registry.addr.parse()?, 256 * 1024).await?;
         let reference = format!("{}/plane/slow:v1", relay.addr());
 
-        let c = Cluster::dev_with(&["--executor", "docker"]).await?;
+        let cluster = common::own_cluster("slow-pull");
+        let c = Cluster::dev_with(&["--executor", "docker", "--cluster", &cluster]).await?;
         let _cleanup = c.containers_removed_at_end().await?;
         let record = c.plane_json(&["spawn", "--image", &reference]).await?;
         let id = id_of(&record)?;

@@ -23,7 +23,7 @@ const OBSERVER_PASSWORD: &str = "observer-password-0123456789";
 fn drone_permissions(drone: &str) -> String {
     format!(
         r#"{{
-        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
+        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "plane.{CLUSTER}.drone.{drone}.recovery", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         subscribe: {{ allow: ["plane.{CLUSTER}.drone.{drone}.command", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         allow_responses: true
       }}"#
@@ -41,7 +41,7 @@ authorization {{
       user: controller, password: "{CONTROLLER_PASSWORD}"
       permissions: {{
         publish: {{ allow: ["plane.{CLUSTER}.drone.*.command", "$JS.API.>", "$KV.plane_{CLUSTER}_backends.>", "$KV.plane_{CLUSTER}_drones.>", "$JS.FC.>", "_INBOX.plane.{CLUSTER}.controller.>"] }}
-        subscribe: {{ allow: ["plane.{CLUSTER}.drone.*.heartbeat", "plane.{CLUSTER}.drone.*.state", "_INBOX.plane.{CLUSTER}.controller.>"] }}
+        subscribe: {{ allow: ["plane.{CLUSTER}.drone.*.heartbeat", "plane.{CLUSTER}.drone.*.state", "plane.{CLUSTER}.drone.*.recovery", "_INBOX.plane.{CLUSTER}.controller.>"] }}
         allow_responses: true
       }}
     }}
@@ -123,6 +123,7 @@ async fn a_drone_speaks_only_for_itself() -> anyhow::Result<()> {
             // As another drone.
             format!("plane.{CLUSTER}.drone.drone-2.heartbeat"),
             format!("plane.{CLUSTER}.drone.drone-2.state"),
+            format!("plane.{CLUSTER}.drone.drone-2.recovery"),
             // As a controller: commands, to another drone or to itself.
             format!("plane.{CLUSTER}.drone.drone-2.command"),
             format!("plane.{CLUSTER}.drone.drone-1.command"),

@@ -6,17 +6,21 @@
 //! connection is down), answers to commands go out from tasks of their own, and state reports
 //! queue (see `reporter`). A NATS outage stops nothing but the conversation with the controller.
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Exit, LaunchError};
 use crate::lifecycle::{self, BackendHandle, Context};
-use crate::limits::{ENDED_MEMORY, HEARTBEAT_SEND_TIMEOUT, REPORT_FLUSH_TIMEOUT, SWEEP_INTERVAL};
+use crate::limits::{
+    ENDED_MEMORY, HEARTBEAT_SEND_TIMEOUT, RECOVERY_ANSWER_TIMEOUT, REPORT_FLUSH_TIMEOUT,
+    REPORT_RETRY_MAX, REPORT_RETRY_MIN, SWEEP_INTERVAL,
+};
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
 use plane_bus::{Bus, BusError, Message};
-use plane_dataplane::RouteTable;
+use plane_dataplane::{RouteTable, TokenDigest};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
-    now_millis, Ack, BackendSpec, DroneCommand, Heartbeat, TerminationReason, UnixMillis,
+    now_millis, Ack, Adoption, BackendSpec, BackendState, DroneCommand, Heartbeat, Recovery,
+    RecoveryAnswer, Survivor, SurvivorStatus, TerminationReason, UnixMillis,
 };
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::subjects::Subjects;
@@ -127,11 +131,20 @@ impl Drone {
             self.subjects.state_reports(&self.config.id),
             refused_tx,
         );
+        tokio::pin!(shutdown);
+        // Before the first heartbeat: what the drone then lists includes what it took over, so
+        // the controller ends none of it.
+        let shut_down_early = tokio::select! {
+            () = &mut shutdown => true,
+            () = self.recover(&reports) => false,
+        };
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
         let heartbeat = tokio::spawn(self.heartbeat_forever(reports.clone()));
         info!(drone = %self.config.id, cluster = %self.config.cluster, executor = %self.shared.context.executor.kind(), "drone running");
-        tokio::pin!(shutdown);
         let result = loop {
+            if shut_down_early {
+                break Ok(());
+            }
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 msg = commands.next() => {
@@ -211,6 +224,164 @@ impl Drone {
                 }
             }
         }
+    }
+
+    /// Takes over what earlier drone processes left on this machine (containers outlive them), as
+    /// the cluster says: running backends it still wants on this drone are adopted (routed again
+    /// once they answer, their idle clock started afresh), those that ended meanwhile have their
+    /// end reported, and everything else of the cluster's (unknown, ended, given up on, or a
+    /// lost drone's) is stopped and removed. Another live drone's are left alone. Waits for a
+    /// controller as long as it takes: nothing found is touched before the cluster has spoken.
+    async fn recover(&self, reports: &Reports) {
+        let executor = &self.shared.context.executor;
+        let found = match executor.survivors().await {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cannot list what earlier drone processes left; leaving it");
+                return;
+            }
+        };
+        if found.is_empty() {
+            return;
+        }
+        info!(
+            count = found.len(),
+            "found backends that outlived their drone process; asking the cluster about them"
+        );
+        let recovery = Recovery {
+            drone: self.config.id.clone(),
+            started_at: self.started_at,
+            found,
+        };
+        let answer = self.ask_about(&recovery).await;
+        for survivor in recovery.found {
+            let adoption = answer
+                .adopt
+                .iter()
+                .find(|a| a.backend == survivor.backend && survivor.drone == self.config.id);
+            if let Some(adoption) = adoption {
+                self.take_back(survivor, adoption, reports).await;
+            } else if answer.leave.contains(&survivor.backend) {
+                debug!(backend = %survivor.backend, drone = %survivor.drone, "another live drone's; left alone");
+            } else {
+                info!(backend = %survivor.backend, drone = %survivor.drone, status = ?survivor.status, "no longer wanted; removing it");
+                self.discard(survivor);
+            }
+        }
+    }
+
+    /// Asks the controllers about what was found, until one answers.
+    async fn ask_about(&self, recovery: &Recovery) -> RecoveryAnswer {
+        let subject = self.subjects.recovery(&self.config.id);
+        let mut pause = REPORT_RETRY_MIN;
+        loop {
+            match self
+                .bus
+                .request_json::<_, RecoveryAnswer>(&subject, recovery, RECOVERY_ANSWER_TIMEOUT)
+                .await
+            {
+                Ok(answer) => return answer,
+                Err(error) => {
+                    warn!(error = %error_chain(&error), ?pause, "no controller answered about the backends found; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(REPORT_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Takes back one of this drone's survivors that the cluster still wants.
+    async fn take_back(&self, survivor: Survivor, adoption: &Adoption, reports: &Reports) {
+        let backend = survivor.backend.clone();
+        let mut reports = BackendReports::resuming(
+            reports.clone(),
+            backend.clone(),
+            self.config.id.clone(),
+            self.started_at,
+            adoption.last_seq,
+        );
+        let was_ready = adoption.state == BackendState::Ready;
+        let adopted = match survivor.status {
+            SurvivorStatus::Running => self.shared.context.executor.adopt(&survivor).await,
+            SurvivorStatus::Created => Err(LaunchError::Adopt {
+                message: "its drone restarted before starting it".to_string(),
+            }),
+            SurvivorStatus::Exited {
+                exit_code,
+                oom_killed,
+            } => Err(LaunchError::Ended {
+                exit: Exit {
+                    code: exit_code,
+                    signal: None,
+                    oom_killed,
+                },
+            }),
+        };
+        let adopted = match adopted {
+            Ok(adopted) if adoption.spec.require_token && adopted.token.is_none() => Err((
+                TerminationReason::Lost,
+                Exit::UNKNOWN,
+                "its access token was not kept with it".to_string(),
+            )),
+            Ok(adopted) => Ok(adopted),
+            Err(LaunchError::Ended { exit }) => {
+                let reason = match (was_ready, exit.success()) {
+                    (false, _) => TerminationReason::ErrorStarting,
+                    (true, true) => TerminationReason::Exited,
+                    (true, false) => TerminationReason::Failed,
+                };
+                let message = format!("ended while its drone was down ({})", exit.describe());
+                Err((reason, exit, message))
+            }
+            Err(error) => Err((TerminationReason::Lost, Exit::UNKNOWN, error_chain(&error))),
+        };
+        let adopted = match adopted {
+            Ok(adopted) => adopted,
+            Err((reason, exit, message)) => {
+                info!(%backend, %reason, %message, "a backend found after a restart has ended");
+                reports.terminated(reason, exit.code, exit.oom_killed, Some(message));
+                self.shared.ended().insert(backend, Instant::now());
+                self.discard(survivor);
+                return;
+            }
+        };
+        let spec = adoption.spec.clone();
+        let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
+        self.shared
+            .backends()
+            .insert(backend.clone(), handle.clone());
+        self.shared
+            .context
+            .table
+            .insert_starting_with(backend.as_str(), adopted.token);
+        info!(%backend, was_ready, "backend taken over");
+        let shared = self.shared.clone();
+        self.shared.lifecycles.spawn(async move {
+            lifecycle::run_adopted(
+                &shared.context,
+                backend.clone(),
+                lifecycle::TakenOver {
+                    spec,
+                    was_ready,
+                    running: adopted.running,
+                },
+                handle,
+                stop,
+                reports,
+            )
+            .await;
+            shared.backends().remove(&backend);
+            shared.ended().insert(backend, Instant::now());
+        });
+    }
+
+    /// Stops and removes a survivor in the background (a drone shutting down waits for it).
+    fn discard(&self, survivor: Survivor) {
+        let shared = self.shared.clone();
+        let grace = self.config.stop_grace;
+        self.shared.lifecycles.spawn(async move {
+            shared.context.executor.discard(&survivor, grace).await;
+        });
     }
 
     /// Acts on a command at once; the answer goes out from a task of its own.
@@ -294,12 +465,15 @@ impl Drone {
         let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
         backends.insert(backend.clone(), handle.clone());
         drop(backends);
+        let token_digest = token
+            .as_ref()
+            .map(|t| TokenDigest::of(t.as_str().as_bytes()));
         // Before the acknowledgement: from the moment the spawn call returns, requests for the
         // backend are held until it is ready instead of answered 404.
         self.shared
             .context
             .table
-            .insert_starting_with(backend.as_str(), token.as_ref().map(AccessToken::as_str));
+            .insert_starting_with(backend.as_str(), token_digest);
         let shared = self.shared.clone();
         let reports = BackendReports::new(
             reports.clone(),
@@ -313,7 +487,10 @@ impl Drone {
                 &shared.context,
                 backend.clone(),
                 spec,
-                credentials,
+                lifecycle::Secrets {
+                    credentials,
+                    token: token_digest,
+                },
                 handle,
                 stop,
                 reports,

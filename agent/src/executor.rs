@@ -3,8 +3,9 @@
 
 use crate::readiness::ReadyCheck;
 use futures::future::BoxFuture;
+use plane_dataplane::TokenDigest;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::{BackendSpec, ExecutorKind, PullProgress};
+use plane_protocol::messages::{BackendSpec, ExecutorKind, PullProgress, Survivor};
 use plane_protocol::registry::RegistryCredentials;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub enum LaunchError {
     Image { image: String, message: String },
     #[error("the container did not start: {message}")]
     Start { message: String },
+    #[error("cannot take over the container: {message}")]
+    Adopt { message: String },
+    #[error("it ended before it was taken over ({})", exit.describe())]
+    Ended { exit: Exit },
 }
 
 /// Where an executor tells how far a pull has come (the lifecycle reports it).
@@ -47,6 +52,16 @@ pub struct Launch {
     pub credentials: Option<RegistryCredentials>,
     /// Pull progress goes here, when someone listens.
     pub pull_progress: Option<PullSink>,
+    /// What requests must show, kept with a backend that may outlive the drone process (a
+    /// container), so that a restarted drone routes it as securely as before.
+    pub token: Option<TokenDigest>,
+}
+
+/// A survivor taken over by a new drone process.
+pub struct Adopted {
+    pub running: Box<dyn Running>,
+    /// The digest of its access token, as it was kept with it.
+    pub token: Option<TokenDigest>,
 }
 
 /// How a backend ended.
@@ -97,6 +112,29 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Starts the backend. An error means it could not be loaded at all.
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>>;
+
+    /// The cluster's backends that outlived their drone process on this machine (any drone's:
+    /// a lost drone's are removed by whichever drone starts next). None for executors whose
+    /// backends die with the drone.
+    fn survivors(&self) -> BoxFuture<'_, Result<Vec<Survivor>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Takes over a running survivor of this drone that the cluster still wants.
+    fn adopt(&self, survivor: &Survivor) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
+        let backend = survivor.backend.clone();
+        Box::pin(async move {
+            Err(LaunchError::Adopt {
+                message: format!("{backend}: this executor has no survivors"),
+            })
+        })
+    }
+
+    /// Stops (within `grace`) and removes a survivor nobody wants.
+    fn discard(&self, survivor: &Survivor, grace: Duration) -> BoxFuture<'_, ()> {
+        let _ = (survivor, grace);
+        Box::pin(async {})
+    }
 }
 
 /// A started backend. Dropping it kills whatever is left of it.

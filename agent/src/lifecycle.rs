@@ -8,12 +8,16 @@
 //! ready ───exits (0 / non-zero)────────────────────────▶ terminated/exited | failed
 //!    │     ─stop requested (API, sweeper, controller)──▶ terminating ▶ terminated/{reason}
 //! ```
+//! A backend a restarted drone takes over (a container that outlived the drone process) enters
+//! at `starting`, with its readiness proven again before it is routed.
+//!
 //! A stop request is honoured in every state, and the task returns only once nothing of the
 //! backend runs any more and its route is gone.
 
 use crate::executor::{Executor, Exit, Launch, Running};
+use crate::readiness::ReadyCheck;
 use crate::reporter::BackendReports;
-use plane_dataplane::{Route, RouteTable};
+use plane_dataplane::{Route, RouteTable, TokenDigest};
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{BackendSpec, BackendState, TerminationReason};
@@ -81,13 +85,19 @@ pub(crate) struct Context {
     pub stop_grace: Duration,
 }
 
+/// What a new backend is started with beside its spec, for this drone only.
+pub(crate) struct Secrets {
+    pub credentials: Option<RegistryCredentials>,
+    pub token: Option<TokenDigest>,
+}
+
 /// Drives one backend from `loading` to `terminated`. The caller has already put it in the
 /// route table as starting; it is removed before this returns.
 pub(crate) async fn run(
     ctx: &Context,
     backend: BackendId,
     spec: BackendSpec,
-    credentials: Option<RegistryCredentials>,
+    secrets: Secrets,
     handle: Arc<BackendHandle>,
     mut stop: watch::Receiver<Option<TerminationReason>>,
     mut reports: BackendReports,
@@ -97,12 +107,52 @@ pub(crate) async fn run(
         ctx,
         &backend,
         spec,
-        credentials,
+        secrets,
         &handle,
         &mut stop,
         &mut reports,
     )
     .await;
+    finish(ctx, &backend, outcome, &mut reports);
+}
+
+/// A backend a new drone process took over.
+pub(crate) struct TakenOver {
+    pub spec: BackendSpec,
+    /// It had been ready (and routed) under the earlier process.
+    pub was_ready: bool,
+    pub running: Box<dyn Running>,
+}
+
+/// Drives a backend a new drone process took over from `starting` on: its readiness is proven
+/// again before it is routed, then it lives as any other. The caller has already put it in the
+/// route table as starting.
+pub(crate) async fn run_adopted(
+    ctx: &Context,
+    backend: BackendId,
+    taken: TakenOver,
+    handle: Arc<BackendHandle>,
+    mut stop: watch::Receiver<Option<TerminationReason>>,
+    mut reports: BackendReports,
+) {
+    if !taken.was_ready {
+        reports.state(BackendState::Starting);
+    }
+    let check = ctx.executor.ready_check(&taken.spec);
+    let outcome = serve(
+        ctx,
+        &backend,
+        &check,
+        taken.running,
+        &handle,
+        &mut stop,
+        &mut reports,
+    )
+    .await;
+    finish(ctx, &backend, outcome, &mut reports);
+}
+
+fn finish(ctx: &Context, backend: &BackendId, outcome: Outcome, reports: &mut BackendReports) {
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
     reports.terminated(
@@ -136,7 +186,7 @@ async fn drive(
     ctx: &Context,
     backend: &BackendId,
     spec: BackendSpec,
-    credentials: Option<RegistryCredentials>,
+    secrets: Secrets,
     handle: &BackendHandle,
     stop: &mut watch::Receiver<Option<TerminationReason>>,
     reports: &mut BackendReports,
@@ -158,8 +208,9 @@ async fn drive(
         backend: backend.clone(),
         spec,
         port,
-        credentials,
+        credentials: secrets.credentials,
         pull_progress: Some(pull_sink),
+        token: secrets.token,
     };
     // A stop while loading (a long pull, say) cuts the launch short; the executor removes
     // whatever it had created.
@@ -197,6 +248,20 @@ async fn drive(
         return stop_now(ctx, backend, running.as_mut(), reason, reports).await;
     }
     reports.state(BackendState::Starting);
+    serve(ctx, backend, &check, running, handle, stop, reports).await
+}
+
+/// From `starting`: waits for the backend to prove ready, routes it, and lives with it until it
+/// exits or is stopped.
+async fn serve(
+    ctx: &Context,
+    backend: &BackendId,
+    check: &ReadyCheck,
+    mut running: Box<dyn Running>,
+    handle: &BackendHandle,
+    stop: &mut watch::Receiver<Option<TerminationReason>>,
+    reports: &mut BackendReports,
+) -> Outcome {
     let address = running.address();
     let ready = tokio::select! {
         () = check.passed(address) => true,

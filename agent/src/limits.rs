@@ -36,6 +36,10 @@ pub const DOCKER_EVENTS_RETRY: Duration = Duration::from_millis(500);
 /// How long a state report waits for the controller's acknowledgement before it is re-sent.
 pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a drone waits for a controller's answer about the backends it found on starting,
+/// before it asks again.
+pub const RECOVERY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Pause between re-sends of an unacknowledged report: first and longest.
 pub const REPORT_RETRY_MIN: Duration = Duration::from_millis(100);
 pub const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);

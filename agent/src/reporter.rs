@@ -163,6 +163,21 @@ impl BackendReports {
         }
     }
 
+    /// The reports of a backend taken over by a new drone process: they go on after the last one
+    /// the cluster applied.
+    pub(crate) fn resuming(
+        reports: Reports,
+        backend: BackendId,
+        drone: DroneId,
+        drone_started_at: UnixMillis,
+        last_seq: u64,
+    ) -> Self {
+        BackendReports {
+            seq: last_seq,
+            ..BackendReports::new(reports, backend, drone, drone_started_at)
+        }
+    }
+
     pub(crate) fn state(&mut self, state: BackendState) {
         self.send(Change::new(state));
     }

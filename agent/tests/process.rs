@@ -57,6 +57,7 @@ fn launch(command: &[&str], marker: &str, port: u16) -> Launch {
         port,
         credentials: None,
         pull_progress: None,
+        token: None,
     }
 }
 

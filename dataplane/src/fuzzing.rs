@@ -9,7 +9,7 @@ use crate::access;
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, RequestHead, ResponseHead};
 use crate::headers::{self, Credentials, Forwarded};
-use crate::RouteTable;
+use crate::{RouteTable, TokenDigest};
 
 /// The cluster the fuzzed heads are routed in; `a` is its one backend.
 pub const CLUSTER: &str = "plane.localhost";
@@ -142,8 +142,9 @@ pub fn credentials(data: &[u8]) -> bool {
         .path
         .split_once('?')
         .unwrap_or((head.target.path, ""));
+    let expected = TokenDigest::of(TOKEN.as_bytes());
     if path == access::AUTH_PATH {
-        let answer = access::exchange_for_cookie(query, TOKEN.as_bytes(), "a", true);
+        let answer = access::exchange_for_cookie(query, &expected, "a", true);
         if let Some(location) = answer.location() {
             let bytes = location.as_bytes();
             assert!(
@@ -156,7 +157,7 @@ pub fn credentials(data: &[u8]) -> bool {
             );
         }
     }
-    let admitted = access::admit(head.headers, TOKEN.as_bytes(), "a").is_ok();
+    let admitted = access::admit(head.headers, &expected, "a").is_ok();
     if admitted {
         let shown = access::presented(head.headers).expect("admitted with a token");
         assert_eq!(shown, TOKEN.as_bytes(), "admitted with another token");

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::counting::{ActiveGuard, Activity};
 use crate::host::{backend_label, host_name, HostError, LabelKey};
 use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
+use crate::token_digest::TokenDigest;
 use crate::upstream::Upstream;
 
 type Routes = HashMap<Arc<str>, Arc<Route>>;
@@ -30,8 +31,8 @@ pub struct Route {
     backend: Box<str>,
     upstream: ArcSwapOption<Upstream>,
     activity: Activity,
-    /// The access token requests must show, fixed when the route is created.
-    token: Option<Box<[u8]>>,
+    /// The digest of the access token requests must show, fixed when the route is created.
+    token: Option<TokenDigest>,
 }
 
 impl Route {
@@ -49,8 +50,8 @@ impl Route {
         self.token.is_some()
     }
 
-    pub(crate) fn token(&self) -> Option<&[u8]> {
-        self.token.as_deref()
+    pub(crate) fn token(&self) -> Option<&TokenDigest> {
+        self.token.as_ref()
     }
 
     /// The backend's id as stored (lowercased).
@@ -181,7 +182,7 @@ impl RouteTable {
     /// showing `token` (`Authorization: Bearer` or the `plane_token` cookie). The token is part
     /// of the route from its first moment, so no request ever gets through without it; an
     /// existing route keeps the token it was created with.
-    pub fn insert_starting_with(&self, backend: &str, token: Option<&str>) -> Arc<Route> {
+    pub fn insert_starting_with(&self, backend: &str, token: Option<TokenDigest>) -> Arc<Route> {
         let _writer = self.lock_writer();
         let key = backend.to_ascii_lowercase();
         if let Some(route) = self.inner.routes.load().get(key.as_str()) {
@@ -190,7 +191,7 @@ impl RouteTable {
             return Arc::clone(route);
         }
         let mut route = Route::new(key.into_boxed_str(), None);
-        route.token = token.map(|token| Box::from(token.as_bytes()));
+        route.token = token;
         let route = Arc::new(route);
         self.insert_locked([Arc::clone(&route)]);
         route

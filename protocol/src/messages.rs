@@ -314,6 +314,66 @@ pub struct StateReport {
     pub at: UnixMillis,
 }
 
+/// Drone → controller, once when a drone process starts and before its first heartbeat, on
+/// [`crate::subjects::Subjects::recovery`]: the backends of the cluster that outlived their drone
+/// process on this drone's engine (containers do; processes die with the drone). The answer says
+/// which to adopt and which to remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub drone: DroneId,
+    /// The new process's [`Heartbeat::started_at`].
+    pub started_at: UnixMillis,
+    /// What was found, this drone's and other drones' of the cluster on the same engine.
+    pub found: Vec<Survivor>,
+}
+
+/// A backend found still on the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Survivor {
+    pub backend: BackendId,
+    /// The drone that started it.
+    pub drone: DroneId,
+    pub status: SurvivorStatus,
+}
+
+/// Where a found backend is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SurvivorStatus {
+    /// Created, never started (its drone died between the two).
+    Created,
+    Running,
+    /// It ended while no drone process watched it.
+    Exited {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom_killed: bool,
+    },
+}
+
+/// Controller → drone: what to do with each [`Survivor`] (those not named are removed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryAnswer {
+    /// Still wanted on this drone: adopt the running ones, report how the others ended.
+    #[serde(default)]
+    pub adopt: Vec<Adoption>,
+    /// Another drone's, and that drone is live: leave them to it.
+    #[serde(default)]
+    pub leave: Vec<BackendId>,
+}
+
+/// A found backend the cluster still holds live on the drone that found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoption {
+    pub backend: BackendId,
+    pub spec: BackendSpec,
+    /// Its state in the cluster (whether it had been ready).
+    pub state: BackendState,
+    /// The last report applied: the adopting process's reports go on from here.
+    pub last_seq: u64,
+}
+
 /// Drone → controller, published periodically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -19,6 +19,7 @@ pub struct Subjects {
 const COMMAND: &str = "command";
 const HEARTBEAT: &str = "heartbeat";
 const STATE: &str = "state";
+const RECOVERY: &str = "recovery";
 
 impl Subjects {
     /// Dots (and anything else NATS gives a meaning to) in the cluster name become `_`.
@@ -66,6 +67,17 @@ impl Subjects {
         self.drone_subject("*", STATE)
     }
 
+    /// Requests from one drone, once when it starts, to any controller:
+    /// [`crate::messages::Recovery`] → [`crate::messages::RecoveryAnswer`].
+    pub fn recovery(&self, drone: &DroneId) -> String {
+        self.drone_subject(drone.as_str(), RECOVERY)
+    }
+
+    /// Every drone's recovery requests (controllers subscribe as a queue group).
+    pub fn all_recoveries(&self) -> String {
+        self.drone_subject("*", RECOVERY)
+    }
+
     /// The drone a drone subject of this cluster belongs to: a message's sender, as far as NATS
     /// permissions vouch for it. `None` for any other subject.
     pub fn drone_of<'s>(&self, subject: &'s str) -> Option<&'s str> {
@@ -74,7 +86,7 @@ impl Subjects {
             .strip_prefix(self.token.as_str())?
             .strip_prefix(".drone.")?;
         let (drone, kind) = rest.split_once('.')?;
-        matches!(kind, COMMAND | HEARTBEAT | STATE).then_some(drone)
+        matches!(kind, COMMAND | HEARTBEAT | STATE | RECOVERY).then_some(drone)
     }
 
     /// Where answers to a drone's own requests arrive (its NATS inbox prefix).
@@ -124,6 +136,10 @@ mod tests {
         );
         assert_eq!(s.all_state_reports(), "plane.plane_localhost.drone.*.state");
         assert_eq!(
+            s.recovery(&drone),
+            "plane.plane_localhost.drone.d1.recovery"
+        );
+        assert_eq!(
             s.drone_inbox_prefix(&drone),
             "_INBOX.plane.plane_localhost.drone.d1"
         );
@@ -136,6 +152,7 @@ mod tests {
         let drone = DroneId::new("d-7").expect("valid id");
         assert_eq!(s.drone_of(&s.heartbeat(&drone)), Some("d-7"));
         assert_eq!(s.drone_of(&s.state_reports(&drone)), Some("d-7"));
+        assert_eq!(s.drone_of(&s.recovery(&drone)), Some("d-7"));
         assert_eq!(s.drone_of("plane.other.drone.d-7.heartbeat"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.drone.d-7.other"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.controller.state"), None);

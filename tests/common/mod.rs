@@ -15,6 +15,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// The cluster of tests over NATS, and of `plane dev`, unless a test names its own.
+const CLUSTER: &str = "plane.test";
+const DEV_CLUSTER: &str = "plane.localhost";
+
+/// A cluster name no other test (or test run) uses, under `.localhost` (which resolves to
+/// loopback): for tests whose drones share the Docker engine.
+pub fn own_cluster(name: &str) -> String {
+    format!("{name}-{}.localhost", std::process::id())
+}
+
 /// Every test's overall bound.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a backend may take to get from spawn to a given state in these tests.
@@ -82,6 +92,27 @@ impl Cluster {
         Self::over(NatsServer::start()?, relay, &[], &[]).await
     }
 
+    /// [`Cluster::over`] under a cluster name of its own: tests whose drones share one Docker
+    /// engine each need one, as a starting drone takes over or removes every container of its
+    /// cluster on the engine.
+    pub async fn over_named(
+        cluster: &str,
+        nats: NatsServer,
+        controller_flags: &[&str],
+        drone_flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Self::launch(
+            cluster,
+            &nats.url(),
+            &nats.url(),
+            controller_flags,
+            drone_flags,
+        )?;
+        cluster.nats = Some(nats);
+        cluster.wait_for_live_drone().await?;
+        Ok(cluster)
+    }
+
     /// A controller and a drone (`drone-1`) over `nats`, each given its extra flags
     /// (credentials, TLS); the controller through a relay if asked.
     pub async fn over(
@@ -98,8 +129,13 @@ impl Cluster {
             Some(relay) => format!("nats://{}", relay.addr()),
             None => nats.url(),
         };
-        let mut cluster =
-            Self::launch(&controller_url, &nats.url(), controller_flags, drone_flags)?;
+        let mut cluster = Self::launch(
+            CLUSTER,
+            &controller_url,
+            &nats.url(),
+            controller_flags,
+            drone_flags,
+        )?;
         cluster.nats = Some(nats);
         cluster.relay = relay;
         cluster.wait_for_live_drone().await?;
@@ -112,7 +148,7 @@ impl Cluster {
         controller_flags: &[&str],
     ) -> anyhow::Result<Cluster> {
         let urls = nodes.urls();
-        let mut cluster = Self::launch(&urls, &urls, controller_flags, &[])?;
+        let mut cluster = Self::launch(CLUSTER, &urls, &urls, controller_flags, &[])?;
         cluster.nodes = Some(nodes);
         cluster.wait_for_live_drone().await?;
         Ok(cluster)
@@ -120,12 +156,13 @@ impl Cluster {
 
     /// Starts the controller and the drone; the caller keeps what NATS they run on.
     fn launch(
+        cluster: &str,
         controller_nats: &str,
         drone_nats: &str,
         controller_flags: &[&str],
         drone_flags: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let cluster = "plane.test".to_string();
+        let cluster = cluster.to_string();
         let (controller, api) = start_controller_with(controller_nats, &cluster, controller_flags)?;
         let (drone, proxy_port) =
             start_drone_with(drone_nats, &cluster, Some("drone-1"), drone_flags)?;
@@ -208,8 +245,13 @@ impl Cluster {
         ];
         flags.extend(extra.iter().map(|f| f.to_string()));
         let (dev, proxy_port, api) = Self::start_dev(&flags)?;
+        let name = extra
+            .iter()
+            .position(|f| *f == "--cluster")
+            .and_then(|at| extra.get(at + 1))
+            .unwrap_or(&DEV_CLUSTER);
         let cluster = Cluster {
-            cluster: "plane.localhost".to_string(),
+            cluster: name.to_string(),
             api,
             proxy_port,
             drone: Some(dev),
@@ -302,6 +344,18 @@ impl Cluster {
         self.drone = Some(drone);
         self.proxy_port = proxy_port;
         Ok(())
+    }
+
+    /// Starts a drone with the first one's flags but another id (after the first was killed):
+    /// another drone of the cluster on the same machine. The proxy port changes.
+    pub async fn restart_drone_as(&mut self, id: &str) -> anyhow::Result<()> {
+        let mut flags = self.drone_flags.clone();
+        match flags.iter().position(|f| f == "--id") {
+            Some(at) if at + 1 < flags.len() => flags[at + 1] = id.to_string(),
+            _ => flags.extend(["--id".to_string(), id.to_string()]),
+        }
+        self.drone_flags = flags;
+        self.restart_drone().await
     }
 
     async fn wait_for_live_drone(&self) -> anyhow::Result<()> {

@@ -6,15 +6,19 @@
 //! Nothing is left behind: a launch cut short (a terminate during the pull or the create)
 //! removes what it created, as does a backend handle dropped without a stop; a stop is the
 //! engine's own (SIGTERM, the grace, SIGKILL) followed by removal. Containers outlive a drone
-//! killed outright; the drone, started again under its id, removes them first thing.
+//! killed outright: the drone, started again under its id, finds them by label and takes over
+//! those the cluster still wants (see `drone`'s recovery); the rest are stopped and removed.
 
 mod exits;
 mod image;
 
-use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
+use crate::executor::{Adopted, Executor, Exit, Launch, LaunchError, Running};
 use crate::limits::CONTAINER_PORT;
 use crate::readiness::ReadyCheck;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummaryStateEnum, HostConfig, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
@@ -22,7 +26,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use exits::Exits;
 use futures::future::BoxFuture;
-use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use plane_dataplane::TokenDigest;
+use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::messages::{BackendSpec, ExecutorKind, Survivor, SurvivorStatus};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -38,6 +44,9 @@ pub mod labels {
     pub const BACKEND: &str = "dev.plane.backend";
     pub const CLUSTER: &str = "dev.plane.cluster";
     pub const DRONE: &str = "dev.plane.drone";
+    /// The SHA-256 of the backend's access token, when it requires one: a restarted drone
+    /// routes an adopted backend with the same check (the digest admits no request by itself).
+    pub const TOKEN_SHA256: &str = "dev.plane.token-sha256";
 }
 
 /// Why the executor could not reach the engine.
@@ -75,34 +84,63 @@ impl Engine {
         }
     }
 
-    /// Removes the containers an earlier process of this drone left (it was killed, or the
-    /// machine went down): the controller ends the backends of a drone's earlier process, so
-    /// none of them is wanted any more.
-    async fn remove_leftovers(&self) -> Result<(), DockerError> {
-        let drone = format!("{}={}", labels::DRONE, self.drone);
+    /// The cluster's containers on this engine (every drone's), as survivors.
+    async fn survivors(&self) -> Result<Vec<Survivor>, DockerError> {
         let cluster = format!("{}={}", labels::CLUSTER, self.cluster);
-        let filters = HashMap::from([("label", vec![drone.as_str(), cluster.as_str()])]);
+        let filters = HashMap::from([("label", vec![cluster.as_str()])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
-        let leftovers = self
+        let containers = self
             .docker
             .list_containers(Some(options))
             .await
             .map_err(DockerError::List)?;
-        for container in leftovers {
-            let Some(name) = container.names.and_then(|n| n.into_iter().next()) else {
+        let mut found = Vec::new();
+        for container in containers {
+            let labels = container.labels.unwrap_or_default();
+            let backend = labels.get(labels::BACKEND).map(BackendId::new);
+            let drone = labels.get(labels::DRONE).map(DroneId::new);
+            let (Some(Ok(backend)), Some(Ok(drone))) = (backend, drone) else {
+                warn!(container = ?container.names, "a container with the cluster's label but no valid backend or drone label; leaving it");
                 continue;
             };
-            let name = name.trim_start_matches('/');
-            warn!(
-                container = name,
-                "removing a container an earlier drone process left"
-            );
-            self.remove(name).await;
+            let status = match container.state {
+                Some(ContainerSummaryStateEnum::CREATED) => SurvivorStatus::Created,
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::PAUSED
+                    | ContainerSummaryStateEnum::RESTARTING,
+                ) => SurvivorStatus::Running,
+                // Being removed by someone else already.
+                Some(ContainerSummaryStateEnum::REMOVING) => continue,
+                _ => {
+                    let name = DockerExecutor::container_name(backend.as_str());
+                    let exit = self.exit_of(&name).await.unwrap_or(Exit::UNKNOWN);
+                    SurvivorStatus::Exited {
+                        exit_code: exit.code,
+                        oom_killed: exit.oom_killed,
+                    }
+                }
+            };
+            found.push(Survivor {
+                backend,
+                drone,
+                status,
+            });
         }
-        Ok(())
+        Ok(found)
+    }
+
+    /// Stops a container (the engine's SIGTERM, `grace`, SIGKILL) and removes it.
+    async fn stop_and_remove(&self, name: &str, grace: Duration) {
+        let seconds = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        if let Err(error) = self.docker.stop_container(name, Some(options)).await {
+            debug!(container = %name, %error, "stop");
+        }
+        self.remove(name).await;
     }
 
     async fn remove(&self, name: &str) {
@@ -139,7 +177,6 @@ impl DockerExecutor {
             cluster: cluster.to_string(),
             drone: drone.to_string(),
         });
-        engine.remove_leftovers().await?;
         Ok(DockerExecutor {
             exits: Arc::new(Exits::start(engine.clone())),
             engine,
@@ -151,6 +188,18 @@ impl DockerExecutor {
         format!("plane-{backend}")
     }
 
+    fn labels(&self, launch: &Launch) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (labels::BACKEND.to_string(), launch.backend.to_string()),
+            (labels::CLUSTER.to_string(), self.engine.cluster.clone()),
+            (labels::DRONE.to_string(), self.engine.drone.clone()),
+        ]);
+        if let Some(token) = &launch.token {
+            labels.insert(labels::TOKEN_SHA256.to_string(), token.to_hex());
+        }
+        labels
+    }
+
     fn create_body(&self, launch: &Launch, image: &str) -> ContainerCreateBody {
         let spec = &launch.spec;
         let port = format!("{}/tcp", launch.port);
@@ -160,11 +209,7 @@ impl DockerExecutor {
             image: Some(image.to_string()),
             cmd: (!spec.executable.command.is_empty()).then(|| spec.executable.command.clone()),
             env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(HashMap::from([
-                (labels::BACKEND.to_string(), launch.backend.to_string()),
-                (labels::CLUSTER.to_string(), self.engine.cluster.clone()),
-                (labels::DRONE.to_string(), self.engine.drone.clone()),
-            ])),
+            labels: Some(self.labels(launch)),
             exposed_ports: Some(vec![port.clone()]),
             host_config: Some(HostConfig {
                 // Loopback only, on a port the engine picks: read back after the start.
@@ -257,13 +302,7 @@ impl DockerExecutor {
             .map_err(|error| LaunchError::Start {
                 message: engine_message(&error),
             })?;
-        let host_port = inspected
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|mut ports| ports.remove(&format!("{}/tcp", launch.port)))
-            .flatten()
-            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse::<u16>().ok());
+        let host_port = published_port(&inspected, launch.port);
         let host_port = match host_port {
             Some(port) => port,
             // Already exited (the engine unpublishes a stopped container's port): port 0 is
@@ -294,6 +333,21 @@ impl DockerExecutor {
     }
 }
 
+/// The loopback port the engine published the container's `port` on.
+fn published_port(inspected: &ContainerInspectResponse, port: u16) -> Option<u16> {
+    inspected
+        .network_settings
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .get(&format!("{port}/tcp"))?
+        .as_ref()?
+        .iter()
+        .find_map(|binding| binding.host_port.as_deref())?
+        .parse()
+        .ok()
+}
+
 fn create_failed(image: &str, error: &bollard::errors::Error) -> LaunchError {
     LaunchError::Start {
         message: format!(
@@ -321,6 +375,91 @@ impl Executor for DockerExecutor {
 
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {
         Box::pin(self.start(launch))
+    }
+
+    fn survivors(&self) -> BoxFuture<'_, Result<Vec<Survivor>, String>> {
+        Box::pin(async {
+            self.engine
+                .survivors()
+                .await
+                .map_err(|e| plane_protocol::error_chain(&e))
+        })
+    }
+
+    fn adopt(&self, survivor: &Survivor) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
+        let backend = survivor.backend.clone();
+        Box::pin(async move { self.take_over(&backend).await })
+    }
+
+    fn discard(&self, survivor: &Survivor, grace: Duration) -> BoxFuture<'_, ()> {
+        let name = Self::container_name(survivor.backend.as_str());
+        Box::pin(async move { self.engine.stop_and_remove(&name, grace).await })
+    }
+}
+
+impl DockerExecutor {
+    /// Watches a running container of this drone again, as if it had just started it.
+    async fn take_over(&self, backend: &BackendId) -> Result<Adopted, LaunchError> {
+        let name = Self::container_name(backend.as_str());
+        let failed = |message: String| LaunchError::Adopt { message };
+        // Awaited before it is inspected: an exit after the inspection is not missed.
+        let exit = self.exits.register(&name);
+        let awaited = Awaited {
+            exits: self.exits.clone(),
+            name: name.clone(),
+        };
+        let inspected = self
+            .engine
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .map_err(|e| failed(engine_message(&e)))?;
+        let labels = inspected
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if labels.get(labels::DRONE) != Some(&self.engine.drone)
+            || labels.get(labels::CLUSTER) != Some(&self.engine.cluster)
+        {
+            return Err(failed(format!("{name} is not this drone's")));
+        }
+        let state = inspected.state.as_ref();
+        if !state.and_then(|s| s.running).unwrap_or(false) {
+            return Err(LaunchError::Ended {
+                exit: Exit {
+                    code: state
+                        .and_then(|s| s.exit_code)
+                        .and_then(|c| i32::try_from(c).ok()),
+                    signal: None,
+                    oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
+                },
+            });
+        }
+        let token = match labels.get(labels::TOKEN_SHA256) {
+            Some(hex) => Some(
+                TokenDigest::from_hex(hex)
+                    .map_err(|e| failed(format!("{name}: label {}: {e}", labels::TOKEN_SHA256)))?,
+            ),
+            None => None,
+        };
+        let host_port = published_port(&inspected, CONTAINER_PORT)
+            .ok_or_else(|| failed(format!("{name} has no published port")))?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+        info!(%backend, container = %name, %address, "container taken over");
+        Ok(Adopted {
+            running: Box::new(Container {
+                created: Created {
+                    engine: self.engine.clone(),
+                    name: Some(name.clone()),
+                },
+                name,
+                _awaited: awaited,
+                exit,
+                address,
+            }),
+            token,
+        })
     }
 }
 

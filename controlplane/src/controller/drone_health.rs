@@ -29,7 +29,8 @@ enum RecordChange {
     None,
     /// First heard of.
     Register,
-    /// A new process under the same id: whatever the earlier one ran is gone.
+    /// A new process under the same id: whatever the earlier one ran and it did not take over
+    /// is gone.
     Restarted,
     /// Declared lost, and beating again (the same process).
     Returned,
@@ -186,7 +187,7 @@ impl Controller {
             .await?;
         match outcome {
             Some(RecordChange::Restarted) => {
-                warn!(%drone, "drone restarted; its earlier backends are gone");
+                warn!(%drone, "drone restarted; ending the earlier backends it did not take over");
                 restarted = true;
             }
             Some(RecordChange::Returned) => {
@@ -195,17 +196,20 @@ impl Controller {
             _ => {}
         }
         if restarted {
-            self.end_earlier_process(drone, heartbeat.started_at)
-                .await?;
+            self.end_earlier_process(heartbeat).await?;
         }
         Ok(())
     }
 
-    /// Ends the backends a restarted drone's earlier process reported (its new process's, and
-    /// those not reported yet, are not affected).
-    async fn end_earlier_process(&self, drone: &DroneId, current: u64) -> Result<(), StateError> {
+    /// Ends the backends a restarted drone's earlier process reported and the new one does not
+    /// list: it took over those it lists (see `recovery`); its own, and those not reported yet,
+    /// are not affected.
+    async fn end_earlier_process(&self, heartbeat: &Heartbeat) -> Result<(), StateError> {
+        let (drone, current) = (&heartbeat.drone, heartbeat.started_at);
         for backend in self.view().live_backends_of(drone) {
-            if backend.drone_started_at.is_some_and(|p| p != current) {
+            if backend.drone_started_at.is_some_and(|p| p != current)
+                && !heartbeat.backends.contains(&backend.id)
+            {
                 self.end_here(&backend.id, TerminationReason::Lost, "its drone restarted")
                     .await?;
             }

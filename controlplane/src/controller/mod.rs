@@ -4,6 +4,7 @@
 //! costs more in a bigger cluster; the API module is a thin translation of these methods.
 
 mod drone_health;
+mod recovery;
 
 use crate::limits::{
     DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, RESYNC_RETRY_INTERVAL,
@@ -93,6 +94,7 @@ pub struct Listening {
     controller: Controller,
     heartbeats: Subscription,
     reports: Subscription,
+    recoveries: Subscription,
     watches: Option<Watches>,
 }
 
@@ -101,9 +103,24 @@ impl Listening {
     /// `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         self.controller
-            .serve_drones(self.heartbeats, self.reports, self.watches, shutdown)
+            .serve_drones(
+                Subscriptions {
+                    heartbeats: self.heartbeats,
+                    reports: self.reports,
+                    recoveries: self.recoveries,
+                },
+                self.watches,
+                shutdown,
+            )
             .await
     }
+}
+
+/// What the controller hears from drones.
+struct Subscriptions {
+    heartbeats: Subscription,
+    reports: Subscription,
+    recoveries: Subscription,
 }
 
 /// The controller: cheap to clone, shared by the API handlers and its background loops.
@@ -166,6 +183,12 @@ impl Controller {
                 CONTROLLER_QUEUE_GROUP,
             )
             .await?;
+        let recoveries = bus
+            .queue_subscribe(
+                &self.inner.subjects.all_recoveries(),
+                CONTROLLER_QUEUE_GROUP,
+            )
+            .await?;
         if bus.is_connected() {
             self.inner.hearing.connected(Instant::now());
         }
@@ -179,17 +202,22 @@ impl Controller {
             controller: self.clone(),
             heartbeats,
             reports,
+            recoveries,
             watches,
         })
     }
 
     async fn serve_drones(
         &self,
-        mut heartbeats: Subscription,
-        mut reports: Subscription,
+        subscriptions: Subscriptions,
         mut watches: Option<Watches>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), BusError> {
+        let Subscriptions {
+            mut heartbeats,
+            mut reports,
+            mut recoveries,
+        } = subscriptions;
         let config = &self.inner.config;
         let collect_every = (config.retention / 2)
             .min(config.drone_grace * UNREPORTED_GRACE_PERIODS / 2)
@@ -215,6 +243,11 @@ impl Controller {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
                     let this = self.clone();
                     tokio::spawn(async move { this.on_report(msg).await });
+                }
+                msg = recoveries.next() => {
+                    let Some(msg) = msg else { return Err(BusError::Closed) };
+                    let this = self.clone();
+                    tokio::spawn(async move { this.on_recovery(msg).await });
                 }
                 change = next_change(&mut watches) => match change {
                     Some((bucket, change)) => self.inner.state.follow(bucket, change),
