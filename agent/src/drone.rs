@@ -301,6 +301,8 @@ impl Drone {
             adoption.last_seq,
         );
         let was_ready = adoption.state == BackendState::Ready;
+        // Its earlier process was stopping it: the new one finishes the job.
+        let stopping = adoption.state == BackendState::Terminating;
         let adopted = match survivor.status {
             SurvivorStatus::Running => self.shared.context.executor.adopt(&survivor).await,
             SurvivorStatus::Created => Err(LaunchError::Adopt {
@@ -326,6 +328,7 @@ impl Drone {
             Ok(adopted) => Ok(adopted),
             Err(LaunchError::Ended { exit }) => {
                 let reason = match (was_ready, exit.success()) {
+                    _ if stopping => TerminationReason::Terminated,
                     (false, _) => TerminationReason::ErrorStarting,
                     (true, true) => TerminationReason::Exited,
                     (true, false) => TerminationReason::Failed,
@@ -347,6 +350,9 @@ impl Drone {
         };
         let spec = adoption.spec.clone();
         let (handle, stop) = BackendHandle::new(spec.max_idle_secs);
+        if stopping {
+            handle.request_stop(TerminationReason::Terminated);
+        }
         self.shared
             .backends()
             .insert(backend.clone(), handle.clone());
@@ -354,7 +360,7 @@ impl Drone {
             .context
             .table
             .insert_starting_with(backend.as_str(), adopted.token);
-        info!(%backend, was_ready, "backend taken over");
+        info!(%backend, was_ready, stopping, "backend taken over");
         let shared = self.shared.clone();
         self.shared.lifecycles.spawn(async move {
             lifecycle::run_adopted(

@@ -135,7 +135,7 @@ pub(crate) async fn run_adopted(
     mut stop: watch::Receiver<Option<TerminationReason>>,
     mut reports: BackendReports,
 ) {
-    if !taken.was_ready {
+    if !taken.was_ready && stop.borrow().is_none() {
         reports.state(BackendState::Starting);
     }
     let check = ctx.executor.ready_check(&taken.spec);
@@ -237,17 +237,15 @@ async fn drive(
             reports.pull(progress);
         }
     }
-    let mut running = match launched {
+    let running = match launched {
         Ok(running) => running,
         Err(e) => {
             return Outcome::new(TerminationReason::ErrorLoading, None, Some(error_chain(&e)))
         }
     };
-    let stopped_early = *stop.borrow();
-    if let Some(reason) = stopped_early {
-        return stop_now(ctx, backend, running.as_mut(), reason, reports).await;
+    if stop.borrow().is_none() {
+        reports.state(BackendState::Starting);
     }
-    reports.state(BackendState::Starting);
     serve(ctx, backend, &check, running, handle, stop, reports).await
 }
 
@@ -262,6 +260,10 @@ async fn serve(
     stop: &mut watch::Receiver<Option<TerminationReason>>,
     reports: &mut BackendReports,
 ) -> Outcome {
+    let stopped_early = *stop.borrow();
+    if let Some(reason) = stopped_early {
+        return stop_now(ctx, backend, running.as_mut(), reason, reports).await;
+    }
     let address = running.address();
     let ready = tokio::select! {
         () = check.passed(address) => true,
