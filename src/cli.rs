@@ -76,6 +76,18 @@ pub enum ExecutorArg {
     Docker,
 }
 
+/// How a drone runs backends.
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    #[arg(long, value_enum, default_value = "process")]
+    pub executor: ExecutorArg,
+    /// Attach each container to this Docker network and forward to its address there, instead
+    /// of publishing its port on the drone's loopback (`--executor docker`; for deployments
+    /// where the proxy reaches containers over their own network).
+    #[arg(long, value_name = "NAME")]
+    pub docker_network: Option<String>,
+}
+
 /// How many threads serve requests.
 #[derive(Args, Debug, Clone)]
 pub struct ThreadsArg {
@@ -211,8 +223,8 @@ pub struct DevArgs {
     /// The cluster domain; `*.localhost` resolves to loopback without any DNS set-up.
     #[arg(long, default_value = "plane.localhost")]
     pub cluster: String,
-    #[arg(long, value_enum, default_value = "process")]
-    pub executor: ExecutorArg,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
     /// Where the drone keeps its id across restarts, so that a restarted `plane dev` finds the
     /// containers it left (default: $XDG_STATE_HOME/plane, else ~/.local/state/plane).
     #[arg(long, value_name = "DIR")]
@@ -319,8 +331,8 @@ pub struct DroneArgs {
     /// Where the proxy listens.
     #[arg(long)]
     pub http: SocketAddr,
-    #[arg(long, value_enum, default_value = "process")]
-    pub executor: ExecutorArg,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
     /// This drone's id (default: the one kept in --state-dir, made up the first time).
     #[arg(long)]
     pub id: Option<String>,
@@ -355,6 +367,9 @@ pub struct DroneTuning {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = plane_agent::limits::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
     pub heartbeat_secs: f64,
+    /// Seconds between samples of each backend's CPU and memory use (containers).
+    #[arg(long, default_value_t = plane_agent::limits::DEFAULT_USAGE_INTERVAL.as_secs_f64())]
+    pub usage_secs: f64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,7 +4,9 @@
 use crate::cli::{BackendArgs, ClientArgs, PullArg, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
-use plane_protocol::messages::{BackendState, PullPolicy, PullProgress, Resources, UnixMillis};
+use plane_protocol::messages::{
+    BackendState, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
+};
 use plane_protocol::records::{BackendRecord, DroneView};
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
@@ -128,11 +130,14 @@ async fn wait_until_ready(api: &ApiClient, id: &str) -> anyhow::Result<BackendRe
 }
 
 pub async fn status(args: BackendArgs) -> anyhow::Result<()> {
-    let record = client(&args.client)?.backend(&args.id).await?;
+    let status = client(&args.client)?.backend(&args.id).await?;
     if args.client.json {
-        return print_json(&record);
+        return print_json(&status);
     }
-    print_backend(&record);
+    print_backend(&status.record);
+    if let Some(usage) = &status.usage {
+        println!("{}", describe_usage(usage));
+    }
     Ok(())
 }
 
@@ -194,6 +199,15 @@ pub async fn watch(args: BackendArgs) -> anyhow::Result<()> {
 }
 
 /// `pulling  2/3 layers, 1.5 of 4.2 MB`.
+fn describe_usage(usage: &Usage) -> String {
+    format!(
+        "usage     {:.3} cores, {:.1} MB (at {})",
+        usage.cpu_millis as f64 / 1000.0,
+        usage.memory_bytes as f64 / 1e6,
+        clock(usage.at)
+    )
+}
+
 fn describe_pull(pull: &PullProgress) -> String {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     format!(

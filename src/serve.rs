@@ -5,7 +5,7 @@
 
 use crate::cli::{
     ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg,
-    HttpsArgs, ProxyArgs, ThreadsArg,
+    ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
@@ -54,16 +54,22 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 }
 
 async fn executor(
-    kind: ExecutorArg,
+    args: &ExecutorArgs,
     cluster: &str,
     drone: &DroneId,
 ) -> anyhow::Result<Arc<dyn Executor>> {
-    match kind {
-        ExecutorArg::Process => Ok(Arc::new(
-            ProcessExecutor::new().context("starting the process executor")?,
-        )),
+    match args.executor {
+        ExecutorArg::Process => {
+            anyhow::ensure!(
+                args.docker_network.is_none(),
+                "--docker-network: only for --executor docker"
+            );
+            Ok(Arc::new(
+                ProcessExecutor::new().context("starting the process executor")?,
+            ))
+        }
         ExecutorArg::Docker => Ok(Arc::new(
-            DockerExecutor::connect(cluster, drone.as_str())
+            DockerExecutor::connect(cluster, drone.as_str(), args.docker_network.as_deref())
                 .await
                 .context("starting the docker executor")?,
         )),
@@ -187,6 +193,7 @@ fn drone_config(
         cluster: cluster.to_ascii_lowercase(),
         capacity: tuning.capacity,
         heartbeat_interval: seconds(tuning.heartbeat_secs, "heartbeat-secs")?,
+        usage_interval: seconds(tuning.usage_secs, "usage-secs")?,
         ready_timeout: seconds(tuning.ready_timeout_secs, "ready-timeout-secs")?,
         stop_grace: seconds(tuning.stop_grace_secs, "stop-grace-secs")?,
         proxy_scheme: proxy.scheme.into(),
@@ -293,7 +300,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         None => state_dir::default_state_dir()?,
     };
     let drone_id = state_dir::drone_id(None, &state_dir, &cluster)?;
-    let executor = executor(args.executor, &cluster, &drone_id).await?;
+    let executor = executor(&args.executor, &cluster, &drone_id).await?;
     let executor_kind = executor.kind();
     let drone = Drone::new(
         drone_config(drone_id.clone(), &cluster, &proxy, &args.drone)?,
@@ -420,7 +427,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         drone_config(id.clone(), &cluster, &proxy, &args.drone)?,
         bus,
         table.clone(),
-        executor(args.executor, &cluster, &id).await?,
+        executor(&args.executor, &cluster, &id).await?,
     );
     // On stdout, for whoever started us with port 0 to learn the real address.
     proxy.announce()?;

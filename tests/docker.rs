@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::{ensure, Context};
 use common::{bounded, container_removed, id_of, own_cluster, plane_bin, Cluster, STATE_TIMEOUT};
-use plane_test_support::docker::{container_exists, inspect, test_image};
+use plane_test_support::docker::{container_exists, docker, inspect, test_image};
 use plane_test_support::{eventually, ChildGuard, NatsServer};
 use serde_json::Value;
 
@@ -378,8 +378,56 @@ async fn a_lost_drones_containers_are_removed_by_the_next_drone_on_the_engine() 
     .await
 }
 
-#[test]
-fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyhow::Result<()> {
+#[tokio::test]
+async fn a_containers_cpu_and_memory_use_show_in_its_status() -> anyhow::Result<()> {
+    bounded(async {
+        let cluster = own_cluster("docker-usage");
+        let flags = [
+            "--executor",
+            "docker",
+            "--cluster",
+            &cluster,
+            "--usage-secs",
+            "0.5",
+        ];
+        let c = Cluster::dev_with(&flags).await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let id = id_of(&ready(&c, &[]).await?)?;
+        // 64 MiB held, and one core kept busy for a few samples.
+        let held = c.get(&c.host(&id), "/alloc?mib=64", &[])?;
+        ensure!(held.status == 200, "{held:?}");
+        let url = format!("http://127.0.0.1:{}/spin?ms=4000", c.proxy_port);
+        let host = format!("Host: {}", c.host(&id));
+        let spinning =
+            tokio::task::spawn_blocking(move || plane_test_support::curl(&["-H", &host, &url]));
+        let usage = eventually(STATE_TIMEOUT, "the load in the usage", || async {
+            let usage = c.status(&id).await?["usage"].clone();
+            let memory = usage["memory_bytes"].as_u64().unwrap_or(0);
+            let cpu = usage["cpu_millis"].as_u64().unwrap_or(0);
+            Ok((memory >= 64 << 20 && cpu >= 300).then_some(usage))
+        })
+        .await?;
+        ensure!(usage["at"].as_u64().is_some_and(|at| at > 0), "{usage}");
+        let spun = spinning.await??;
+        ensure!(spun.status == 200, "{spun:?}");
+        // Idle again, the next samples say so.
+        eventually(STATE_TIMEOUT, "the CPU use back down", || async {
+            let usage = c.status(&id).await?["usage"].clone();
+            let cpu = usage["cpu_millis"].as_u64().unwrap_or(u64::MAX);
+            Ok((cpu < 100).then_some(()))
+        })
+        .await?;
+        // `plane status` says it in words too.
+        let output = c.plane(&["status", &id]).await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        ensure!(text.contains("cores") && text.contains("MB"), "{text}");
+        Ok(())
+    })
+    .await
+}
+
+/// `plane dev --executor docker` with `extra`, expected to refuse to start: its output.
+fn refused_dev(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let state = tempfile::tempdir()?;
     let mut dev = std::process::Command::new(plane_bin());
     dev.args([
@@ -391,18 +439,99 @@ fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyh
         "--http",
         "127.0.0.1:0",
     ])
+    .args(extra)
     .arg("--state-dir")
     .arg(state.path())
-    .env("DOCKER_HOST", "unix:///nonexistent/plane-test/docker.sock");
+    .envs(env.iter().copied());
     let dev = ChildGuard::spawn("dev", dev)?;
     let status = dev
         .wait_exit(STATE_TIMEOUT)
         .context("plane dev did not exit")?;
     let output = dev.output_so_far();
     ensure!(!status.success(), "must not start: {output}");
+    Ok(output)
+}
+
+#[test]
+fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyhow::Result<()> {
+    let docker_host = ("DOCKER_HOST", "unix:///nonexistent/plane-test/docker.sock");
+    let output = refused_dev(&[], &[docker_host])?;
     ensure!(
         output.contains("cannot reach the Docker engine"),
         "{output}"
     );
+    let output = refused_dev(&["--docker-network", "plane-no-such-network"], &[])?;
+    ensure!(
+        output.contains("no Docker network \"plane-no-such-network\""),
+        "{output}"
+    );
     Ok(())
+}
+
+/// A Docker network the test creates (internal: nothing on it reaches beyond this machine),
+/// removed when dropped.
+struct TestNetwork(String);
+
+impl TestNetwork {
+    fn create(name: &str) -> anyhow::Result<TestNetwork> {
+        let name = format!("{name}-{}", std::process::id());
+        docker(&["network", "create", "--internal", &name])?;
+        Ok(TestNetwork(name))
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn on_a_docker_network_a_container_is_reached_at_its_own_address() -> anyhow::Result<()> {
+    bounded(async {
+        let network = TestNetwork::create("plane-test-net")?;
+        let cluster = own_cluster("docker-network");
+        let flags = [
+            "--executor",
+            "docker",
+            "--cluster",
+            &cluster,
+            "--docker-network",
+            &network.0,
+        ];
+        let c = Cluster::dev_with(&flags).await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let id = id_of(&ready(&c, &[]).await?)?;
+        let inspected = inspect(&format!("plane-{id}"))?;
+        ensure!(
+            inspected["HostConfig"]["NetworkMode"] == network.0.as_str(),
+            "{inspected}"
+        );
+        let bindings = &inspected["HostConfig"]["PortBindings"];
+        ensure!(
+            bindings.as_object().is_none_or(|b| b.is_empty()),
+            "nothing published: {bindings}"
+        );
+        // The proxy forwards to its address on that network (a network namespace this test
+        // made): the backend sees the request come from the network's gateway.
+        let described: Value = serde_json::from_str(&docker(&["network", "inspect", &network.0])?)?;
+        let gateway = described[0]["IPAM"]["Config"][0]["Gateway"]
+            .as_str()
+            .context("the network's gateway")?
+            .to_string();
+        let answer = c.get(&c.host(&id), "/info", &[])?;
+        ensure!(answer.status == 200, "{answer:?}");
+        let info: Value = serde_json::from_str(&answer.body)?;
+        ensure!(info["env"]["PLANE_BACKEND_ID"] == id.as_str(), "{info}");
+        let peer = info["peer"].as_str().unwrap_or_default();
+        ensure!(
+            peer.starts_with(&format!("{gateway}:")),
+            "peer {peer}, gateway {gateway}"
+        );
+        let output = c.plane(&["terminate", &id]).await?;
+        ensure!(output.status.success(), "{output:?}");
+        c.watch_until_terminated(&id).await?;
+        container_removed(&id).await
+    })
+    .await
 }

@@ -14,6 +14,7 @@ use crate::limits::{
 };
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
+use crate::usage::{Sampler, UsageSamples};
 use plane_bus::{Bus, BusError, Message};
 use plane_dataplane::{RouteTable, TokenDigest};
 use plane_protocol::error_chain;
@@ -42,6 +43,8 @@ pub struct DroneConfig {
     /// Backends it runs at once.
     pub capacity: u32,
     pub heartbeat_interval: Duration,
+    /// How often each backend's resource use is sampled.
+    pub usage_interval: Duration,
     /// How long a backend gets to accept connections.
     pub ready_timeout: Duration,
     /// Between the polite stop signal and the kill.
@@ -75,6 +78,8 @@ struct Shared {
     ended: Mutex<HashMap<BackendId, Instant>>,
     /// Every backend's lifecycle task.
     lifecycles: TaskTracker,
+    /// Resource use sampled since the last heartbeat.
+    usage: UsageSamples,
 }
 
 impl Shared {
@@ -113,6 +118,7 @@ impl Drone {
                 backends: Mutex::new(HashMap::new()),
                 ended: Mutex::new(HashMap::new()),
                 lifecycles: TaskTracker::new(),
+                usage: UsageSamples::default(),
             }),
         }
     }
@@ -139,6 +145,10 @@ impl Drone {
             () = self.recover(&reports) => false,
         };
         let sweeper = tokio::spawn(sweep_forever(self.shared.clone()));
+        let sampler = tokio::spawn(sample_usage_forever(
+            self.shared.clone(),
+            self.config.usage_interval,
+        ));
         let heartbeat = tokio::spawn(self.heartbeat_forever(reports.clone()));
         info!(drone = %self.config.id, cluster = %self.config.cluster, executor = %self.shared.context.executor.kind(), "drone running");
         let result = loop {
@@ -160,6 +170,7 @@ impl Drone {
             }
         };
         sweeper.abort();
+        sampler.abort();
         self.stop_all().await;
         heartbeat.abort();
         reports.close();
@@ -211,6 +222,7 @@ impl Drone {
                     proxy_port: config.proxy_port,
                     started_at,
                     at: now_millis(),
+                    usage: shared.usage.take(),
                 };
                 match tokio::time::timeout(
                     HEARTBEAT_SEND_TIMEOUT,
@@ -523,6 +535,20 @@ impl Drone {
         // Commands no longer arrive, so no lifecycle starts after this.
         self.shared.lifecycles.close();
         self.shared.lifecycles.wait().await;
+    }
+}
+
+/// Samples the backends' resource use every `interval`.
+async fn sample_usage_forever(shared: Arc<Shared>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampler = Sampler::default();
+    loop {
+        tick.tick().await;
+        let backends: Vec<BackendId> = shared.backends().keys().cloned().collect();
+        sampler
+            .sample(shared.context.executor.as_ref(), backends, &shared.usage)
+            .await;
     }
 }
 

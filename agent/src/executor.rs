@@ -100,6 +100,15 @@ impl Exit {
     }
 }
 
+/// A backend's cumulative counters, read at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageReading {
+    /// CPU time it has used since it started.
+    pub cpu: Duration,
+    /// Memory in use, page cache left out.
+    pub memory_bytes: u64,
+}
+
 /// A way of running backends.
 pub trait Executor: Send + Sync + 'static {
     fn kind(&self) -> ExecutorKind;
@@ -128,6 +137,16 @@ pub trait Executor: Send + Sync + 'static {
                 message: format!("{backend}: this executor has no survivors"),
             })
         })
+    }
+
+    /// Reads the counters of those of `backends` it can (the others are left out). None for
+    /// executors that do not measure their backends.
+    fn read_usage(
+        &self,
+        backends: Vec<BackendId>,
+    ) -> BoxFuture<'_, Vec<(BackendId, UsageReading)>> {
+        let _ = backends;
+        Box::pin(async { Vec::new() })
     }
 
     /// Stops (within `grace`) and removes a survivor nobody wants.

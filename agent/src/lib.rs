@@ -13,5 +13,6 @@ pub mod readiness;
 mod reaper;
 mod reporter;
 mod sweeper;
+mod usage;
 
 pub use drone::{Drone, DroneConfig};

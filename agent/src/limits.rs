@@ -33,6 +33,13 @@ pub const CONTAINER_PORT: u16 = 8080;
 /// Pause before a lost Docker events stream is opened again.
 pub const DOCKER_EVENTS_RETRY: Duration = Duration::from_millis(500);
 
+/// How often each backend's resource use is sampled.
+pub const DEFAULT_USAGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Containers whose counters are read at once, and how long one reading may take.
+pub const USAGE_READS_AT_ONCE: usize = 8;
+pub const USAGE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a state report waits for the controller's acknowledgement before it is re-sent.
 pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -58,6 +58,7 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
         proxy_port: 9090,
         started_at: 1,
         at: now_millis(),
+        usage: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
-use plane_protocol::records::{BackendRecord, DroneView, SpawnAnswer};
+use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
@@ -110,7 +110,8 @@ impl ApiClient {
         self.json(Method::POST, "/v1/backends", Some(body)).await
     }
 
-    pub async fn backend(&self, id: &str) -> Result<BackendRecord, ClientError> {
+    /// The backend's record and latest resource use.
+    pub async fn backend(&self, id: &str) -> Result<BackendStatus, ClientError> {
         let id = parse_id(id)?;
         self.json(Method::GET, &format!("/v1/backends/{id}"), None)
             .await

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod liveness;
 pub mod scheduler;
 pub mod state;
+pub mod usage;
 pub mod view;
 
 pub use controller::{Controller, ControllerConfig};

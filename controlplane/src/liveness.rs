@@ -166,6 +166,7 @@ mod tests {
             proxy_port: 9090,
             started_at: 1,
             at: 1234,
+            usage: Default::default(),
         }
     }
 

@@ -374,6 +374,18 @@ pub struct Adoption {
     pub last_seq: u64,
 }
 
+/// A backend's resource use as its drone last sampled it (**contract**: shown as `"usage"` by
+/// `GET /v1/backends/{id}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU over the last sampling interval, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory in use, page cache left out.
+    pub memory_bytes: u64,
+    /// When it was sampled, by the drone's clock.
+    pub at: UnixMillis,
+}
+
 /// Drone → controller, published periodically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -398,6 +410,9 @@ pub struct Heartbeat {
     #[serde(default)]
     pub started_at: UnixMillis,
     pub at: UnixMillis,
+    /// Resource use sampled since the previous heartbeat, per backend (each sample is sent once).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<BackendId, Usage>,
 }
 
 #[cfg(test)]

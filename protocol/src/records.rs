@@ -4,7 +4,7 @@
 use crate::ids::{BackendId, DroneId};
 use crate::messages::{
     BackendSpec, BackendState, ExecutorKind, Heartbeat, PullProgress, StateReport,
-    TerminationReason, UnixMillis,
+    TerminationReason, UnixMillis, Usage,
 };
 use crate::token::AccessToken;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,17 @@ pub struct BackendRecord {
     /// sent later than this that does not list the backend means the drone no longer runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<UnixMillis>,
+}
+
+/// A backend as `GET /v1/backends/{id}` shows it: its record and, while it runs, its latest
+/// resource use (absent until its drone has sampled it twice, and for executors that do not
+/// measure).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    #[serde(flatten)]
+    pub record: BackendRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// The answer to a spawn: the backend's record, and its access token when it requires one.

@@ -1,6 +1,7 @@
 //! The `docker` executor: each backend is a container named `plane-{backend}`, labelled with
-//! its backend, cluster and drone, its port published on the drone's loopback only, with the
-//! spawn's memory, CPU and process limits. Exits come from the engine's events stream
+//! its backend, cluster and drone, its port published on the drone's loopback only (or, with a
+//! network named, reached at its own address on that network), with the spawn's memory, CPU and
+//! process limits. Exits come from the engine's events stream
 //! (`exits.rs`); images are pulled by policy (`image.rs`).
 //!
 //! Nothing is left behind: a launch cut short (a terminate during the pull or the create)
@@ -12,20 +13,21 @@
 mod exits;
 mod image;
 
-use crate::executor::{Adopted, Executor, Exit, Launch, LaunchError, Running};
-use crate::limits::CONTAINER_PORT;
+use crate::executor::{Adopted, Executor, Exit, Launch, LaunchError, Running, UsageReading};
+use crate::limits::{CONTAINER_PORT, USAGE_READS_AT_ONCE, USAGE_READ_TIMEOUT};
 use crate::readiness::ReadyCheck;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
     ContainerSummaryStateEnum, HostConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use exits::Exits;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use plane_dataplane::TokenDigest;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{BackendSpec, ExecutorKind, Survivor, SurvivorStatus};
@@ -56,6 +58,11 @@ pub enum DockerError {
     Connect(#[source] bollard::errors::Error),
     #[error("cannot list this drone's containers")]
     List(#[source] bollard::errors::Error),
+    #[error("no Docker network {network:?} to attach containers to")]
+    Network {
+        network: String,
+        source: bollard::errors::Error,
+    },
 }
 
 /// The engine and whose containers these are.
@@ -63,9 +70,31 @@ pub(crate) struct Engine {
     docker: Docker,
     cluster: String,
     drone: String,
+    /// The network containers are attached to, when not published on loopback.
+    network: Option<String>,
 }
 
 impl Engine {
+    /// Where the proxy reaches a started container's `port`: its published loopback port, or
+    /// its own address on the network.
+    fn address_of(&self, inspected: &ContainerInspectResponse, port: u16) -> Option<SocketAddr> {
+        let Some(network) = &self.network else {
+            let published = published_port(inspected, port)?;
+            return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, published)));
+        };
+        let ip = inspected
+            .network_settings
+            .as_ref()?
+            .networks
+            .as_ref()?
+            .get(network)?
+            .ip_address
+            .as_deref()?;
+        // Empty once the container has stopped.
+        let ip: std::net::IpAddr = ip.parse().ok()?;
+        Some(SocketAddr::new(ip, port))
+    }
+
     /// How the container `name` ended, if it has (exited or dead; not merely created).
     async fn exit_of(&self, name: &str) -> Option<Exit> {
         let state = self
@@ -133,6 +162,36 @@ impl Engine {
         Ok(found)
     }
 
+    /// A container's counters from one `one-shot` stats call: CPU time, and memory less the page
+    /// cache (`cache` on cgroup v1, `inactive_file` on v2, as `docker stats` counts it).
+    async fn usage_of(&self, name: &str) -> Option<UsageReading> {
+        let options = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.docker.stats(name, Some(options));
+        let stats = match tokio::time::timeout(USAGE_READ_TIMEOUT, stats.next()).await {
+            Ok(Some(Ok(stats))) => stats,
+            Ok(Some(Err(error))) => {
+                debug!(container = name, %error, "no stats");
+                return None;
+            }
+            Ok(None) | Err(_) => return None,
+        };
+        let cpu = stats.cpu_stats?.cpu_usage?.total_usage?;
+        let memory = stats.memory_stats?;
+        let counters = memory.stats.unwrap_or_default();
+        let cache = counters
+            .get("cache")
+            .or_else(|| counters.get("inactive_file"))
+            .copied()
+            .unwrap_or(0);
+        Some(UsageReading {
+            cpu: Duration::from_nanos(cpu),
+            memory_bytes: memory.usage?.saturating_sub(cache),
+        })
+    }
+
     /// Stops a container (the engine's SIGTERM, `grace`, SIGKILL) and removes it.
     async fn stop_and_remove(&self, name: &str, grace: Duration) {
         let seconds = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
@@ -164,7 +223,13 @@ pub struct DockerExecutor {
 impl DockerExecutor {
     /// Connects to the local engine (`DOCKER_HOST`, else its socket), agrees on an API version
     /// with it, and starts watching this drone's containers. Within a tokio runtime.
-    pub async fn connect(cluster: &str, drone: &str) -> Result<DockerExecutor, DockerError> {
+    /// With `network`, containers are attached to that network (which must exist) and reached
+    /// at their address on it instead of a loopback port.
+    pub async fn connect(
+        cluster: &str,
+        drone: &str,
+        network: Option<&str>,
+    ) -> Result<DockerExecutor, DockerError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(DockerError::Connect)?
             .negotiate_version()
@@ -172,10 +237,20 @@ impl DockerExecutor {
             .map_err(DockerError::Connect)?;
         docker.ping().await.map_err(DockerError::Connect)?;
         info!(api = %docker.client_version(), "connected to the Docker engine");
+        if let Some(network) = network {
+            docker
+                .inspect_network(network, None::<InspectNetworkOptions>)
+                .await
+                .map_err(|source| DockerError::Network {
+                    network: network.to_string(),
+                    source,
+                })?;
+        }
         let engine = Arc::new(Engine {
             docker,
             cluster: cluster.to_string(),
             drone: drone.to_string(),
+            network: network.map(str::to_string),
         });
         Ok(DockerExecutor {
             exits: Arc::new(Exits::start(engine.clone())),
@@ -212,14 +287,18 @@ impl DockerExecutor {
             labels: Some(self.labels(launch)),
             exposed_ports: Some(vec![port.clone()]),
             host_config: Some(HostConfig {
-                // Loopback only, on a port the engine picks: read back after the start.
-                port_bindings: Some(HashMap::from([(
-                    port,
-                    Some(vec![PortBinding {
-                        host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])),
+                // On a network: reached at its own address there. Otherwise published on
+                // loopback only, on a port the engine picks: read back after the start.
+                network_mode: self.engine.network.clone(),
+                port_bindings: self.engine.network.is_none().then(|| {
+                    HashMap::from([(
+                        port,
+                        Some(vec![PortBinding {
+                            host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                            host_port: Some(String::new()),
+                        }]),
+                    )])
+                }),
                 memory,
                 // No swap beyond the memory limit, so the limit is what the backend gets.
                 memory_swap: memory,
@@ -302,19 +381,19 @@ impl DockerExecutor {
             .map_err(|error| LaunchError::Start {
                 message: engine_message(&error),
             })?;
-        let host_port = published_port(&inspected, launch.port);
-        let host_port = match host_port {
-            Some(port) => port,
+        let address = match self.engine.address_of(&inspected, launch.port) {
+            Some(address) => address,
             // Already exited (the engine unpublishes a stopped container's port): port 0 is
             // never ready, and the exit, on its way from the events stream, ends the start.
-            None if self.engine.exit_of(&name).await.is_some() => 0,
+            None if self.engine.exit_of(&name).await.is_some() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+            }
             None => {
                 return Err(LaunchError::Start {
-                    message: "the engine published no port for the container".into(),
+                    message: "the engine gave the container no address to reach it at".into(),
                 })
             }
         };
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
         info!(
             backend = %launch.backend,
             container = %name,
@@ -391,6 +470,24 @@ impl Executor for DockerExecutor {
         Box::pin(async move { self.take_over(&backend).await })
     }
 
+    fn read_usage(
+        &self,
+        backends: Vec<BackendId>,
+    ) -> BoxFuture<'_, Vec<(BackendId, UsageReading)>> {
+        Box::pin(async move {
+            futures::stream::iter(backends)
+                .map(|backend| async move {
+                    let name = Self::container_name(backend.as_str());
+                    let reading = self.engine.usage_of(&name).await?;
+                    Some((backend, reading))
+                })
+                .buffer_unordered(USAGE_READS_AT_ONCE)
+                .filter_map(std::future::ready)
+                .collect()
+                .await
+        })
+    }
+
     fn discard(&self, survivor: &Survivor, grace: Duration) -> BoxFuture<'_, ()> {
         let name = Self::container_name(survivor.backend.as_str());
         Box::pin(async move { self.engine.stop_and_remove(&name, grace).await })
@@ -443,9 +540,10 @@ impl DockerExecutor {
             ),
             None => None,
         };
-        let host_port = published_port(&inspected, CONTAINER_PORT)
-            .ok_or_else(|| failed(format!("{name} has no published port")))?;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+        let address = self
+            .engine
+            .address_of(&inspected, CONTAINER_PORT)
+            .ok_or_else(|| failed(format!("{name} has no address to reach it at")))?;
         info!(%backend, container = %name, %address, "container taken over");
         Ok(Adopted {
             running: Box::new(Container {

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
-use plane_protocol::records::{BackendRecord, DroneView, SpawnAnswer};
+use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde_json::json;
 use std::sync::Arc;
@@ -193,8 +193,8 @@ async fn list_backends(
 async fn get_backend(
     State(ApiState { controller, .. }): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<BackendRecord>, ApiError> {
-    Ok(Json(controller.backend(&backend_id(&id)?).await?))
+) -> Result<Json<BackendStatus>, ApiError> {
+    Ok(Json(controller.backend_status(&backend_id(&id)?).await?))
 }
 
 async fn terminate_backend(

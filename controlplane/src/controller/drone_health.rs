@@ -78,6 +78,13 @@ impl Controller {
     /// Records that the drone was heard, and starts whatever the heartbeat calls for.
     pub fn handle_heartbeat(&self, heartbeat: Heartbeat) {
         self.inner.hearing.heard(&heartbeat, Instant::now());
+        let view = self.view();
+        self.inner
+            .usage
+            .record(&heartbeat.drone, &heartbeat.usage, |backend, drone| {
+                view.backend(backend)
+                    .is_some_and(|held| &held.record.drone == drone)
+            });
         let change = match self.view().drone(&heartbeat.drone) {
             None => RecordChange::Register,
             Some(held) => record_change(&held.record, &heartbeat),
@@ -261,6 +268,11 @@ impl Controller {
                 .await?;
             }
         }
+        let view = self.view();
+        self.inner.usage.retain(|backend| {
+            view.backend(backend)
+                .is_some_and(|held| !held.record.is_terminated())
+        });
         for held in self.view().drones() {
             let drone = &held.record;
             if drone.lost && now.saturating_sub(drone.lost_at.unwrap_or(0)) > retention {

@@ -13,6 +13,7 @@ use crate::limits::{
 use crate::liveness::{DroneStatus, Hearing};
 use crate::scheduler::{self, Candidate, NoDrone};
 use crate::state::{Change, ClusterState, StateError, Watches};
+use crate::usage::UsageBook;
 use crate::view::ClusterView;
 use plane_bus::{Bus, BusError, KvError, Message, Subscription};
 use plane_protocol::error_chain;
@@ -20,7 +21,9 @@ use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, StateReport, TerminationReason,
 };
-use plane_protocol::records::{BackendRecord, DroneRecord, DroneView, ReportOutcome, SpawnAnswer};
+use plane_protocol::records::{
+    BackendRecord, BackendStatus, DroneRecord, DroneView, ReportOutcome, SpawnAnswer,
+};
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::spawn_request::ValidSpawn;
 use plane_protocol::subjects::{Subjects, CONTROLLER_QUEUE_GROUP};
@@ -135,6 +138,8 @@ struct Inner {
     config: ControllerConfig,
     state: ClusterState,
     hearing: Hearing,
+    /// Each backend's latest resource use, from heartbeats.
+    usage: UsageBook,
     /// The watches that feed the view, until [`Controller::listen`] takes them.
     watches: Mutex<Option<Watches>>,
 }
@@ -150,6 +155,7 @@ impl Controller {
                 bus,
                 subjects,
                 hearing: Hearing::new(config.drone_grace),
+                usage: UsageBook::default(),
                 config,
                 state,
                 watches: Mutex::new(Some(watches)),
@@ -521,6 +527,15 @@ impl Controller {
             .await?
             .map(|held| BackendRecord::clone(&held.record))
             .ok_or_else(|| ControlError::NotFound(id.clone()))
+    }
+
+    /// The backend's current record, with its latest resource use while it runs.
+    pub async fn backend_status(&self, id: &BackendId) -> Result<BackendStatus, ControlError> {
+        let record = self.backend(id).await?;
+        let usage = (!record.is_terminated())
+            .then(|| self.inner.usage.of(id))
+            .flatten();
+        Ok(BackendStatus { record, usage })
     }
 
     /// Every backend, oldest first.

@@ -75,6 +75,7 @@ pub fn heartbeat_message(drone: &str, load: u32, started_at: UnixMillis) -> Hear
         proxy_port: 9090,
         started_at,
         at: now_millis(),
+        usage: Default::default(),
     }
 }
 

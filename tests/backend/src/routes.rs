@@ -40,6 +40,7 @@ pub async fn handle(request: Request<Incoming>, conn: Conn) -> Result<Response<B
         (&Method::GET, "/stream") => stream_chunks(query),
         (&Method::GET, "/exit") => exit(query, &conn.exit_code),
         (&Method::GET, "/alloc") => alloc(query),
+        (&Method::GET, "/spin") => spin(query).await,
         (&Method::GET, "/ws") => crate::ws::upgrade(request),
         (&Method::GET, "/page") => page(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -190,6 +191,37 @@ fn alloc(query: Option<&str>) -> Response<Body> {
         HELD.lock().unwrap_or_else(|p| p.into_inner()).push(block);
     }
     text(StatusCode::OK, format!("holding {mib} MiB more\n"))
+}
+
+/// Most CPU time `/spin` burns in one request.
+const MAX_SPIN_MS: u64 = 60_000;
+
+/// Keeps one core busy for `ms` milliseconds (on a blocking thread), then answers: CPU use that
+/// a resource sampler must see.
+async fn spin(query: Option<&str>) -> Response<Body> {
+    let ms = match query_param(query, "ms", 0u64) {
+        Ok(ms) if ms <= MAX_SPIN_MS => ms,
+        Ok(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("at most {MAX_SPIN_MS} ms\n"),
+            )
+        }
+        Err(error) => return text(StatusCode::BAD_REQUEST, error),
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let spun = tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        while std::time::Instant::now() < until {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+        n
+    })
+    .await;
+    match spun {
+        Ok(_) => text(StatusCode::OK, format!("spun {ms} ms\n")),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
 }
 
 /// The value of `name` in a query string, parsed; `default` when absent, an error message (for a
