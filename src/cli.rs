@@ -37,6 +37,8 @@ pub enum Command {
     Terminate(BackendArgs),
     /// Follow a backend's state changes until it is terminated.
     Watch(BackendArgs),
+    /// Show a backend's log: its output and Plane's lines about it (the last 1,000 kept).
+    Logs(LogsArgs),
     /// List drones.
     Drones(ClientArgs),
 }
@@ -390,6 +392,15 @@ pub struct BackendArgs {
     pub id: String,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Go on printing new lines until the backend has ended.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Args, Debug)]

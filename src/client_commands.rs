@@ -1,11 +1,11 @@
 //! The client commands (`spawn`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
 //! the HTTP API and prints readable text, or JSON with `--json`.
 
-use crate::cli::{BackendArgs, ClientArgs, PullArg, SpawnArgs};
+use crate::cli::{BackendArgs, ClientArgs, LogsArgs, PullArg, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
 use plane_protocol::messages::{
-    BackendState, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
+    BackendState, LogSource, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
 };
 use plane_protocol::records::{BackendRecord, DroneView};
 use plane_protocol::registry::RegistryCredentials;
@@ -176,6 +176,48 @@ pub async fn terminate(args: BackendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = client(&args.backend.client)?;
+    let mut lines = client.logs(&args.backend.id, args.follow).await?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(record) = lines.next().await {
+        let record = record?;
+        if args.backend.client.json {
+            print_json(&record)?;
+        } else {
+            use std::io::Write;
+            let line = &record.line;
+            let source = match line.stream {
+                LogSource::Stdout => "stdout",
+                LogSource::Stderr => "stderr",
+                LogSource::Plane => "plane ",
+            };
+            writeln!(
+                stdout,
+                "{} {source} {}",
+                clock(line.at),
+                printable(&line.line)
+            )?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// A log line as it is safe to print on a terminal: control characters (escape sequences
+/// included) escaped, tabs kept.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub async fn watch(args: BackendArgs) -> anyhow::Result<()> {
     let mut events = client(&args.client)?.events(&args.id).await?;
     while let Some(event) = events.next_event().await {
@@ -198,7 +240,7 @@ pub async fn watch(args: BackendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `pulling  2/3 layers, 1.5 of 4.2 MB`.
+/// `usage     0.250 cores, 12.3 MB (at 12:00:01.000Z)`.
 fn describe_usage(usage: &Usage) -> String {
     format!(
         "usage     {:.3} cores, {:.1} MB (at {})",
@@ -208,6 +250,7 @@ fn describe_usage(usage: &Usage) -> String {
     )
 }
 
+/// `pulling  2/3 layers, 1.5 of 4.2 MB`.
 fn describe_pull(pull: &PullProgress) -> String {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     format!(
@@ -294,6 +337,12 @@ mod tests {
     fn clock_formats_utc_time_of_day() {
         // 2026-11-28T14:02:03.045Z
         assert_eq!(clock(1_795_874_523_045), "14:02:03.045Z");
+    }
+
+    #[test]
+    fn log_lines_print_with_control_characters_escaped() {
+        assert_eq!(printable("plain\ttext é"), "plain\ttext é");
+        assert_eq!(printable("\u{1b}[2J\rgone"), "\\u{1b}[2J\\rgone");
     }
 }
 

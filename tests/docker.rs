@@ -199,6 +199,15 @@ async fn a_missing_image_with_pull_never_is_error_loading_with_the_reason() -> a
         ensure!(record["reason"] == "error_loading", "{record}");
         let message = record["message"].as_str().unwrap_or_default();
         ensure!(message.contains("pull policy is never"), "{record}");
+        // The backend's log says why too, as Plane.
+        let id = id_of(&record)?;
+        let log = eventually(STATE_TIMEOUT, "the reason in the log", || async {
+            let log = c.plane(&["logs", &id]).await?;
+            let text = String::from_utf8_lossy(&log.stdout).into_owned();
+            Ok(text.contains("pull policy is never").then_some(text))
+        })
+        .await?;
+        ensure!(log.contains("plane  terminated: error_loading"), "{log}");
         Ok(())
     })
     .await
@@ -373,6 +382,18 @@ async fn a_lost_drones_containers_are_removed_by_the_next_drone_on_the_engine() 
         // ...and another drone of the cluster on the same engine removes its container.
         let other = format!("docker-lost-other-{}", std::process::id());
         c.restart_drone_as(&other).await?;
+        container_removed(&id).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_containers_output_is_kept_and_followed() -> anyhow::Result<()> {
+    bounded(async {
+        let c = docker_dev("docker-logs").await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let id = id_of(&ready(&c, &[]).await?)?;
+        common::flows::logs_of_a_ready_backend(&c, &id).await?;
         container_removed(&id).await
     })
     .await

@@ -23,7 +23,7 @@ const OBSERVER_PASSWORD: &str = "observer-password-0123456789";
 fn drone_permissions(drone: &str) -> String {
     format!(
         r#"{{
-        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "plane.{CLUSTER}.drone.{drone}.recovery", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
+        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "plane.{CLUSTER}.drone.{drone}.recovery", "plane.{CLUSTER}.drone.{drone}.logs.*", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         subscribe: {{ allow: ["plane.{CLUSTER}.drone.{drone}.command", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         allow_responses: true
       }}"#
@@ -124,6 +124,7 @@ async fn a_drone_speaks_only_for_itself() -> anyhow::Result<()> {
             format!("plane.{CLUSTER}.drone.drone-2.heartbeat"),
             format!("plane.{CLUSTER}.drone.drone-2.state"),
             format!("plane.{CLUSTER}.drone.drone-2.recovery"),
+            format!("plane.{CLUSTER}.drone.drone-2.logs.somebackend"),
             // As a controller: commands, to another drone or to itself.
             format!("plane.{CLUSTER}.drone.drone-2.command"),
             format!("plane.{CLUSTER}.drone.drone-1.command"),

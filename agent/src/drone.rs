@@ -12,6 +12,7 @@ use crate::limits::{
     ENDED_MEMORY, HEARTBEAT_SEND_TIMEOUT, RECOVERY_ANSWER_TIMEOUT, REPORT_FLUSH_TIMEOUT,
     REPORT_RETRY_MAX, REPORT_RETRY_MIN, SWEEP_INTERVAL,
 };
+use crate::logs::BackendLog;
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
 use crate::usage::{Sampler, UsageSamples};
@@ -305,18 +306,20 @@ impl Drone {
     /// Takes back one of this drone's survivors that the cluster still wants.
     async fn take_back(&self, survivor: Survivor, adoption: &Adoption, reports: &Reports) {
         let backend = survivor.backend.clone();
+        let log = self.log_of(&backend);
         let mut reports = BackendReports::resuming(
             reports.clone(),
             backend.clone(),
             self.config.id.clone(),
             self.started_at,
             adoption.last_seq,
-        );
+        )
+        .with_log(log.clone());
         let was_ready = adoption.state == BackendState::Ready;
         // Its earlier process was stopping it: the new one finishes the job.
         let stopping = adoption.state == BackendState::Terminating;
         let adopted = match survivor.status {
-            SurvivorStatus::Running => self.shared.context.executor.adopt(&survivor).await,
+            SurvivorStatus::Running => self.shared.context.executor.adopt(&survivor, log).await,
             SurvivorStatus::Created => Err(LaunchError::Adopt {
                 message: "its drone restarted before starting it".to_string(),
             }),
@@ -354,6 +357,11 @@ impl Drone {
             Ok(adopted) => adopted,
             Err((reason, exit, message)) => {
                 info!(%backend, %reason, %message, "a backend found after a restart has ended");
+                reports
+                    .say(&format!(
+                        "terminated after its drone restarted: {reason} ({message})"
+                    ))
+                    .await;
                 reports.terminated(reason, exit.code, exit.oom_killed, Some(message));
                 self.shared.ended().insert(backend, Instant::now());
                 self.discard(survivor);
@@ -391,6 +399,15 @@ impl Drone {
             shared.backends().remove(&backend);
             shared.ended().insert(backend, Instant::now());
         });
+    }
+
+    /// Where a backend's log lines go.
+    fn log_of(&self, backend: &BackendId) -> BackendLog {
+        BackendLog::new(
+            self.bus.clone(),
+            self.subjects.backend_logs(&self.config.id, backend),
+            backend.clone(),
+        )
     }
 
     /// Stops and removes a survivor in the background (a drone shutting down waits for it).
@@ -493,12 +510,14 @@ impl Drone {
             .table
             .insert_starting_with(backend.as_str(), token_digest);
         let shared = self.shared.clone();
+        let log = self.log_of(&backend);
         let reports = BackendReports::new(
             reports.clone(),
             backend.clone(),
             self.config.id.clone(),
             self.started_at,
-        );
+        )
+        .with_log(log.clone());
         info!(backend = %backend, image = ?spec.executable.image, command = ?spec.executable.command, "spawning backend");
         self.shared.lifecycles.spawn(async move {
             lifecycle::run(
@@ -508,6 +527,7 @@ impl Drone {
                 lifecycle::Secrets {
                     credentials,
                     token: token_digest,
+                    log,
                 },
                 handle,
                 stop,

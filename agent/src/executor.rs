@@ -1,6 +1,7 @@
 //! What every executor (`process`, later `docker`) offers the lifecycle: start a backend, learn
 //! its address, wait for its exit, stop it. The lifecycle never knows which one it drives.
 
+use crate::logs::BackendLog;
 use crate::readiness::ReadyCheck;
 use futures::future::BoxFuture;
 use plane_dataplane::TokenDigest;
@@ -55,6 +56,8 @@ pub struct Launch {
     /// What requests must show, kept with a backend that may outlive the drone process (a
     /// container), so that a restarted drone routes it as securely as before.
     pub token: Option<TokenDigest>,
+    /// Where its output goes, line by line.
+    pub log: BackendLog,
 }
 
 /// A survivor taken over by a new drone process.
@@ -129,8 +132,14 @@ pub trait Executor: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    /// Takes over a running survivor of this drone that the cluster still wants.
-    fn adopt(&self, survivor: &Survivor) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
+    /// Takes over a running survivor of this drone that the cluster still wants; its output
+    /// from now on goes to `log`.
+    fn adopt(
+        &self,
+        survivor: &Survivor,
+        log: BackendLog,
+    ) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
+        let _ = log;
         let backend = survivor.backend.clone();
         Box::pin(async move {
             Err(LaunchError::Adopt {

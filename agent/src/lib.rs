@@ -8,6 +8,7 @@ pub mod executor;
 mod lifecycle;
 pub mod limits;
 mod listener_owner;
+pub mod logs;
 pub mod process;
 pub mod readiness;
 mod reaper;

@@ -15,6 +15,7 @@
 //! backend runs any more and its route is gone.
 
 use crate::executor::{Executor, Exit, Launch, Running};
+use crate::logs::BackendLog;
 use crate::readiness::ReadyCheck;
 use crate::reporter::BackendReports;
 use plane_dataplane::{Route, RouteTable, TokenDigest};
@@ -89,6 +90,8 @@ pub(crate) struct Context {
 pub(crate) struct Secrets {
     pub credentials: Option<RegistryCredentials>,
     pub token: Option<TokenDigest>,
+    /// Not a secret, but the backend's own: where its output goes.
+    pub log: BackendLog,
 }
 
 /// Drives one backend from `loading` to `terminated`. The caller has already put it in the
@@ -113,7 +116,7 @@ pub(crate) async fn run(
         &mut reports,
     )
     .await;
-    finish(ctx, &backend, outcome, &mut reports);
+    finish(ctx, &backend, outcome, &mut reports).await;
 }
 
 /// A backend a new drone process took over.
@@ -149,12 +152,18 @@ pub(crate) async fn run_adopted(
         &mut reports,
     )
     .await;
-    finish(ctx, &backend, outcome, &mut reports);
+    finish(ctx, &backend, outcome, &mut reports).await;
 }
 
-fn finish(ctx: &Context, backend: &BackendId, outcome: Outcome, reports: &mut BackendReports) {
+async fn finish(
+    ctx: &Context,
+    backend: &BackendId,
+    outcome: Outcome,
+    reports: &mut BackendReports,
+) {
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
+    reports.say(&outcome.describe()).await;
     reports.terminated(
         outcome.reason,
         outcome.exit_code,
@@ -172,6 +181,21 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Plane's line about the end, for the backend's log.
+    fn describe(&self) -> String {
+        let mut text = format!("terminated: {}", self.reason);
+        if let Some(code) = self.exit_code {
+            text.push_str(&format!(", exit code {code}"));
+        }
+        if self.oom_killed {
+            text.push_str(", killed for going over its memory limit");
+        }
+        if let Some(message) = &self.message {
+            text.push_str(&format!(" ({message})"));
+        }
+        text
+    }
+
     fn new(reason: TerminationReason, exit: Option<Exit>, message: Option<String>) -> Self {
         Outcome {
             reason,
@@ -211,6 +235,7 @@ async fn drive(
         credentials: secrets.credentials,
         pull_progress: Some(pull_sink),
         token: secrets.token,
+        log: secrets.log,
     };
     // A stop while loading (a long pull, say) cuts the launch short; the executor removes
     // whatever it had created.

@@ -65,8 +65,15 @@ pub const ENDED_MEMORY: Duration = Duration::from_secs(600);
 /// soon is worthless, the next one is due anyway.
 pub const HEARTBEAT_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The longest line of a backend's output that is logged whole.
+/// The longest line of a backend's output read at once (a longer one is read in parts).
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
+
+/// Log lines longer than this are sent as several records.
+pub const MAX_LOG_LINE_PIECE_BYTES: usize = 900;
+
+/// The longest encoded log record: with the log keeping 1,000 records per backend
+/// (`plane_controlplane::limits::LOG_LINES_PER_BACKEND`), a backend's log stays within 1 MiB.
+pub const MAX_LOG_RECORD_BYTES: usize = 1024;
 
 /// Pull progress is reported at most this often (and once more when the pull ends).
 pub const PULL_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

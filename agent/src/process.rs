@@ -9,11 +9,12 @@
 
 use crate::executor::{Executor, Exit, Launch, LaunchError, Running};
 use crate::limits::MAX_LOG_LINE_BYTES;
+use crate::logs::BackendLog;
 use crate::readiness::ReadyCheck;
 use crate::reaper::Reaper;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::{BackendSpec, ExecutorKind};
+use plane_protocol::messages::{BackendSpec, ExecutorKind, LogSource};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -131,10 +132,10 @@ impl Executor for ProcessExecutor {
                 return Err(LaunchError::ShuttingDown);
             };
             if let Some(out) = child.stdout.take() {
-                tokio::spawn(forward_output(launch.backend.clone(), "stdout", out));
+                tokio::spawn(forward_output(launch.log.clone(), LogSource::Stdout, out));
             }
             if let Some(err) = child.stderr.take() {
-                tokio::spawn(forward_output(launch.backend.clone(), "stderr", err));
+                tokio::spawn(forward_output(launch.log.clone(), LogSource::Stderr, err));
             }
             info!(backend = %launch.backend, pid, port = launch.port, "process started");
             Ok(Box::new(ProcessBackend {
@@ -254,8 +255,8 @@ impl Drop for ProcessBackend {
     }
 }
 
-/// Logs a backend's output line by line, cutting overlong lines.
-async fn forward_output(backend: BackendId, stream: &'static str, output: impl AsyncRead + Unpin) {
+/// Sends a backend's output to its log line by line (an overlong line in parts).
+async fn forward_output(log: BackendLog, source: LogSource, output: impl AsyncRead + Unpin) {
     let mut reader = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -266,12 +267,9 @@ async fn forward_output(backend: BackendId, stream: &'static str, output: impl A
             .await
         {
             Ok(0) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                info!(backend = %backend, stream, "{}", text.trim_end());
-            }
+            Ok(_) => log.output(source, &line).await,
             Err(error) => {
-                debug!(backend = %backend, stream, %error, "output closed");
+                debug!(?source, %error, "output closed");
                 return;
             }
         }

@@ -10,6 +10,7 @@
 //! has more to say about it, and does not take its absence from the running set for an end.
 
 use crate::limits::{MAX_QUEUED_REPORTS, REPORT_ACK_TIMEOUT, REPORT_RETRY_MAX, REPORT_RETRY_MIN};
+use crate::logs::BackendLog;
 use plane_bus::Bus;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
@@ -141,6 +142,8 @@ impl Reports {
 /// Builds the reports of one backend with consecutive sequence numbers.
 pub(crate) struct BackendReports {
     reports: Reports,
+    /// Where Plane's own lines about the backend go.
+    log: Option<BackendLog>,
     backend: BackendId,
     drone: DroneId,
     drone_started_at: UnixMillis,
@@ -156,10 +159,26 @@ impl BackendReports {
     ) -> Self {
         BackendReports {
             reports,
+            log: None,
             backend,
             drone,
             drone_started_at,
             seq: 0,
+        }
+    }
+
+    /// Plane's lines about the backend go to `log` too.
+    pub(crate) fn with_log(self, log: BackendLog) -> Self {
+        BackendReports {
+            log: Some(log),
+            ..self
+        }
+    }
+
+    /// Says `text` in the backend's log, as Plane.
+    pub(crate) async fn say(&self, text: &str) {
+        if let Some(log) = &self.log {
+            log.plane(text).await;
         }
     }
 

@@ -58,6 +58,9 @@ fn launch(command: &[&str], marker: &str, port: u16) -> Launch {
         credentials: None,
         pull_progress: None,
         token: None,
+        log: plane_agent::logs::BackendLog::nowhere(
+            BackendId::new("test-backend").expect("valid id"),
+        ),
     }
 }
 

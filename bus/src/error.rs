@@ -84,6 +84,14 @@ pub enum BusError {
     /// A key-value operation failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// Opening or reading a log failed.
+    #[error("{op} of log {log} failed")]
+    Log {
+        log: String,
+        op: &'static str,
+        #[source]
+        source: Source,
+    },
 }
 
 /// A failed key-value operation.

@@ -8,15 +8,19 @@
 
 mod error;
 mod kv;
+mod log;
 mod memory;
 mod memory_kv;
+mod memory_log;
 mod nats;
 mod nats_kv;
+mod nats_log;
 mod options;
 mod subject;
 
 pub use error::{BusError, KvError, Source};
 pub use kv::{Kv, KvChange, KvEntry, KvWatch};
+pub use log::{Log, LogConfig, LogEntry, LogReader};
 pub use options::{NatsAuth, NatsOptions, NatsTls};
 
 use bytes::Bytes;
@@ -264,6 +268,26 @@ impl Bus {
         Ok(match &self.backend {
             Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?, self.max_kv_value()),
             Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?, self.max_kv_value()),
+        })
+    }
+
+    /// Opens the log named `name` (`[A-Za-z0-9_-]+`), creating it as `config` says; on NATS an
+    /// existing one is brought to `config`'s limits, in memory it keeps its own. Messages
+    /// published on its subjects from then on are kept.
+    pub async fn log(&self, name: &str, config: &LogConfig) -> Result<Log, BusError> {
+        if !subject::valid_bucket(name) {
+            return Err(BusError::Log {
+                log: name.to_owned(),
+                op: "open",
+                source: "a log's name is made of A-Za-z0-9_-".into(),
+            });
+        }
+        if !subject::valid_pattern(&config.subjects) {
+            return Err(invalid_subject(&config.subjects));
+        }
+        Ok(match &self.backend {
+            Backend::Memory(m) => Log::memory(name, m.log(name, config)?),
+            Backend::Nats(n) => Log::nats(name, n.log(name, config).await?),
         })
     }
 

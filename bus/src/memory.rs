@@ -4,7 +4,9 @@
 //! `try_send` so that a publisher never waits on a slow subscriber (NATS drops for slow consumers
 //! too).
 
+use super::log::LogConfig;
 use super::memory_kv::MemoryBucket;
+use super::memory_log::MemoryLog;
 use super::{subject, BusError, Message};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -40,6 +42,7 @@ struct State {
     /// Rotates which member of a queue group gets the next message.
     queue_turn: usize,
     buckets: HashMap<String, Arc<MemoryBucket>>,
+    logs: HashMap<String, Arc<MemoryLog>>,
 }
 
 struct Subscriber {
@@ -78,6 +81,9 @@ impl MemoryBus {
         // Subscriptions whose receiver is gone without running `Drop` cleanup (it always runs,
         // but a receiver can also be closed while the subscription lives) are pruned here.
         state.subscribers.retain(|s| !s.tx.is_closed());
+        for log in state.logs.values().filter(|log| log.keeps(subject)) {
+            log.append(subject, payload.clone());
+        }
         let message = Message {
             subject: subject.to_owned(),
             payload,
@@ -176,6 +182,23 @@ impl MemoryBus {
         for bucket in state.buckets.values() {
             bucket.close();
         }
+        for log in state.logs.values() {
+            log.close();
+        }
+    }
+
+    /// The log named `name`, shared by all clones of this bus; created with `config` if absent
+    /// (an existing one keeps its own).
+    pub(crate) fn log(&self, name: &str, config: &LogConfig) -> Result<Arc<MemoryLog>, BusError> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(BusError::Closed);
+        }
+        let log = state
+            .logs
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(MemoryLog::new(config.clone())));
+        Ok(Arc::clone(log))
     }
 
     /// The bucket named `name`, shared by all clones of this bus.

@@ -2,7 +2,9 @@
 //! itself) and its JetStream context for KV buckets. This module only translates async-nats'
 //! errors into [`BusError`]s; names are validated before they get here.
 
+use super::log::LogConfig;
 use super::nats_kv::NatsKv;
+use super::nats_log::NatsLog;
 use super::{BusError, KvError, Message, NatsAuth, NatsOptions, Source};
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, Event, RequestErrorKind};
@@ -236,6 +238,11 @@ impl NatsBus {
         self.client.drain().await.map_err(|err| BusError::Flush {
             source: Box::new(err),
         })
+    }
+
+    /// Opens the log, creating it (or bringing its limits to `config`).
+    pub(crate) async fn log(&self, name: &str, config: &LogConfig) -> Result<NatsLog, BusError> {
+        NatsLog::open(&self.jetstream, name, config, self.kv_replicas).await
     }
 
     /// Opens the bucket, creating it if absent. The bucket's stream is created directly, with

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
-use plane_bus::{Bus, BusError, KvChange, KvError, Message, Subscription};
+use plane_bus::{Bus, BusError, KvChange, KvError, LogConfig, LogReader, Message, Subscription};
 use plane_test_support::NatsServer;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -99,6 +99,9 @@ contract!(
     kv_garbage_value_is_a_decode_error,
     kv_watch_sees_later_puts_and_deletes,
     kv_concurrent_creates_have_one_winner,
+    log_keeps_the_last_messages_of_each_subject_in_order,
+    log_follow_gives_the_kept_then_the_new,
+    log_refuses_bad_names,
 );
 
 async fn next(sub: &mut Subscription) -> anyhow::Result<Message> {
@@ -649,5 +652,147 @@ async fn kv_concurrent_creates_have_one_winner(world: World) -> anyhow::Result<(
             (Bytes::from(winner.0), winner.1)
         );
     }
+    Ok(())
+}
+
+fn log_config(per_subject: u64) -> LogConfig {
+    LogConfig {
+        subjects: "app.logs.*".to_owned(),
+        per_subject,
+        max_age: Duration::from_secs(600),
+        max_message: 1024,
+    }
+}
+
+/// Every message a reader gives until it ends, as (subject, payload).
+async fn read_to_end(reader: &mut LogReader) -> anyhow::Result<Vec<(String, String)>> {
+    let mut all = Vec::new();
+    let mut last_seq = 0;
+    while let Some(entry) = within("log entry", reader.next()).await? {
+        let entry = entry?;
+        ensure!(
+            entry.seq > last_seq,
+            "sequence goes up: {} after {last_seq}",
+            entry.seq
+        );
+        last_seq = entry.seq;
+        all.push((entry.subject, String::from_utf8(entry.payload.to_vec())?));
+    }
+    Ok(all)
+}
+
+/// Waits until a follower of `subject` has seen `payload` (the log has kept it).
+async fn kept(log: &plane_bus::Log, subject: &str, payload: &str) -> anyhow::Result<()> {
+    let mut follower = within("open", log.read(subject, true)).await??;
+    loop {
+        let entry = within("the fence in the log", follower.next())
+            .await?
+            .context("follower ended")??;
+        if entry.payload.as_ref() == payload.as_bytes() {
+            return Ok(());
+        }
+    }
+}
+
+async fn log_keeps_the_last_messages_of_each_subject_in_order(world: World) -> anyhow::Result<()> {
+    let log = within("open", world.first.log("plane_test_log", &log_config(3))).await??;
+    let writer = world.bus().await?;
+    for i in 1..=5 {
+        writer
+            .publish("app.logs.x", Bytes::from(format!("x{i}")))
+            .await?;
+    }
+    writer
+        .publish("app.logs.y", Bytes::from_static(b"y1"))
+        .await?;
+    // Not kept: outside the log's subjects, or over its size limit.
+    writer
+        .publish("app.other.x", Bytes::from_static(b"elsewhere"))
+        .await?;
+    writer
+        .publish("app.logs.x", Bytes::from(vec![b'z'; 2048]))
+        .await?;
+    writer
+        .publish("app.logs.y", Bytes::from_static(b"y2"))
+        .await?;
+    within("flush", writer.flush()).await??;
+    kept(&log, "app.logs.y", "y2").await?;
+
+    let mut x = within("open", log.read("app.logs.x", false)).await??;
+    let x = read_to_end(&mut x).await?;
+    let payloads: Vec<&str> = x.iter().map(|(_, p)| p.as_str()).collect();
+    ensure!(payloads == ["x3", "x4", "x5"], "the last three of x: {x:?}");
+    let mut both = within("open", log.read("app.logs.*", false)).await??;
+    let both = read_to_end(&mut both).await?;
+    let payloads: Vec<&str> = both.iter().map(|(_, p)| p.as_str()).collect();
+    ensure!(payloads == ["x3", "x4", "x5", "y1", "y2"], "{both:?}");
+    ensure!(both[3].0 == "app.logs.y", "{both:?}");
+    // A subject with nothing kept ends at once.
+    let mut none = within("open", log.read("app.logs.nothing", false)).await??;
+    ensure!(read_to_end(&mut none).await?.is_empty());
+    // Another participant opening the same log sees the same.
+    let again = within(
+        "open",
+        world.bus().await?.log("plane_test_log", &log_config(3)),
+    )
+    .await??;
+    let mut x = within("open", again.read("app.logs.x", false)).await??;
+    ensure!(read_to_end(&mut x).await?.len() == 3);
+    Ok(())
+}
+
+async fn log_follow_gives_the_kept_then_the_new(world: World) -> anyhow::Result<()> {
+    let log = within(
+        "open",
+        world.first.log("plane_follow_log", &log_config(100)),
+    )
+    .await??;
+    let writer = world.bus().await?;
+    writer
+        .publish("app.logs.f", Bytes::from_static(b"before"))
+        .await?;
+    within("flush", writer.flush()).await??;
+    kept(&log, "app.logs.f", "before").await?;
+    let mut follower = within("open", log.read("app.logs.f", true)).await??;
+    for i in 0..3 {
+        writer
+            .publish("app.logs.f", Bytes::from(format!("after{i}")))
+            .await?;
+        writer
+            .publish("app.logs.other", Bytes::from_static(b"not this"))
+            .await?;
+    }
+    let mut seen = Vec::new();
+    let mut last_seq = 0;
+    while seen.len() < 4 {
+        let entry = within("followed entry", follower.next())
+            .await?
+            .context("follower ended")??;
+        ensure!(entry.seq > last_seq);
+        last_seq = entry.seq;
+        seen.push(String::from_utf8(entry.payload.to_vec())?);
+    }
+    ensure!(seen == ["before", "after0", "after1", "after2"], "{seen:?}");
+    Ok(())
+}
+
+async fn log_refuses_bad_names(world: World) -> anyhow::Result<()> {
+    let bad_name = world.first.log("no.dots", &log_config(1)).await;
+    ensure!(
+        matches!(bad_name, Err(BusError::Log { .. })),
+        "{:?}",
+        bad_name.err()
+    );
+    let mut config = log_config(1);
+    config.subjects = "a..b".to_owned();
+    let bad_subjects = world.first.log("plane_bad", &config).await;
+    ensure!(
+        matches!(bad_subjects, Err(BusError::InvalidSubject { .. })),
+        "{:?}",
+        bad_subjects.err()
+    );
+    let log = within("open", world.first.log("plane_ok", &log_config(1))).await??;
+    let bad_read = log.read("a..b", false).await;
+    ensure!(matches!(bad_read, Err(BusError::InvalidSubject { .. })));
     Ok(())
 }

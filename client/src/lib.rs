@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
+use plane_protocol::messages::LogRecord;
 use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
 use serde::de::DeserializeOwned;
@@ -144,6 +145,20 @@ impl ApiClient {
         Ok(EventStream::new(response.into_body()))
     }
 
+    /// The backend's kept log lines, oldest first; with `follow`, then each new one until the
+    /// backend has ended.
+    pub async fn logs(&self, id: &str, follow: bool) -> Result<LogStream, ClientError> {
+        let id = parse_id(id)?;
+        let path = format!("/v1/backends/{id}/logs?follow={follow}");
+        let response = self.send(Method::GET, &path, None).await?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        Ok(LogStream {
+            events: EventStream::new(response.into_body()),
+        })
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -240,13 +255,21 @@ impl EventStream {
         }
     }
 
+    /// The next server-sent event; `None` when the stream ended.
+    async fn next_raw(&mut self) -> Option<Result<Event, ClientError>> {
+        Some(match self.events.next().await? {
+            Ok(event) => Ok(event),
+            Err(EventStreamError::Transport(e)) => Err(e.into()),
+            Err(e) => Err(ClientError::Stream(e.to_string())),
+        })
+    }
+
     /// The next state change or update (pull progress); `None` when the stream ended.
     pub async fn next_event(&mut self) -> Option<Result<BackendEvent, ClientError>> {
         loop {
-            let event = match self.events.next().await? {
+            let event = match self.next_raw().await? {
                 Ok(event) => event,
-                Err(EventStreamError::Transport(e)) => return Some(Err(e.into())),
-                Err(e) => return Some(Err(ClientError::Stream(e.to_string()))),
+                Err(error) => return Some(Err(error)),
             };
             let wrap = match event.event.as_str() {
                 "state" => BackendEvent::State,
@@ -258,6 +281,26 @@ impl EventStream {
                     .map(wrap)
                     .map_err(ClientError::from),
             );
+        }
+    }
+}
+
+/// A backend's log lines as server-sent events.
+pub struct LogStream {
+    events: EventStream,
+}
+
+impl LogStream {
+    /// The next line; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<LogRecord, ClientError>> {
+        loop {
+            let event = match self.events.next_raw().await? {
+                Ok(event) => event,
+                Err(error) => return Some(Err(error)),
+            };
+            if event.event == "log" {
+                return Some(serde_json::from_str(&event.data).map_err(ClientError::from));
+            }
         }
     }
 }

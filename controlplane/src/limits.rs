@@ -43,3 +43,14 @@ pub const MAX_API_HEADER_BYTES: usize = 64 * 1024;
 
 /// On shutdown, how long requests in progress may take to finish.
 pub const API_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Log records kept per backend (with drones keeping each record within 1 KiB, a backend's log
+/// stays within 1 MiB).
+pub const LOG_LINES_PER_BACKEND: u64 = 1000;
+
+/// The largest log record the cluster's log accepts (drones send at most 1 KiB).
+pub const MAX_LOG_RECORD_BYTES: usize = 2048;
+
+/// After a backend ended, how long a followed log waits for the last lines its drone sent
+/// (they travel apart from the state report that ends it) before it ends.
+pub const LOG_DRAIN_AFTER_END: Duration = Duration::from_millis(500);

@@ -386,6 +386,35 @@ pub struct Usage {
     pub at: UnixMillis,
 }
 
+/// Which output a log line came from (**contract**).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    Stdout,
+    Stderr,
+    /// Plane's own line about the backend (a pull error, how it ended).
+    Plane,
+}
+
+/// One line of a backend's log, as its drone publishes it on
+/// [`crate::subjects::Subjects::backend_logs`]. The line is data: never interpreted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at: UnixMillis,
+    pub stream: LogSource,
+    pub line: String,
+}
+
+/// A kept log line as `GET /v1/backends/{id}/logs` sends it (**contract**: `event: log`, data
+/// `{"seq", "at", "stream", "line"}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Its position in the cluster's log: increasing.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub line: LogLine,
+}
+
 /// Drone → controller, published periodically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -3,7 +3,7 @@
 //! permissions can be granted per cluster and per drone: a drone's credentials can be limited to
 //! its own subjects and its own reply inbox (see the README's NATS permissions).
 
-use crate::ids::DroneId;
+use crate::ids::{BackendId, DroneId};
 
 /// Queue group of every controller, so that several controllers share the work.
 pub const CONTROLLER_QUEUE_GROUP: &str = "plane-controller";
@@ -20,6 +20,7 @@ const COMMAND: &str = "command";
 const HEARTBEAT: &str = "heartbeat";
 const STATE: &str = "state";
 const RECOVERY: &str = "recovery";
+const LOGS: &str = "logs";
 
 impl Subjects {
     /// Dots (and anything else NATS gives a meaning to) in the cluster name become `_`.
@@ -76,6 +77,27 @@ impl Subjects {
     /// Every drone's recovery requests (controllers subscribe as a queue group).
     pub fn all_recoveries(&self) -> String {
         self.drone_subject("*", RECOVERY)
+    }
+
+    /// Where a drone publishes the log lines of one of its backends
+    /// ([`crate::messages::LogLine`]); kept by the log [`Subjects::logs_stream`].
+    pub fn backend_logs(&self, drone: &DroneId, backend: &BackendId) -> String {
+        format!("{}.{}", self.drone_subject(drone.as_str(), LOGS), backend)
+    }
+
+    /// Every backend's log lines: the subjects the log keeps.
+    pub fn all_logs(&self) -> String {
+        format!("{}.*", self.drone_subject("*", LOGS))
+    }
+
+    /// One backend's log lines, whichever drone ran it.
+    pub fn logs_of(&self, backend: &BackendId) -> String {
+        format!("{}.{}", self.drone_subject("*", LOGS), backend)
+    }
+
+    /// The log (JetStream stream) that keeps the backends' log lines.
+    pub fn logs_stream(&self) -> String {
+        format!("plane_{}_logs", self.token)
     }
 
     /// The drone a drone subject of this cluster belongs to: a message's sender, as far as NATS
@@ -144,6 +166,14 @@ mod tests {
             "_INBOX.plane.plane_localhost.drone.d1"
         );
         assert_eq!(s.backends_bucket(), "plane_plane_localhost_backends");
+        let backend = BackendId::new("b1").expect("valid id");
+        assert_eq!(
+            s.backend_logs(&drone, &backend),
+            "plane.plane_localhost.drone.d1.logs.b1"
+        );
+        assert_eq!(s.all_logs(), "plane.plane_localhost.drone.*.logs.*");
+        assert_eq!(s.logs_of(&backend), "plane.plane_localhost.drone.*.logs.b1");
+        assert_eq!(s.logs_stream(), "plane_plane_localhost_logs");
     }
 
     #[test]

@@ -384,3 +384,104 @@ pub async fn token_guards_a_backend(c: &Cluster) -> anyhow::Result<()> {
     c.plane_json(&["terminate", &id]).await?;
     no_process_left(&id).await
 }
+
+/// A process backend's log: see [`logs_of_a_ready_backend`].
+pub async fn logs_are_kept_and_followed(c: &Cluster) -> anyhow::Result<()> {
+    let record = c.spawn_ready("", &["--idle", "60"]).await?;
+    logs_of_a_ready_backend(c, &id_of(&record)?).await
+}
+
+/// `plane logs ID` of backend `id` (ready, serving the test backend): what it writes to stdout
+/// and stderr is kept (and shown: escape sequences escaped in text, untouched in JSON) and
+/// followed by `plane logs -f`, which ends by itself after the backend's end, with Plane's own
+/// line about it; the lines never reach Plane's own log raw. Terminates the backend.
+pub async fn logs_of_a_ready_backend(c: &Cluster, id: &str) -> anyhow::Result<()> {
+    let mut follow = std::process::Command::new(super::plane_bin());
+    follow.args(["logs", id, "--follow", "--json", "--api", &c.api]);
+    let follower = plane_test_support::ChildGuard::spawn("logs -f", follow)?;
+    let red = "\u{1b}[31mred\u{1b}[0m";
+    for path in [
+        "/print?text=hello%20stdout",
+        "/print?stream=stderr&text=to%20stderr",
+        "/print?text=%1b%5b31mred%1b%5b0m",
+    ] {
+        let printed = c.get(&c.host(id), path, &[])?;
+        ensure!(printed.status == 200, "{path}: {printed:?}");
+    }
+    let has = |lines: &[serde_json::Value], stream: &str, line: &str| {
+        lines
+            .iter()
+            .any(|l| l["stream"] == stream && l["line"] == line)
+    };
+    let kept = plane_test_support::eventually(STATE_TIMEOUT, "the lines kept", || async {
+        let output = c.plane(&["logs", id, "--json"]).await?;
+        ensure!(output.status.success(), "{output:?}");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let all = has(&lines, "stdout", "hello stdout")
+            && has(&lines, "stderr", "to stderr")
+            && has(&lines, "stdout", red);
+        Ok(all.then_some(lines))
+    })
+    .await?;
+    let seqs: Vec<u64> = kept.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    ensure!(
+        seqs.len() == kept.len() && seqs.windows(2).all(|w| w[0] < w[1]),
+        "{kept:?}"
+    );
+    ensure!(kept.iter().all(|l| l["at"].as_u64().is_some()), "{kept:?}");
+    // As text: escape sequences escaped, never written to the terminal raw.
+    let text = c.plane(&["logs", id]).await?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    ensure!(text.contains("stdout hello stdout"), "{text}");
+    ensure!(
+        text.contains("\\u{1b}[31mred") && !text.contains(red),
+        "{text}"
+    );
+
+    let output = c.plane(&["terminate", id]).await?;
+    ensure!(output.status.success(), "{output:?}");
+    // The follower saw it all, then the end, and stopped by itself.
+    let (status, followed) = tokio::task::spawn_blocking(move || {
+        let status = follower.wait_exit(STATE_TIMEOUT);
+        (status, follower.output_so_far())
+    })
+    .await?;
+    ensure!(status?.success(), "plane logs -f: {followed}");
+    let followed: Vec<serde_json::Value> = followed
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        has(&followed, "stdout", "hello stdout") && has(&followed, "stdout", red),
+        "{followed:?}"
+    );
+    let end = followed.last().context("followed lines")?;
+    ensure!(
+        end["stream"] == "plane"
+            && end["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("terminated: terminated")),
+        "the last line is Plane's about the end: {end}"
+    );
+    // Plane's own log has the lines only escaped.
+    if let Some(drone) = &c.drone {
+        let own = drone.output_so_far();
+        ensure!(
+            !own.contains(red),
+            "a backend's line reached Plane's log raw"
+        );
+    }
+    // Unknown backends and bad parameters are refused.
+    let unknown = c.plane(&["logs", "nosuchbackend00"]).await?;
+    ensure!(!unknown.status.success());
+    ensure!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no backend"),
+        "{unknown:?}"
+    );
+    let bad = curl(&[&format!("{}/v1/backends/{id}/logs?follow=maybe", c.api)])?;
+    ensure!(bad.status == 400 && bad.body.contains("follow"), "{bad:?}");
+    Ok(())
+}

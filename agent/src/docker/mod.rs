@@ -12,9 +12,11 @@
 
 mod exits;
 mod image;
+mod output;
 
 use crate::executor::{Adopted, Executor, Exit, Launch, LaunchError, Running, UsageReading};
 use crate::limits::{CONTAINER_PORT, USAGE_READS_AT_ONCE, USAGE_READ_TIMEOUT};
+use crate::logs::BackendLog;
 use crate::readiness::ReadyCheck;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
@@ -375,6 +377,7 @@ impl DockerExecutor {
             .map_err(|error| LaunchError::Start {
                 message: engine_message(&error),
             })?;
+        output::follow(self.engine.clone(), name.clone(), launch.log.clone(), 0);
         let inspected = docker
             .inspect_container(&name, None)
             .await
@@ -465,9 +468,13 @@ impl Executor for DockerExecutor {
         })
     }
 
-    fn adopt(&self, survivor: &Survivor) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
+    fn adopt(
+        &self,
+        survivor: &Survivor,
+        log: BackendLog,
+    ) -> BoxFuture<'_, Result<Adopted, LaunchError>> {
         let backend = survivor.backend.clone();
-        Box::pin(async move { self.take_over(&backend).await })
+        Box::pin(async move { self.take_over(&backend, log).await })
     }
 
     fn read_usage(
@@ -496,7 +503,11 @@ impl Executor for DockerExecutor {
 
 impl DockerExecutor {
     /// Watches a running container of this drone again, as if it had just started it.
-    async fn take_over(&self, backend: &BackendId) -> Result<Adopted, LaunchError> {
+    async fn take_over(
+        &self,
+        backend: &BackendId,
+        log: BackendLog,
+    ) -> Result<Adopted, LaunchError> {
         let name = Self::container_name(backend.as_str());
         let failed = |message: String| LaunchError::Adopt { message };
         // Awaited before it is inspected: an exit after the inspection is not missed.
@@ -545,6 +556,11 @@ impl DockerExecutor {
             .address_of(&inspected, CONTAINER_PORT)
             .ok_or_else(|| failed(format!("{name} has no address to reach it at")))?;
         info!(%backend, container = %name, %address, "container taken over");
+        // Its output from now on (what it wrote while no drone watched is not sent again).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        output::follow(self.engine.clone(), name.clone(), log, now);
         Ok(Adopted {
             running: Box::new(Container {
                 created: Created {

@@ -5,6 +5,7 @@
 
 mod auth;
 mod events;
+mod logs;
 mod server;
 
 pub use auth::{ApiToken, TokenError, MIN_API_TOKEN_BYTES};
@@ -130,6 +131,7 @@ fn router_with(
             get(get_backend).delete(terminate_backend),
         )
         .route("/v1/backends/{id}/events", get(events::backend_events))
+        .route("/v1/backends/{id}/logs", get(logs::backend_logs))
         .route("/v1/drones", get(list_drones))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

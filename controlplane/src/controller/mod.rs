@@ -7,15 +7,15 @@ mod drone_health;
 mod recovery;
 
 use crate::limits::{
-    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, MAX_COLLECT_INTERVAL, RESYNC_RETRY_INTERVAL,
-    UNREPORTED_GRACE_PERIODS,
+    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, LOG_LINES_PER_BACKEND, MAX_COLLECT_INTERVAL,
+    MAX_LOG_RECORD_BYTES, RESYNC_RETRY_INTERVAL, UNREPORTED_GRACE_PERIODS,
 };
 use crate::liveness::{DroneStatus, Hearing};
 use crate::scheduler::{self, Candidate, NoDrone};
 use crate::state::{Change, ClusterState, StateError, Watches};
 use crate::usage::UsageBook;
 use crate::view::ClusterView;
-use plane_bus::{Bus, BusError, KvError, Message, Subscription};
+use plane_bus::{Bus, BusError, KvError, Log, LogConfig, LogReader, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
@@ -134,6 +134,8 @@ pub struct Controller {
 
 struct Inner {
     bus: Bus,
+    /// The backends' log lines, as their drones publish them.
+    logs: Log,
     subjects: Subjects,
     config: ControllerConfig,
     state: ClusterState,
@@ -150,9 +152,21 @@ impl Controller {
     pub async fn new(bus: Bus, config: ControllerConfig) -> Result<Self, StateError> {
         let subjects = Subjects::new(&config.cluster);
         let (state, watches) = ClusterState::open(&bus, &subjects).await?;
+        let logs = bus
+            .log(
+                &subjects.logs_stream(),
+                &LogConfig {
+                    subjects: subjects.all_logs(),
+                    per_subject: LOG_LINES_PER_BACKEND,
+                    max_age: config.retention,
+                    max_message: MAX_LOG_RECORD_BYTES,
+                },
+            )
+            .await?;
         Ok(Controller {
             inner: Arc::new(Inner {
                 bus,
+                logs,
                 subjects,
                 hearing: Hearing::new(config.drone_grace),
                 usage: UsageBook::default(),
@@ -536,6 +550,17 @@ impl Controller {
             .then(|| self.inner.usage.of(id))
             .flatten();
         Ok(BackendStatus { record, usage })
+    }
+
+    /// The backend's kept log lines, oldest first, then (with `follow`) each new one.
+    pub async fn logs(&self, id: &BackendId, follow: bool) -> Result<LogReader, ControlError> {
+        let reader = self
+            .inner
+            .logs
+            .read(&self.inner.subjects.logs_of(id), follow)
+            .await
+            .map_err(StateError::from)?;
+        Ok(reader)
     }
 
     /// Every backend, oldest first.

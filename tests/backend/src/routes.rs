@@ -41,6 +41,7 @@ pub async fn handle(request: Request<Incoming>, conn: Conn) -> Result<Response<B
         (&Method::GET, "/exit") => exit(query, &conn.exit_code),
         (&Method::GET, "/alloc") => alloc(query),
         (&Method::GET, "/spin") => spin(query).await,
+        (&Method::GET, "/print") => print(query),
         (&Method::GET, "/ws") => crate::ws::upgrade(request),
         (&Method::GET, "/page") => page(),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -191,6 +192,56 @@ fn alloc(query: Option<&str>) -> Response<Body> {
         HELD.lock().unwrap_or_else(|p| p.into_inner()).push(block);
     }
     text(StatusCode::OK, format!("holding {mib} MiB more\n"))
+}
+
+/// Writes `text` (percent-decoded, so any byte can be written) and a newline to stdout, or to
+/// stderr with `stream=stderr`: output for log tests.
+fn print(query: Option<&str>) -> Response<Body> {
+    let mut said = None;
+    let mut to_stderr = false;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("text", value)) => said = percent_decode(value),
+            Some(("stream", "stderr")) => to_stderr = true,
+            _ => {}
+        }
+    }
+    let Some(mut bytes) = said else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text=... (percent-encoded) is required\n",
+        );
+    };
+    bytes.push(b'\n');
+    use std::io::Write;
+    let written = if to_stderr {
+        std::io::stderr().write_all(&bytes)
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes).and_then(|()| out.flush())
+    };
+    match written {
+        Ok(()) => text(StatusCode::OK, "printed\n"),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+/// `%XX` decoding to bytes; `None` for a malformed escape.
+fn percent_decode(value: &str) -> Option<Vec<u8>> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Most CPU time `/spin` burns in one request.
