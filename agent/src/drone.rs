@@ -73,7 +73,7 @@ struct Secrets {
 
 /// State shared with the lifecycle tasks.
 struct Shared {
-    context: Context,
+    context: Arc<Context>,
     backends: Mutex<HashMap<BackendId, Arc<BackendHandle>>>,
     /// Recently ended backends, so that a re-sent spawn does not start one twice.
     ended: Mutex<HashMap<BackendId, Instant>>,
@@ -115,7 +115,7 @@ impl Drone {
             bus,
             subjects,
             shared: Arc::new(Shared {
-                context,
+                context: Arc::new(context),
                 backends: Mutex::new(HashMap::new()),
                 ended: Mutex::new(HashMap::new()),
                 lifecycles: TaskTracker::new(),
@@ -381,21 +381,24 @@ impl Drone {
             .table
             .insert_starting_with(backend.as_str(), adopted.token);
         info!(%backend, was_ready, stopping, "backend taken over");
+        let ctx = self.shared.context.clone();
+        let id = backend.clone();
+        self.track(backend, async move {
+            let taken = lifecycle::TakenOver {
+                spec,
+                was_ready,
+                running: adopted.running,
+            };
+            lifecycle::run_adopted(&ctx, id, taken, handle, stop, reports).await;
+        });
+    }
+
+    /// Runs a backend's lifecycle among the drone's; once it is over, the backend is forgotten
+    /// (and remembered as ended, so that a late re-sent spawn does not start it again).
+    fn track(&self, backend: BackendId, lifecycle: impl Future<Output = ()> + Send + 'static) {
         let shared = self.shared.clone();
         self.shared.lifecycles.spawn(async move {
-            lifecycle::run_adopted(
-                &shared.context,
-                backend.clone(),
-                lifecycle::TakenOver {
-                    spec,
-                    was_ready,
-                    running: adopted.running,
-                },
-                handle,
-                stop,
-                reports,
-            )
-            .await;
+            lifecycle.await;
             shared.backends().remove(&backend);
             shared.ended().insert(backend, Instant::now());
         });
@@ -509,7 +512,6 @@ impl Drone {
             .context
             .table
             .insert_starting_with(backend.as_str(), token_digest);
-        let shared = self.shared.clone();
         let log = self.log_of(&backend);
         let reports = BackendReports::new(
             reports.clone(),
@@ -519,23 +521,15 @@ impl Drone {
         )
         .with_log(log.clone());
         info!(backend = %backend, image = ?spec.executable.image, command = ?spec.executable.command, "spawning backend");
-        self.shared.lifecycles.spawn(async move {
-            lifecycle::run(
-                &shared.context,
-                backend.clone(),
-                spec,
-                lifecycle::Secrets {
-                    credentials,
-                    token: token_digest,
-                    log,
-                },
-                handle,
-                stop,
-                reports,
-            )
-            .await;
-            shared.backends().remove(&backend);
-            shared.ended().insert(backend, Instant::now());
+        let ctx = self.shared.context.clone();
+        let id = backend.clone();
+        self.track(backend, async move {
+            let secrets = lifecycle::Secrets {
+                credentials,
+                token: token_digest,
+                log,
+            };
+            lifecycle::run(&ctx, id, spec, secrets, handle, stop, reports).await;
         });
         Ack::Accepted
     }
