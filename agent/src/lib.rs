@@ -13,6 +13,7 @@ pub mod process;
 pub mod readiness;
 mod reaper;
 mod reporter;
+mod sock_diag;
 mod sweeper;
 mod usage;
 

@@ -1,7 +1,8 @@
 //! Who holds a listening TCP port. A `process` backend binds the port the drone picked for it,
 //! but between picking and binding any other local process could take that port; the proxy
-//! must never forward to such a process. So before a backend is routed, the drone checks in
-//! `/proc` that the listening socket belongs to a process of the backend's process group.
+//! must never forward to such a process. So before a backend is routed, the drone asks the
+//! kernel which sockets listen on the port (`sock_diag`) and checks in `/proc` that one belongs
+//! to a process of the backend's process group.
 
 use std::collections::HashSet;
 use std::fs;
@@ -10,15 +11,14 @@ use std::io;
 /// Whether a process in process group `pgid` holds a socket listening on TCP `port` (IPv4 or
 /// IPv6). Reads `/proc`; blocking.
 pub(crate) fn group_listens_on(pgid: i32, port: u16) -> io::Result<bool> {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        match fs::read_to_string(table) {
-            Ok(text) => inodes.extend(listening_inodes(&text, port)),
-            // No IPv6 on this host.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    let inodes = match crate::sock_diag::listening_inodes(port) {
+        Ok(inodes) => inodes,
+        // No sock_diag (a kernel without it, a sandbox that forbids netlink): the tables.
+        Err(error) => {
+            tracing::debug!(%error, "sock_diag unavailable; reading /proc/net/tcp");
+            listening_inodes_from_proc(port)?
         }
-    }
+    };
     if inodes.is_empty() {
         return Ok(false);
     }
@@ -42,6 +42,21 @@ pub(crate) fn group_listens_on(pgid: i32, port: u16) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// [`crate::sock_diag::listening_inodes`] from `/proc/net/tcp{,6}`: slower, as the kernel
+/// formats every socket of the host.
+fn listening_inodes_from_proc(port: u16) -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(text) => inodes.extend(listening_inodes(&text, port)),
+            // No IPv6 on this host.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(inodes)
 }
 
 /// Whether process `pid` is in process group `pgid` (processes come and go while we look: an
@@ -109,6 +124,13 @@ mod tests {
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
    1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
         assert_eq!(listening_inodes(table, 8080), [4242]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert_eq!(
+            listening_inodes_from_proc(port).expect("read /proc"),
+            crate::sock_diag::listening_inodes(port).expect("sock_diag"),
+            "both ways agree"
+        );
         assert!(listening_inodes(table, 8081).is_empty());
         assert_eq!(process_group("12 (a b) c) S 1 77 77 0"), Some(77));
         assert_eq!(socket_inode("socket:[99]"), Some(99));
