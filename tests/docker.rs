@@ -388,6 +388,63 @@ async fn a_lost_drones_containers_are_removed_by_the_next_drone_on_the_engine() 
 }
 
 #[tokio::test]
+async fn terminates_that_land_during_the_create_leave_no_container() -> anyhow::Result<()> {
+    bounded(async {
+        let c = docker_dev("docker-early-stop").await?;
+        let _cleanup = c.containers_removed_at_end().await?;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            .to_string();
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            // Terminated as soon as the spawn is accepted: during the image check, the create
+            // or the start.
+            let id = id_of(&spawn(&c, &[]).await?)?;
+            let output = c.plane(&["terminate", &id]).await?;
+            ensure!(output.status.success(), "{output:?}");
+            ids.push(id);
+        }
+        for id in &ids {
+            c.watch_until_terminated(id).await?;
+            container_removed(id).await?;
+        }
+        // Every container the engine created for this cluster was destroyed (one created after
+        // its stop included), and none is left.
+        let label = format!("label=dev.plane.cluster={}", c.cluster);
+        eventually(STATE_TIMEOUT, "as many destroys as creates", || async {
+            let until = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                .to_string();
+            let events = docker(&[
+                "events",
+                "--since",
+                &since,
+                "--until",
+                &until,
+                "--filter",
+                &label,
+                "--filter",
+                "type=container",
+                "--format",
+                "{{.Action}}",
+            ])?;
+            let count = |action: &str| events.lines().filter(|l| *l == action).count();
+            Ok((count("create") == count("destroy")).then_some(()))
+        })
+        .await?;
+        let left = plane_test_support::docker::containers_labelled(&format!(
+            "dev.plane.cluster={}",
+            c.cluster
+        ))?;
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_containers_output_is_kept_and_followed() -> anyhow::Result<()> {
     bounded(async {
         let c = docker_dev("docker-logs").await?;

@@ -194,6 +194,68 @@ impl Engine {
         })
     }
 
+    /// Creates the container `name` of `image`, replacing a leftover of the same name. The
+    /// engine call runs to its end in a task of its own: should the caller stop waiting (a stop
+    /// while loading), a container created after all is removed there, never left behind.
+    async fn create(
+        self: &Arc<Self>,
+        name: &str,
+        image: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), LaunchError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let (engine, name, image) = (self.clone(), name.to_owned(), image.to_owned());
+        tokio::spawn(async move {
+            let result = engine.create_replacing(&name, &image, body).await;
+            let created = result.is_ok();
+            debug!(container = %name, created, "create call ended");
+            if done.send(result).is_err() && created {
+                debug!(container = %name, "created after its launch was given up; removing it");
+                engine.remove(&name).await;
+            }
+        });
+        outcome.await.unwrap_or_else(|_| {
+            Err(LaunchError::Start {
+                message: "the create call ended without an answer".into(),
+            })
+        })
+    }
+
+    async fn create_replacing(
+        &self,
+        name: &str,
+        image: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), LaunchError> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let Err(error) = self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        else {
+            return Ok(());
+        };
+        let conflict = matches!(
+            error,
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                ..
+            }
+        );
+        if !conflict {
+            return Err(create_failed(image, &error));
+        }
+        // A container of the same backend left by an earlier drone process: this spawn is the
+        // one that counts.
+        warn!(container = %name, "replacing a leftover container of the same name");
+        self.remove(name).await;
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(drop)
+            .map_err(|e| create_failed(image, &e))
+    }
+
     /// Stops a container (the engine's SIGTERM, `grace`, SIGKILL) and removes it.
     async fn stop_and_remove(&self, name: &str, grace: Duration) {
         let seconds = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
@@ -337,32 +399,8 @@ impl DockerExecutor {
             name: Some(name.clone()),
         };
         let creating = std::time::Instant::now();
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.create_body(&launch, &image);
-        let docker = &self.engine.docker;
-        if let Err(error) = docker
-            .create_container(Some(options.clone()), body.clone())
-            .await
-        {
-            let conflict = matches!(
-                error,
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 409,
-                    ..
-                }
-            );
-            if !conflict {
-                return Err(create_failed(&image, &error));
-            }
-            // A container of the same backend left by an earlier drone process: this spawn
-            // is the one that counts.
-            warn!(container = %name, "replacing a leftover container of the same name");
-            self.engine.remove(&name).await;
-            docker
-                .create_container(Some(options), body)
-                .await
-                .map_err(|e| create_failed(&image, &e))?;
-        }
+        self.engine.create(&name, &image, body).await?;
         let created_in = creating.elapsed();
         let exit = self.exits.register(&name);
         // Forgotten again however this ends: a failed start, a stop while loading, the end.
@@ -371,6 +409,7 @@ impl DockerExecutor {
             name: name.clone(),
         };
         let starting = std::time::Instant::now();
+        let docker = &self.engine.docker;
         docker
             .start_container(&name, None)
             .await
