@@ -543,6 +543,8 @@ fn without_an_engine_the_docker_executor_refuses_to_start_and_says_why() -> anyh
         output.contains("no Docker network \"plane-no-such-network\""),
         "{output}"
     );
+    let output = refused_dev(&["--docker-network", "host"], &[])?;
+    ensure!(output.contains("no address of their own"), "{output}");
     Ok(())
 }
 
@@ -569,13 +571,16 @@ async fn on_a_docker_network_a_container_is_reached_at_its_own_address() -> anyh
     bounded(async {
         let network = TestNetwork::create("plane-test-net")?;
         let cluster = own_cluster("docker-network");
+        // Given by id: the drone finds its name (containers' addresses are keyed by name).
+        let network_id = docker(&["network", "inspect", "--format", "{{.Id}}", &network.0])?;
+        let network_id = network_id.trim();
         let flags = [
             "--executor",
             "docker",
             "--cluster",
             &cluster,
             "--docker-network",
-            &network.0,
+            network_id,
         ];
         let c = Cluster::dev_with(&flags).await?;
         let _cleanup = c.containers_removed_at_end().await?;

@@ -12,7 +12,7 @@ use crate::limits::{
     ENDED_MEMORY, HEARTBEAT_SEND_TIMEOUT, RECOVERY_ANSWER_TIMEOUT, REPORT_FLUSH_TIMEOUT,
     REPORT_RETRY_MAX, REPORT_RETRY_MIN, SWEEP_INTERVAL,
 };
-use crate::logs::BackendLog;
+use crate::logs::{BackendLog, LogPublisher};
 use crate::reporter::{self, BackendReports, Reports};
 use crate::sweeper;
 use crate::usage::{Sampler, UsageSamples};
@@ -81,6 +81,8 @@ struct Shared {
     lifecycles: TaskTracker,
     /// Resource use sampled since the last heartbeat.
     usage: UsageSamples,
+    /// Every backend's log lines go out through this.
+    logs: LogPublisher,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Drone {
         executor: Arc<dyn Executor>,
     ) -> Self {
         let subjects = Subjects::new(&config.cluster);
+        let logs = LogPublisher::start(bus.clone());
         let context = Context {
             executor,
             table,
@@ -120,6 +123,7 @@ impl Drone {
                 ended: Mutex::new(HashMap::new()),
                 lifecycles: TaskTracker::new(),
                 usage: UsageSamples::default(),
+                logs,
             }),
         }
     }
@@ -247,11 +251,16 @@ impl Drone {
     /// controller as long as it takes: nothing found is touched before the cluster has spoken.
     async fn recover(&self, reports: &Reports) {
         let executor = &self.shared.context.executor;
-        let found = match executor.survivors().await {
-            Ok(found) => found,
-            Err(error) => {
-                warn!(%error, "cannot list what earlier drone processes left; leaving it");
-                return;
+        let mut pause = REPORT_RETRY_MIN;
+        let found = loop {
+            match executor.survivors().await {
+                Ok(found) => break found,
+                // Not knowing what is there, nothing can be decided: ask the engine again.
+                Err(error) => {
+                    warn!(%error, ?pause, "cannot list what earlier drone processes left; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(REPORT_RETRY_MAX);
+                }
             }
         };
         if found.is_empty() {
@@ -357,11 +366,9 @@ impl Drone {
             Ok(adopted) => adopted,
             Err((reason, exit, message)) => {
                 info!(%backend, %reason, %message, "a backend found after a restart has ended");
-                reports
-                    .say(&format!(
-                        "terminated after its drone restarted: {reason} ({message})"
-                    ))
-                    .await;
+                reports.say(&format!(
+                    "terminated after its drone restarted: {reason} ({message})"
+                ));
                 reports.terminated(reason, exit.code, exit.oom_killed, Some(message));
                 self.shared.ended().insert(backend, Instant::now());
                 self.discard(survivor);
@@ -407,7 +414,7 @@ impl Drone {
     /// Where a backend's log lines go.
     fn log_of(&self, backend: &BackendId) -> BackendLog {
         BackendLog::new(
-            self.bus.clone(),
+            self.shared.logs.clone(),
             self.subjects.backend_logs(&self.config.id, backend),
             backend.clone(),
         )

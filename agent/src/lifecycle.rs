@@ -116,7 +116,7 @@ pub(crate) async fn run(
         &mut reports,
     )
     .await;
-    finish(ctx, &backend, outcome, &mut reports).await;
+    finish(ctx, &backend, outcome, &mut reports);
 }
 
 /// A backend a new drone process took over.
@@ -152,18 +152,13 @@ pub(crate) async fn run_adopted(
         &mut reports,
     )
     .await;
-    finish(ctx, &backend, outcome, &mut reports).await;
+    finish(ctx, &backend, outcome, &mut reports);
 }
 
-async fn finish(
-    ctx: &Context,
-    backend: &BackendId,
-    outcome: Outcome,
-    reports: &mut BackendReports,
-) {
+fn finish(ctx: &Context, backend: &BackendId, outcome: Outcome, reports: &mut BackendReports) {
     ctx.table.remove(backend.as_str());
     info!(backend = %backend, reason = %outcome.reason, exit = ?outcome.exit_code, "backend terminated");
-    reports.say(&outcome.describe()).await;
+    reports.say(&outcome.describe());
     reports.terminated(
         outcome.reason,
         outcome.exit_code,

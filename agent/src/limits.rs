@@ -68,6 +68,9 @@ pub const HEARTBEAT_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest line of a backend's output read at once (a longer one is read in parts).
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
 
+/// Log records a drone holds for publishing; past this (the bus slow or down) they are dropped.
+pub const LOG_QUEUE_RECORDS: usize = 16 * 1024;
+
 /// Log lines longer than this are sent as several records.
 pub const MAX_LOG_LINE_PIECE_BYTES: usize = 900;
 

@@ -1,23 +1,67 @@
 //! A backend's log as its drone sends it: each line of its stdout and stderr, and Plane's own
 //! lines about it (a pull error, how it ended), published on the backend's log subject, where
-//! the cluster's log keeps the last of them. Published at most once: a line is not worth
-//! holding a backend for, and while the bus is down its client buffers what it can.
+//! the cluster's log keeps the last of them. Published at most once, through one bounded queue
+//! per drone: a line is never worth holding a backend for, so when the bus is slow or down and
+//! the queue is full, lines are dropped (and counted in Plane's own log), and nothing waits.
 //!
 //! Lines are data. Each is cut to fit [`MAX_LOG_RECORD_BYTES`] once encoded (a longer one
 //! becomes several records, so a backend's last 1,000 records stay within 1 MiB), and reaches
 //! Plane's own log only escaped, at debug level.
 
-use crate::limits::{MAX_LOG_LINE_PIECE_BYTES, MAX_LOG_RECORD_BYTES};
+use crate::limits::{LOG_QUEUE_RECORDS, MAX_LOG_LINE_PIECE_BYTES, MAX_LOG_RECORD_BYTES};
 use bytes::Bytes;
 use plane_bus::Bus;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{now_millis, LogLine, LogSource};
-use tracing::debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// The drone's queue of log records and the task that publishes them; clones share it.
+#[derive(Clone)]
+pub(crate) struct LogPublisher {
+    queue: mpsc::Sender<(Arc<str>, Bytes)>,
+    /// Records dropped since the last one published.
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogPublisher {
+    /// Starts the publishing task (it ends when every handle is gone).
+    pub(crate) fn start(bus: Bus) -> LogPublisher {
+        let (queue, mut records) = mpsc::channel::<(Arc<str>, Bytes)>(LOG_QUEUE_RECORDS);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = dropped.clone();
+        tokio::spawn(async move {
+            while let Some((subject, record)) = records.recv().await {
+                match bus.publish(&subject, record).await {
+                    Ok(()) => {
+                        let lost = counted.swap(0, Ordering::Relaxed);
+                        if lost > 0 {
+                            warn!(
+                                lost,
+                                "backend log lines dropped while the bus was slow or down"
+                            );
+                        }
+                    }
+                    Err(error) => debug!(%error, "log record not published"),
+                }
+            }
+        });
+        LogPublisher { queue, dropped }
+    }
+
+    fn send(&self, subject: &Arc<str>, record: Bytes) {
+        if self.queue.try_send((subject.clone(), record)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Where one backend's log lines go; clones share it.
 #[derive(Clone)]
 pub struct BackendLog {
-    to: Option<(Bus, String)>,
+    to: Option<(LogPublisher, Arc<str>)>,
     backend: BackendId,
 }
 
@@ -25,15 +69,15 @@ impl std::fmt::Debug for BackendLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendLog")
             .field("backend", &self.backend)
-            .field("subject", &self.to.as_ref().map(|(_, subject)| subject))
+            .field("subject", &self.to.as_ref().map(|(_, subject)| &**subject))
             .finish()
     }
 }
 
 impl BackendLog {
-    pub(crate) fn new(bus: Bus, subject: String, backend: BackendId) -> BackendLog {
+    pub(crate) fn new(publisher: LogPublisher, subject: String, backend: BackendId) -> BackendLog {
         BackendLog {
-            to: Some((bus, subject)),
+            to: Some((publisher, subject.into())),
             backend,
         }
     }
@@ -43,28 +87,25 @@ impl BackendLog {
         BackendLog { to: None, backend }
     }
 
-    /// One line of the backend's output (its end of line, if any, left out).
-    pub async fn output(&self, source: LogSource, line: &[u8]) {
+    /// One line of the backend's output (its end of line, if any, left out). Never waits.
+    pub fn output(&self, source: LogSource, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
         debug!(backend = %self.backend, ?source, line = ?text, "backend output");
-        self.publish(source, text).await;
+        self.publish(source, text);
     }
 
-    /// Plane's own line about the backend.
-    pub async fn plane(&self, text: &str) {
-        self.publish(LogSource::Plane, text).await;
+    /// Plane's own line about the backend. Never waits.
+    pub fn plane(&self, text: &str) {
+        self.publish(LogSource::Plane, text);
     }
 
-    async fn publish(&self, source: LogSource, text: &str) {
-        let Some((bus, subject)) = &self.to else {
+    fn publish(&self, source: LogSource, text: &str) {
+        let Some((publisher, subject)) = &self.to else {
             return;
         };
         for record in records(source, text, now_millis()) {
-            if let Err(error) = bus.publish(subject, record).await {
-                debug!(backend = %self.backend, %error, "log line not published");
-                return;
-            }
+            publisher.send(subject, record);
         }
     }
 }

@@ -267,7 +267,7 @@ async fn forward_output(log: BackendLog, source: LogSource, output: impl AsyncRe
             .await
         {
             Ok(0) => return,
-            Ok(_) => log.output(source, &line).await,
+            Ok(_) => log.output(source, &line),
             Err(error) => {
                 debug!(?source, %error, "output closed");
                 return;

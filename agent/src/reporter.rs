@@ -176,9 +176,9 @@ impl BackendReports {
     }
 
     /// Says `text` in the backend's log, as Plane.
-    pub(crate) async fn say(&self, text: &str) {
+    pub(crate) fn say(&self, text: &str) {
         if let Some(log) = &self.log {
-            log.plane(text).await;
+            log.plane(text);
         }
     }
 

@@ -31,6 +31,9 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A read of a log's kept messages (without follow) ends when none has come for this long.
+pub const LOG_READ_IDLE: Duration = Duration::from_secs(2);
+
 /// Bytes of a KV write's payload limit kept for its headers (`Nats-Expected-Last-Subject-
 /// Sequence` and the like).
 const KV_HEADER_ALLOWANCE: usize = 256;

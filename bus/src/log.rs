@@ -18,6 +18,8 @@ pub struct LogConfig {
     pub subjects: String,
     /// Messages kept per subject; the oldest go first.
     pub per_subject: u64,
+    /// Bytes kept in all; past this the oldest messages (of any subject) go first.
+    pub max_bytes: u64,
     /// How long a message is kept.
     pub max_age: Duration,
     /// The largest message kept (larger ones are refused by the store).
@@ -67,7 +69,8 @@ impl Log {
 
     /// The kept messages of `subject` (a pattern may match several), oldest first; then, with
     /// `follow`, each new one as it is kept. Without `follow` the reader ends once it has
-    /// given what was kept when it opened.
+    /// given what was kept when it opened (or, on NATS, when none has come for
+    /// [`crate::LOG_READ_IDLE`]: kept messages can expire between the count and their delivery).
     pub async fn read(&self, subject: &str, follow: bool) -> Result<LogReader, BusError> {
         if !subject::valid_pattern(subject) {
             return Err(BusError::InvalidSubject {

@@ -1,6 +1,6 @@
 //! An in-memory log with JetStream's limits semantics: one sequence for the whole log, the
-//! oldest messages of a subject dropped past its per-subject limit, messages older than the
-//! maximum age dropped (checked when read), and followers that get every message kept after
+//! oldest messages of a subject dropped past its per-subject limit, the oldest of all past the
+//! byte limit, messages older than the maximum age dropped (checked when read), and followers that get every message kept after
 //! they started (unbounded, like a flow-controlled consumer: a follower never misses one).
 
 use super::log::{LogConfig, LogEntry};
@@ -20,6 +20,8 @@ pub(crate) struct MemoryLog {
 struct LogState {
     closed: bool,
     seq: u64,
+    /// Bytes kept (payloads and subjects).
+    bytes: u64,
     subjects: HashMap<String, VecDeque<Kept>>,
     followers: Vec<Follower>,
 }
@@ -65,14 +67,35 @@ impl MemoryLog {
         }
         state.seq += 1;
         let seq = state.seq;
+        let size = (payload.len() + subject.len()) as u64;
         let kept = state.subjects.entry(subject.to_owned()).or_default();
         kept.push_back(Kept {
             seq,
             at: Instant::now(),
             payload: payload.clone(),
         });
+        let mut freed = 0;
         while kept.len() as u64 > self.config.per_subject {
-            kept.pop_front();
+            if let Some(old) = kept.pop_front() {
+                freed += (old.payload.len() + subject.len()) as u64;
+            }
+        }
+        state.bytes = state.bytes + size - freed;
+        while state.bytes > self.config.max_bytes {
+            // The oldest message of any subject goes.
+            let oldest = state
+                .subjects
+                .iter()
+                .filter_map(|(subject, kept)| Some((kept.front()?.seq, subject.clone())))
+                .min();
+            let Some((_, subject)) = oldest else { break };
+            if let Some(old) = state
+                .subjects
+                .get_mut(&subject)
+                .and_then(VecDeque::pop_front)
+            {
+                state.bytes -= (old.payload.len() + subject.len()) as u64;
+            }
         }
         state.followers.retain(|f| {
             !subject::matches(&f.pattern, subject)
@@ -93,9 +116,12 @@ impl MemoryLog {
         }
         let max_age = self.config.max_age;
         let mut backlog: Vec<LogEntry> = Vec::new();
+        let mut freed = 0;
         for (subject, kept) in &mut state.subjects {
             while kept.front().is_some_and(|k| k.at.elapsed() > max_age) {
-                kept.pop_front();
+                if let Some(old) = kept.pop_front() {
+                    freed += (old.payload.len() + subject.len()) as u64;
+                }
             }
             if subject::matches(pattern, subject) {
                 backlog.extend(kept.iter().map(|k| LogEntry {
@@ -105,6 +131,7 @@ impl MemoryLog {
                 }));
             }
         }
+        state.bytes -= freed;
         state.subjects.retain(|_, kept| !kept.is_empty());
         backlog.sort_by_key(|e| e.seq);
         let live = follow.then(|| {

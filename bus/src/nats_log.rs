@@ -4,7 +4,7 @@
 //! after them.
 
 use super::log::{LogConfig, LogEntry};
-use super::BusError;
+use super::{BusError, LOG_READ_IDLE};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
@@ -33,6 +33,7 @@ fn stream_config(name: &str, config: &LogConfig, replicas: usize) -> stream::Con
         description: Some("Plane log".to_owned()),
         subjects: vec![config.subjects.clone()],
         max_messages_per_subject: i64::try_from(config.per_subject).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(config.max_bytes).unwrap_or(i64::MAX),
         max_age: config.max_age,
         max_message_size: i32::try_from(config.max_message).unwrap_or(i32::MAX),
         storage: stream::StorageType::File,
@@ -58,6 +59,7 @@ impl NatsLog {
         let held = &stream.cached_info().config;
         let same = held.subjects == wanted.subjects
             && held.max_messages_per_subject == wanted.max_messages_per_subject
+            && held.max_bytes == wanted.max_bytes
             && held.max_age == wanted.max_age
             && held.max_message_size == wanted.max_message_size;
         if !same {
@@ -115,7 +117,15 @@ impl NatsLogReader {
         if self.remaining == Some(0) {
             return None;
         }
-        let message = match self.messages.next().await? {
+        let next = match self.remaining {
+            Some(_) => match tokio::time::timeout(LOG_READ_IDLE, self.messages.next()).await {
+                Ok(next) => next,
+                // What was counted has expired meanwhile: nothing more is coming.
+                Err(_) => return None,
+            },
+            None => self.messages.next().await,
+        };
+        let message = match next? {
             Ok(message) => message,
             Err(error) => return Some(Err(failed(&self.name, "read", error))),
         };

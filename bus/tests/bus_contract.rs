@@ -102,6 +102,7 @@ contract!(
     log_keeps_the_last_messages_of_each_subject_in_order,
     log_follow_gives_the_kept_then_the_new,
     log_refuses_bad_names,
+    log_drops_the_oldest_past_its_byte_limit,
 );
 
 async fn next(sub: &mut Subscription) -> anyhow::Result<Message> {
@@ -659,6 +660,7 @@ fn log_config(per_subject: u64) -> LogConfig {
     LogConfig {
         subjects: "app.logs.*".to_owned(),
         per_subject,
+        max_bytes: 1 << 20,
         max_age: Duration::from_secs(600),
         max_message: 1024,
     }
@@ -794,5 +796,31 @@ async fn log_refuses_bad_names(world: World) -> anyhow::Result<()> {
     let log = within("open", world.first.log("plane_ok", &log_config(1))).await??;
     let bad_read = log.read("a..b", false).await;
     ensure!(matches!(bad_read, Err(BusError::InvalidSubject { .. })));
+    Ok(())
+}
+
+async fn log_drops_the_oldest_past_its_byte_limit(world: World) -> anyhow::Result<()> {
+    let mut config = log_config(100);
+    config.max_bytes = 2048;
+    let log = within("open", world.first.log("plane_small_log", &config)).await??;
+    let writer = world.bus().await?;
+    for i in 0..10 {
+        let payload = format!("{i}{}", "x".repeat(499));
+        let subject = if i % 2 == 0 {
+            "app.logs.even"
+        } else {
+            "app.logs.odd"
+        };
+        writer.publish(subject, Bytes::from(payload)).await?;
+    }
+    within("flush", writer.flush()).await??;
+    kept(&log, "app.logs.odd", &format!("9{}", "x".repeat(499))).await?;
+    let mut all = within("open", log.read("app.logs.*", false)).await??;
+    let all = read_to_end(&mut all).await?;
+    let firsts: Vec<char> = all.iter().filter_map(|(_, p)| p.chars().next()).collect();
+    // The newest, in order, as many as fit (how a store counts overhead differs a little).
+    ensure!(!firsts.is_empty() && firsts.len() < 5, "{firsts:?}");
+    let expected: Vec<char> = ('0'..='9').skip(10 - firsts.len()).collect();
+    ensure!(firsts == expected, "the newest kept: {firsts:?}");
     Ok(())
 }

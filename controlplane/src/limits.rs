@@ -48,6 +48,10 @@ pub const API_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// stays within 1 MiB).
 pub const LOG_LINES_PER_BACKEND: u64 = 1000;
 
+/// The most the cluster's log holds in all (the oldest records go first past it), so that logs
+/// never take the storage the cluster state needs.
+pub const LOG_STORE_BYTES: u64 = 1 << 30;
+
 /// The largest log record the cluster's log accepts (drones send at most 1 KiB).
 pub const MAX_LOG_RECORD_BYTES: usize = 2048;
 

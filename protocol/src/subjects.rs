@@ -90,11 +90,6 @@ impl Subjects {
         format!("{}.*", self.drone_subject("*", LOGS))
     }
 
-    /// One backend's log lines, whichever drone ran it.
-    pub fn logs_of(&self, backend: &BackendId) -> String {
-        format!("{}.{}", self.drone_subject("*", LOGS), backend)
-    }
-
     /// The log (JetStream stream) that keeps the backends' log lines.
     pub fn logs_stream(&self) -> String {
         format!("plane_{}_logs", self.token)
@@ -172,7 +167,6 @@ mod tests {
             "plane.plane_localhost.drone.d1.logs.b1"
         );
         assert_eq!(s.all_logs(), "plane.plane_localhost.drone.*.logs.*");
-        assert_eq!(s.logs_of(&backend), "plane.plane_localhost.drone.*.logs.b1");
         assert_eq!(s.logs_stream(), "plane_plane_localhost_logs");
     }
 

@@ -65,6 +65,8 @@ pub enum DockerError {
         network: String,
         source: bollard::errors::Error,
     },
+    #[error("Docker network {network:?} gives containers no address of their own to forward to")]
+    NetworkWithoutAddresses { network: String },
 }
 
 /// The engine and whose containers these are.
@@ -301,20 +303,15 @@ impl DockerExecutor {
             .map_err(DockerError::Connect)?;
         docker.ping().await.map_err(DockerError::Connect)?;
         info!(api = %docker.client_version(), "connected to the Docker engine");
-        if let Some(network) = network {
-            docker
-                .inspect_network(network, None::<InspectNetworkOptions>)
-                .await
-                .map_err(|source| DockerError::Network {
-                    network: network.to_string(),
-                    source,
-                })?;
-        }
+        let network = match network {
+            Some(network) => Some(usable_network(&docker, network).await?),
+            None => None,
+        };
         let engine = Arc::new(Engine {
             docker,
             cluster: cluster.to_string(),
             drone: drone.to_string(),
-            network: network.map(str::to_string),
+            network,
         });
         Ok(DockerExecutor {
             exits: Arc::new(Exits::start(engine.clone())),
@@ -452,6 +449,24 @@ impl DockerExecutor {
             address,
         }))
     }
+}
+
+/// The name of the network `given` (a name or an id): containers' addresses are keyed by it.
+/// A network whose containers have no address of their own (`host`, `none`) cannot be used.
+async fn usable_network(docker: &Docker, given: &str) -> Result<String, DockerError> {
+    let inspected = docker
+        .inspect_network(given, None::<InspectNetworkOptions>)
+        .await
+        .map_err(|source| DockerError::Network {
+            network: given.to_string(),
+            source,
+        })?;
+    if matches!(inspected.driver.as_deref(), Some("host" | "null")) {
+        return Err(DockerError::NetworkWithoutAddresses {
+            network: given.to_string(),
+        });
+    }
+    Ok(inspected.name.unwrap_or_else(|| given.to_string()))
 }
 
 /// The loopback port the engine published the container's `port` on.

@@ -38,12 +38,12 @@ pub(crate) fn follow(engine: Arc<Engine>, name: String, log: BackendLog, since: 
                 }
             };
             for line in lines.push(&message) {
-                log.output(source, &line).await;
+                log.output(source, &line);
             }
         }
         for (lines, source) in [(stdout, LogSource::Stdout), (stderr, LogSource::Stderr)] {
             if let Some(rest) = lines.rest() {
-                log.output(source, &rest).await;
+                log.output(source, &rest);
             }
         }
     });

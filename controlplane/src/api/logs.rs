@@ -15,6 +15,7 @@ use plane_bus::{LogEntry, LogReader};
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::messages::{LogLine, LogRecord};
+use plane_protocol::records::BackendRecord;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use tokio::sync::watch;
@@ -43,11 +44,12 @@ pub(super) async fn backend_logs(
     };
     let record = controller.backend(&id).await?;
     let follow = follow && !record.is_terminated();
-    let reader = controller.logs(&id, follow).await?;
+    let reader = controller.logs(&record, follow).await?;
     let lines = Lines {
         controller,
         closing: closing.subscribe(),
         id,
+        record,
         reader,
         following: follow,
         last_seq: 0,
@@ -63,6 +65,8 @@ struct Lines {
     controller: Controller,
     closing: watch::Receiver<bool>,
     id: BackendId,
+    /// As it was when the stream opened (its drone is whose lines are read).
+    record: BackendRecord,
     reader: LogReader,
     /// Still following: the backend has not ended yet.
     following: bool,
@@ -76,7 +80,13 @@ impl Lines {
             let entry = if self.following {
                 self.next_while_live().await?
             } else {
-                self.reader.next().await
+                tokio::select! {
+                    entry = self.reader.next() => entry,
+                    closing = self.closing.wait_for(|closing| *closing) => {
+                        drop(closing);
+                        return None;
+                    }
+                }
             };
             let entry = match entry? {
                 Ok(entry) => entry,
@@ -140,7 +150,7 @@ impl Lines {
             Next::Closing => None,
             Next::Ended => {
                 tokio::time::sleep(LOG_DRAIN_AFTER_END).await;
-                match self.controller.logs(&self.id, false).await {
+                match self.controller.logs(&self.record, false).await {
                     Ok(reader) => {
                         self.reader = reader;
                         self.following = false;

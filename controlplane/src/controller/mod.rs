@@ -7,8 +7,8 @@ mod drone_health;
 mod recovery;
 
 use crate::limits::{
-    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, LOG_LINES_PER_BACKEND, MAX_COLLECT_INTERVAL,
-    MAX_LOG_RECORD_BYTES, RESYNC_RETRY_INTERVAL, UNREPORTED_GRACE_PERIODS,
+    DRONE_COMMAND_TIMEOUT, LIVENESS_CHECK_INTERVAL, LOG_LINES_PER_BACKEND, LOG_STORE_BYTES,
+    MAX_COLLECT_INTERVAL, MAX_LOG_RECORD_BYTES, RESYNC_RETRY_INTERVAL, UNREPORTED_GRACE_PERIODS,
 };
 use crate::liveness::{DroneStatus, Hearing};
 use crate::scheduler::{self, Candidate, NoDrone};
@@ -158,6 +158,7 @@ impl Controller {
                 &LogConfig {
                     subjects: subjects.all_logs(),
                     per_subject: LOG_LINES_PER_BACKEND,
+                    max_bytes: LOG_STORE_BYTES,
                     max_age: config.retention,
                     max_message: MAX_LOG_RECORD_BYTES,
                 },
@@ -552,12 +553,19 @@ impl Controller {
         Ok(BackendStatus { record, usage })
     }
 
-    /// The backend's kept log lines, oldest first, then (with `follow`) each new one.
-    pub async fn logs(&self, id: &BackendId, follow: bool) -> Result<LogReader, ControlError> {
+    /// The backend's kept log lines, oldest first, then (with `follow`) each new one. Only its
+    /// own drone's lines: a drone can publish under its own subjects only, so no other drone
+    /// can write into this backend's log.
+    pub async fn logs(
+        &self,
+        record: &BackendRecord,
+        follow: bool,
+    ) -> Result<LogReader, ControlError> {
+        let subject = self.inner.subjects.backend_logs(&record.drone, &record.id);
         let reader = self
             .inner
             .logs
-            .read(&self.inner.subjects.logs_of(id), follow)
+            .read(&subject, follow)
             .await
             .map_err(StateError::from)?;
         Ok(reader)
