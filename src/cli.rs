@@ -78,6 +78,17 @@ pub enum ExecutorArg {
     Docker,
 }
 
+/// The cluster zone's own names.
+#[derive(Args, Debug, Clone)]
+pub struct DnsZoneArgs {
+    /// The zone's name server, in its NS and SOA records (default: ns.{cluster}).
+    #[arg(long, value_name = "NAME")]
+    pub dns_ns: Option<String>,
+    /// The zone's contact in its SOA record (default: hostmaster@{cluster}).
+    #[arg(long, value_name = "ADDR")]
+    pub dns_soa_email: Option<String>,
+}
+
 /// How a drone runs backends.
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorArgs {
@@ -225,6 +236,11 @@ pub struct DevArgs {
     /// The cluster domain; `*.localhost` resolves to loopback without any DNS set-up.
     #[arg(long, default_value = "plane.localhost")]
     pub cluster: String,
+    /// Where the cluster's DNS server listens (UDP and TCP).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9053")]
+    pub dns: SocketAddr,
+    #[command(flatten)]
+    pub zone: DnsZoneArgs,
     #[command(flatten)]
     pub executor: ExecutorArgs,
     /// Where the drone keeps its id across restarts, so that a restarted `plane dev` finds the
@@ -313,6 +329,11 @@ pub struct ControllerArgs {
     /// Where the HTTP API listens.
     #[arg(long, default_value = "127.0.0.1:9080")]
     pub api: SocketAddr,
+    /// Serve the cluster's zone as its authoritative DNS server here (UDP and TCP).
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<SocketAddr>,
+    #[command(flatten)]
+    pub zone: DnsZoneArgs,
     /// Seconds without a heartbeat after which a drone and its backends are lost.
     #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_DRONE_GRACE.as_secs_f64())]
     pub drone_grace_secs: f64,
@@ -369,6 +390,10 @@ pub struct DroneTuning {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = plane_agent::limits::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
     pub heartbeat_secs: f64,
+    /// The address clients reach this drone's proxy at: what the cluster's DNS answers for its
+    /// backends (default: the proxy's listening address, when it is a specific one).
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<std::net::IpAddr>,
     /// Seconds between samples of each backend's CPU and memory use (containers).
     #[arg(long, default_value_t = plane_agent::limits::DEFAULT_USAGE_INTERVAL.as_secs_f64())]
     pub usage_secs: f64,

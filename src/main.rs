@@ -56,10 +56,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Servers log at `info`, client commands only at `warn`, unless `RUST_LOG` says otherwise.
+/// Servers log at `info` (but the DNS library, which logs every query there, at `warn`), client
+/// commands only at `warn`, unless `RUST_LOG` says otherwise.
 fn init_logging(cli: &Cli) {
     let default = if cli.command.is_server() {
-        "info"
+        "info,hickory_server=warn"
     } else {
         "warn"
     };

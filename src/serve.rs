@@ -4,8 +4,8 @@
 //! while the controller still listens; only then do the controller and the proxy stop.
 
 use crate::cli::{
-    ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DroneArgs, DroneTuning, ExecutorArg,
-    ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
+    ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DnsZoneArgs, DroneArgs, DroneTuning,
+    ExecutorArg, ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -33,6 +33,52 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// The DNS server's UDP socket and TCP listener on one address (with port 0, the same port the
+/// UDP socket got).
+async fn bind_dns(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (UDP) for DNS"))?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // Port 0: another process has that port over TCP; try another.
+            Err(error) if addr.port() == 0 => last_error = Some(error),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot listen on {addr} (TCP) for DNS"))
+            }
+        }
+    }
+    Err(last_error.map_or_else(|| anyhow::anyhow!("no port"), anyhow::Error::from))
+        .context("no port free for DNS over both UDP and TCP")
+}
+
+/// Starts the cluster's DNS server on `addr`; returns where it listens and its task.
+async fn start_dns(
+    addr: SocketAddr,
+    zone: &DnsZoneArgs,
+    cluster: &str,
+    controller: &Controller,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let zone = plane_controlplane::dns::ZoneConfig::new(
+        cluster,
+        zone.dns_ns.as_deref(),
+        zone.dns_soa_email.as_deref(),
+    )?;
+    let (udp, tcp) = bind_dns(addr).await?;
+    let local = udp.local_addr()?;
+    let task = tokio::spawn(plane_controlplane::dns::serve(
+        udp,
+        tcp,
+        controller.clone(),
+        zone,
+        shutdown.cancelled_owned(),
+    ));
+    Ok((local, task))
 }
 
 /// The proxy's listening sockets: one per thread that serves it.
@@ -198,6 +244,17 @@ fn drone_config(
         stop_grace: seconds(tuning.stop_grace_secs, "stop-grace-secs")?,
         proxy_scheme: proxy.scheme.into(),
         proxy_port: proxy.public_port,
+        ip: match tuning.ip {
+            Some(ip) => Some(ip),
+            // The address the proxy listens on, when it is a specific one.
+            None => {
+                let listening = match &proxy.https {
+                    Some(https) => https.listeners.local_addr()?,
+                    None => proxy.plain.local_addr()?,
+                };
+                (!listening.ip().is_unspecified()).then(|| listening.ip())
+            }
+        },
     })
 }
 
@@ -294,6 +351,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .await
     .context("opening cluster state")?;
+    let controller_shutdown = CancellationToken::new();
+    let (dns_addr, dns_task) = start_dns(
+        args.dns,
+        &args.zone,
+        &cluster,
+        &controller,
+        controller_shutdown.clone(),
+    )
+    .await?;
     let table = RouteTable::new(&cluster);
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -321,6 +387,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "Plane dev is running.\n\
          \x20 API      http://{api_addr}\n\
+         \x20 DNS      {dns_addr} (UDP and TCP)\n\
          \x20 proxy    {scheme}://{{backend}}.{cluster}:{port}/ (listening on {proxy_addr}){plain_line}\n\
          \x20 drone    {drone_id} ({executor_kind} executor)\n\n\
          Spawn a first backend (in another terminal):\n\
@@ -331,7 +398,6 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let drone_shutdown = CancellationToken::new();
-    let controller_shutdown = CancellationToken::new();
     on_signal(drone_shutdown.clone());
     // Listening before the drone starts, so that its first heartbeat is heard.
     let listening = controller.listen().await.context("controller")?;
@@ -349,6 +415,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     drone_result?;
     controller_task.await?.context("controller")?;
     api_task.await?.context("API server")?;
+    dns_task.await?.context("DNS server")?;
     Ok(())
 }
 
@@ -385,10 +452,19 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         retention: seconds(args.retention_secs, "retention-secs")?,
     };
     let controller = open_controller(bus, config).await?;
+    let shutdown = CancellationToken::new();
+    let dns = match args.dns {
+        Some(addr) => {
+            let (addr, task) =
+                start_dns(addr, &args.zone, &cluster, &controller, shutdown.clone()).await?;
+            println!("DNS listening on {addr}");
+            Some(task)
+        }
+        None => None,
+    };
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("API listening on http://{}", api_listener.local_addr()?);
     info!(%cluster, "controller started");
-    let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     let api_task = tokio::spawn(api::serve(
         api_listener,
@@ -401,6 +477,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         .await
         .context("controller")?;
     api_task.await?.context("API server")?;
+    if let Some(dns) = dns {
+        dns.await?.context("DNS server")?;
+    }
     Ok(())
 }
 

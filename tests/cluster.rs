@@ -29,6 +29,7 @@ flow_test!(unknown_hosts_are_refused);
 flow_test!(bad_api_input_is_refused);
 flow_test!(requests_wait_for_a_starting_backend);
 flow_test!(logs_are_kept_and_followed);
+flow_test!(dns_answers_for_backends_and_the_zone);
 flow_test!(a_backend_that_never_listens_times_out);
 flow_test!(token_guards_a_backend);
 

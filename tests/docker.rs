@@ -516,6 +516,8 @@ fn refused_dev(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
+        "--dns",
+        "127.0.0.1:0",
     ])
     .args(extra)
     .arg("--state-dir")

@@ -53,6 +53,8 @@ pub struct DroneConfig {
     /// The proxy's scheme and port as clients see them (they make the backends' URLs).
     pub proxy_scheme: String,
     pub proxy_port: u16,
+    /// The address clients reach the proxy at, advertised for the cluster's DNS.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// A drone: the agent half (the proxy serving `table` runs beside it).
@@ -225,6 +227,7 @@ impl Drone {
                     draining: false,
                     proxy_scheme: config.proxy_scheme.clone(),
                     proxy_port: config.proxy_port,
+                    ip: config.ip,
                     started_at,
                     at: now_millis(),
                     usage: shared.usage.take(),

@@ -56,6 +56,7 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
         draining: false,
         proxy_scheme: "http".into(),
         proxy_port: 9090,
+        ip: None,
         started_at: 1,
         at: now_millis(),
         usage: Default::default(),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod dns;
 pub mod limits;
 pub mod liveness;
 pub mod scheduler;

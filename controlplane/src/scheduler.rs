@@ -101,6 +101,7 @@ mod tests {
                 draining: false,
                 proxy_scheme: "http".into(),
                 proxy_port: 9090,
+                ip: None,
                 last_heartbeat: 0,
                 started_at: 0,
                 lost: false,

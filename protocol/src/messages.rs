@@ -434,6 +434,10 @@ pub struct Heartbeat {
     pub proxy_scheme: String,
     /// Port of the drone's proxy as seen by clients.
     pub proxy_port: u16,
+    /// The address clients reach the drone's proxy at: what the cluster's DNS answers for its
+    /// backends (`plane drone --ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
     /// When this drone process started: a new value under a known drone id means the drone
     /// restarted, and whatever it ran before is gone.
     #[serde(default)]

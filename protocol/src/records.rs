@@ -156,6 +156,9 @@ pub struct DroneRecord {
     pub draining: bool,
     pub proxy_scheme: String,
     pub proxy_port: u16,
+    /// The address its backends' names resolve to (see [`Heartbeat::ip`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
     pub last_heartbeat: UnixMillis,
     /// When the drone process started (see [`Heartbeat::started_at`]).
     #[serde(default)]
@@ -178,6 +181,7 @@ impl DroneRecord {
             draining: hb.draining,
             proxy_scheme: hb.proxy_scheme.clone(),
             proxy_port: hb.proxy_port,
+            ip: hb.ip,
             last_heartbeat: received_at,
             started_at: hb.started_at,
             lost: false,
@@ -312,6 +316,7 @@ mod tests {
             draining: false,
             proxy_scheme: "http".into(),
             proxy_port: 80,
+            ip: None,
             last_heartbeat: 0,
             started_at: 0,
             lost: false,

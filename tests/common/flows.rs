@@ -485,3 +485,170 @@ pub async fn logs_of_a_ready_backend(c: &Cluster, id: &str) -> anyhow::Result<()
     ensure!(bad.status == 400 && bad.body.contains("follow"), "{bad:?}");
     Ok(())
 }
+
+/// `dig @the cluster's DNS server ARGS`, bounded; its whole output.
+fn dig(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let dns = c.dns.context("this cluster serves no DNS")?;
+    let server = format!("@{}", dns.ip());
+    let port = dns.port().to_string();
+    let output = std::process::Command::new("dig")
+        .args([&server, "-p", &port, "+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .context("running dig (Debian's dnsutils)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(output.status.success(), "dig {args:?}: {text}");
+    Ok(text)
+}
+
+/// The `status:` of a dig answer, and whether it is authoritative.
+fn status(text: &str) -> (&str, bool) {
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("");
+    let flags = text.split("flags: ").nth(1).unwrap_or("");
+    let flags = flags.split(';').next().unwrap_or("");
+    (status, flags.split_whitespace().any(|f| f == "aa"))
+}
+
+/// The records of a dig answer's ANSWER (or AUTHORITY) section: `(type, value)`.
+fn section<'t>(text: &'t str, name: &str) -> Vec<(&'t str, &'t str)> {
+    let header = format!(";; {name} SECTION:");
+    let Some(rest) = text.split(header.as_str()).nth(1) else {
+        return Vec::new();
+    };
+    rest.lines()
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let kind = fields.nth(3)?;
+            let value = fields.next()?;
+            Some((kind, value))
+        })
+        .collect()
+}
+
+/// The cluster's DNS server (UDP and TCP, queried with dig): a backend's name resolves to its
+/// drone's address from the moment it is scheduled until it terminates; the apex has SOA and
+/// NS; NXDOMAIN, NODATA and REFUSED where they belong; malformed packets are answered or
+/// dropped and the server goes on.
+pub async fn dns_answers_for_backends_and_the_zone(c: &Cluster) -> anyhow::Result<()> {
+    let zone = &c.cluster;
+    // Scheduled, not yet ready (it never listens): its name already resolves.
+    let never = c.plane_json(&["spawn", "--command", "sleep 30"]).await?;
+    let never = id_of(&never)?;
+    let text = dig(c, &[&format!("{never}.{zone}"), "A"])?;
+    ensure!(status(&text) == ("NOERROR", true), "{text}");
+    ensure!(section(&text, "ANSWER") == [("A", "127.0.0.1")], "{text}");
+    let output = c.plane(&["terminate", &never]).await?;
+    ensure!(output.status.success(), "{output:?}");
+
+    let record = c.spawn_ready("", &["--idle", "60"]).await?;
+    let id = id_of(&record)?;
+    let name = format!("{id}.{zone}");
+    for transport in ["+notcp", "+tcp"] {
+        let text = dig(c, &[transport, &name, "A"])?;
+        ensure!(status(&text) == ("NOERROR", true), "{transport}: {text}");
+        ensure!(section(&text, "ANSWER") == [("A", "127.0.0.1")], "{text}");
+        let ttl_10 = text.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            fields.next() == Some(format!("{name}.").as_str()) && fields.next() == Some("10")
+        });
+        ensure!(ttl_10, "TTL 10 s: {text}");
+    }
+    // The name exists, without these types: NODATA, with the SOA.
+    for kind in ["AAAA", "MX", "TXT"] {
+        let text = dig(c, &[&name, kind])?;
+        ensure!(status(&text) == ("NOERROR", true), "{kind}: {text}");
+        ensure!(section(&text, "ANSWER").is_empty(), "{kind}: {text}");
+        ensure!(
+            section(&text, "AUTHORITY").first().map(|r| r.0) == Some("SOA"),
+            "{text}"
+        );
+    }
+    // The apex.
+    let text = dig(c, &[zone, "SOA"])?;
+    ensure!(
+        section(&text, "ANSWER").first().map(|r| r.0) == Some("SOA"),
+        "{text}"
+    );
+    let text = dig(c, &["+tcp", zone, "NS"])?;
+    ensure!(
+        section(&text, "ANSWER") == [("NS", format!("ns.{zone}.").as_str())],
+        "{text}"
+    );
+    // Names that do not exist, and names outside the zone.
+    for missing in [format!("nosuchbackend00.{zone}"), format!("a.{id}.{zone}")] {
+        let text = dig(c, &[&missing, "A"])?;
+        ensure!(status(&text) == ("NXDOMAIN", true), "{missing}: {text}");
+        ensure!(
+            section(&text, "AUTHORITY").first().map(|r| r.0) == Some("SOA"),
+            "{text}"
+        );
+    }
+    let text = dig(c, &["example.com", "A"])?;
+    ensure!(status(&text).0 == "REFUSED", "{text}");
+    // EDNS or not, large buffer or small: answered.
+    for edns in ["+noedns", "+bufsize=512", "+bufsize=4096"] {
+        let text = dig(c, &[edns, &name, "A"])?;
+        ensure!(section(&text, "ANSWER").len() == 1, "{edns}: {text}");
+    }
+
+    // Malformed packets: each answered or dropped, and the server goes on answering.
+    let dns = c.dns.context("DNS")?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut oversized = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for _ in 0..5 {
+        oversized.push(63);
+        oversized.extend([b'a'; 63]);
+    }
+    oversized.extend([0, 0, 1, 0, 1]);
+    let garbage: Vec<u8> = (0..512u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let packets: [&[u8]; 5] = [
+        // A truncated header.
+        &[0x12, 0x34, 0x01],
+        // A question whose name points at itself (a compression loop).
+        &[
+            0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 0x0C, 0, 1, 0, 1,
+        ],
+        // A name over 255 bytes.
+        &oversized,
+        // Garbage.
+        &garbage,
+        // A question count that promises more than there is.
+        &[0x12, 0x34, 0x01, 0x00, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0],
+    ];
+    for packet in packets {
+        socket.send_to(packet, dns)?;
+        let text = dig(c, &[&name, "A"])?;
+        ensure!(
+            section(&text, "ANSWER").len() == 1,
+            "after {packet:?}: {text}"
+        );
+    }
+    {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(dns)?;
+        tcp.write_all(&[0x00, 0x03, 0x12, 0x34])?;
+        tcp.write_all(&garbage)?;
+    }
+    let text = dig(c, &["+tcp", &name, "A"])?;
+    ensure!(
+        section(&text, "ANSWER").len() == 1,
+        "after TCP garbage: {text}"
+    );
+
+    // Terminated: the name goes.
+    let output = c.plane(&["terminate", &id]).await?;
+    ensure!(output.status.success(), "{output:?}");
+    c.watch_until_terminated(&id).await?;
+    plane_test_support::eventually(STATE_TIMEOUT, "the name gone", || async {
+        let text = dig(c, &[&name, "A"])?;
+        Ok((status(&text).0 == "NXDOMAIN").then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -61,6 +61,8 @@ pub struct Cluster {
     pub cluster: String,
     pub api: String,
     pub proxy_port: u16,
+    /// Where the cluster's DNS server answers (`plane dev`'s).
+    pub dns: Option<std::net::SocketAddr>,
     /// The drone (or the `plane dev` process): killed by the drone-loss test.
     pub drone: Option<ChildGuard>,
     controller: Option<ChildGuard>,
@@ -164,12 +166,14 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let cluster = cluster.to_string();
         let (controller, api) = start_controller_with(controller_nats, &cluster, controller_flags)?;
+        let dns = dns_of(&controller)?;
         let (drone, proxy_port) =
             start_drone_with(drone_nats, &cluster, Some("drone-1"), drone_flags)?;
         Ok(Cluster {
             cluster,
             api,
             proxy_port,
+            dns,
             drone: Some(drone),
             controller: Some(controller),
             nats: None,
@@ -244,7 +248,7 @@ impl Cluster {
             state_dir.path().display().to_string(),
         ];
         flags.extend(extra.iter().map(|f| f.to_string()));
-        let (dev, proxy_port, api) = Self::start_dev(&flags)?;
+        let (dev, proxy_port, api, dns) = Self::start_dev(&flags)?;
         let name = extra
             .iter()
             .position(|f| *f == "--cluster")
@@ -254,6 +258,7 @@ impl Cluster {
             cluster: name.to_string(),
             api,
             proxy_port,
+            dns,
             drone: Some(dev),
             controller: None,
             nats: None,
@@ -267,13 +272,18 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn start_dev(flags: &[String]) -> anyhow::Result<(ChildGuard, u16, String)> {
+    #[allow(clippy::type_complexity)]
+    fn start_dev(
+        flags: &[String],
+    ) -> anyhow::Result<(ChildGuard, u16, String, Option<std::net::SocketAddr>)> {
         let mut dev = Command::new(plane_bin());
         dev.args([
             "dev",
             "--api",
             "127.0.0.1:0",
             "--http",
+            "127.0.0.1:0",
+            "--dns",
             "127.0.0.1:0",
             "--stop-grace-secs",
             STOP_GRACE_SECS,
@@ -283,9 +293,16 @@ impl Cluster {
         dev.args(flags);
         let dev = ChildGuard::spawn("dev", dev)?;
         let api = after(&dev, "API      ")?;
+        let dns = after(&dev, "DNS      ")?;
+        let dns = dns
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .ok();
         let proxy = after(&dev, "(listening on ")?;
         let proxy_port = port_of(proxy.trim_end_matches(')'))?;
-        Ok((dev, proxy_port, api))
+        Ok((dev, proxy_port, api, dns))
     }
 
     /// Kills `plane dev` or the drone (SIGKILL).
@@ -297,7 +314,8 @@ impl Cluster {
     /// directory, so its drone has the same id; its API and proxy addresses change.
     pub async fn start_dev_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.state_dir.is_some(), "not a `plane dev` cluster");
-        let (dev, proxy_port, api) = Self::start_dev(&self.dev_flags)?;
+        let (dev, proxy_port, api, dns) = Self::start_dev(&self.dev_flags)?;
+        self.dns = dns;
         self.drone = Some(dev);
         self.proxy_port = proxy_port;
         self.api = api;
@@ -316,6 +334,7 @@ impl Cluster {
             .as_ref()
             .context("only a NATS cluster has a separate controller")?;
         let (controller, api) = start_controller(&nats.url(), &self.cluster)?;
+        self.dns = dns_of(&controller)?;
         self.controller = Some(controller);
         self.api = api;
         Ok(())
@@ -490,6 +509,15 @@ pub async fn container_removed(id: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// Where a started controller's DNS server answers.
+fn dns_of(controller: &ChildGuard) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let addr = after(controller, "DNS listening on ")?;
+    Ok(Some(
+        addr.parse()
+            .with_context(|| format!("not an address: {addr}"))?,
+    ))
+}
+
 /// Starts `plane controller`; returns it and its API's URL.
 fn start_controller(nats: &str, cluster: &str) -> anyhow::Result<(ChildGuard, String)> {
     start_controller_with(nats, cluster, &[])
@@ -512,6 +540,8 @@ pub fn start_controller_with(
         "127.0.0.1:0",
         "--drone-grace-secs",
         DRONE_GRACE_SECS,
+        "--dns",
+        "127.0.0.1:0",
     ]);
     controller.args(extra);
     let controller = ChildGuard::spawn("controller", controller)?;

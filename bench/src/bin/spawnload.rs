@@ -69,6 +69,8 @@ fn start_dev(
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
             "--executor",
             executor,
             // Room for every live backend the process case holds.

@@ -34,7 +34,7 @@ enum RecordChange {
     Restarted,
     /// Declared lost, and beating again (the same process).
     Returned,
-    /// Capacity, executor, draining or the proxy's address changed.
+    /// Capacity, executor, draining, the proxy's address or the advertised IP changed.
     Updated,
 }
 
@@ -364,6 +364,7 @@ fn record_change(record: &DroneRecord, heartbeat: &Heartbeat) -> RecordChange {
         || record.draining != heartbeat.draining
         || record.proxy_scheme != heartbeat.proxy_scheme
         || record.proxy_port != heartbeat.proxy_port
+        || record.ip != heartbeat.ip
     {
         RecordChange::Updated
     } else {
