@@ -56,7 +56,8 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
         draining: false,
         proxy_scheme: "http".into(),
         proxy_port: 9090,
-        ip: None,
+        // What the DNS server answers for their backends (bench: dnsload).
+        ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
         started_at: 1,
         at: now_millis(),
         usage: Default::default(),
@@ -300,6 +301,20 @@ impl EventCluster {
         heartbeat
     }
 }
+
+/// A controller whose view holds `live` ready backends spread over 100 live drones (ids
+/// `live-00000000`…), the names its DNS server answers.
+pub async fn dns_cluster(live: usize) -> EventCluster {
+    event_cluster(live).await
+}
+
+/// The id of the `i`th backend [`dns_cluster`] holds.
+pub fn live_backend(i: usize) -> BackendId {
+    BackendId::new(format!("live-{i:08}")).expect("valid id")
+}
+
+/// The cluster domain of these loads.
+pub const BENCH_CLUSTER: &str = CLUSTER;
 
 pub async fn event_cluster(live: usize) -> EventCluster {
     assert!(live >= 10, "holder-0 holds 10 backends");

@@ -237,25 +237,25 @@ impl RequestHandler for Zone {
                 Ok(info) => {
                     let name = Name::from(info.query.name());
                     let kind = info.query.query_type();
-                    let soa = [self.soa()];
-                    let (answers, authority): (Vec<Record>, &[Record]) =
+                    // The SOA goes with negative answers only: built only for them.
+                    let (answers, authority): (Vec<Record>, Vec<Record>) =
                         match self.lookup(&name, kind) {
                             Lookup::Refused => {
                                 header.set_response_code(ResponseCode::Refused);
-                                (Vec::new(), &[])
+                                (Vec::new(), Vec::new())
                             }
                             Lookup::NxDomain => {
                                 header.set_authoritative(true);
                                 header.set_response_code(ResponseCode::NXDomain);
-                                (Vec::new(), &soa)
+                                (Vec::new(), vec![self.soa()])
                             }
                             Lookup::Found(records) if records.is_empty() => {
                                 header.set_authoritative(true);
-                                (Vec::new(), &soa)
+                                (Vec::new(), vec![self.soa()])
                             }
                             Lookup::Found(records) => {
                                 header.set_authoritative(true);
-                                (records, &[])
+                                (records, Vec::new())
                             }
                         };
                     let mut response = builder.build(
