@@ -5,7 +5,7 @@
 mod common;
 
 use anyhow::{ensure, Context};
-use common::{bounded, container_removed, id_of, own_cluster, plane_bin, Cluster, STATE_TIMEOUT};
+use common::{bounded, container_removed, id_of, own_cluster, Cluster, STATE_TIMEOUT};
 use plane_test_support::docker::{container_exists, docker, inspect, test_image};
 use plane_test_support::{eventually, ChildGuard, NatsServer};
 use serde_json::Value;
@@ -507,22 +507,12 @@ async fn a_containers_cpu_and_memory_use_show_in_its_status() -> anyhow::Result<
 /// `plane dev --executor docker` with `extra`, expected to refuse to start: its output.
 fn refused_dev(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let state = tempfile::tempdir()?;
-    let mut dev = std::process::Command::new(plane_bin());
-    dev.args([
-        "dev",
-        "--executor",
-        "docker",
-        "--api",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "127.0.0.1:0",
-    ])
-    .args(extra)
-    .arg("--state-dir")
-    .arg(state.path())
-    .envs(env.iter().copied());
+    let mut dev = common::dev_command();
+    dev.args(["--executor", "docker"])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(state.path())
+        .envs(env.iter().copied());
     let dev = ChildGuard::spawn("dev", dev)?;
     let status = dev
         .wait_exit(STATE_TIMEOUT)

@@ -119,8 +119,17 @@ pub trait Executor: Send + Sync + 'static {
     /// The port a new backend is told to listen on (`PORT`).
     fn port(&self) -> std::io::Result<u16>;
 
-    /// What makes a started backend ready.
-    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck;
+    /// What proves a started backend ready when its spawn names no `ready_path`.
+    fn default_ready_check(&self) -> ReadyCheck;
+
+    /// What makes a started backend ready: its `ready_path` answering 2xx/3xx, else
+    /// [`Executor::default_ready_check`].
+    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck {
+        match &spec.ready_path {
+            Some(path) => ReadyCheck::Succeeds(path.clone()),
+            None => self.default_ready_check(),
+        }
+    }
 
     /// Starts the backend. An error means it could not be loaded at all.
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>>;

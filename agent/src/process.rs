@@ -14,7 +14,7 @@ use crate::readiness::ReadyCheck;
 use crate::reaper::Reaper;
 use futures::future::BoxFuture;
 use plane_protocol::ids::BackendId;
-use plane_protocol::messages::{BackendSpec, ExecutorKind, LogSource};
+use plane_protocol::messages::{ExecutorKind, LogSource};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -109,11 +109,8 @@ impl Executor for ProcessExecutor {
         Ok(listener.local_addr()?.port())
     }
 
-    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck {
-        match &spec.ready_path {
-            Some(path) => ReadyCheck::Succeeds(path.clone()),
-            None => ReadyCheck::Accepts,
-        }
+    fn default_ready_check(&self) -> ReadyCheck {
+        ReadyCheck::Accepts
     }
 
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {

@@ -94,7 +94,7 @@ mod tests {
     use crate::executor::{Launch, LaunchError, Running};
     use crate::readiness::ReadyCheck;
     use futures::future::BoxFuture;
-    use plane_protocol::messages::{BackendSpec, ExecutorKind};
+    use plane_protocol::messages::ExecutorKind;
 
     fn reading(cpu_ms: u64, memory_bytes: u64) -> UsageReading {
         UsageReading {
@@ -133,7 +133,7 @@ mod tests {
         fn port(&self) -> std::io::Result<u16> {
             Ok(1)
         }
-        fn ready_check(&self, _: &BackendSpec) -> ReadyCheck {
+        fn default_ready_check(&self) -> ReadyCheck {
             ReadyCheck::Accepts
         }
         fn launch(&self, _: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {

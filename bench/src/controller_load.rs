@@ -302,13 +302,7 @@ impl EventCluster {
     }
 }
 
-/// A controller whose view holds `live` ready backends spread over 100 live drones (ids
-/// `live-00000000`…), the names its DNS server answers.
-pub async fn dns_cluster(live: usize) -> EventCluster {
-    event_cluster(live).await
-}
-
-/// The id of the `i`th backend [`dns_cluster`] holds.
+/// The id of the `i`th backend an [`event_cluster`] holds.
 pub fn live_backend(i: usize) -> BackendId {
     BackendId::new(format!("live-{i:08}")).expect("valid id")
 }

@@ -276,15 +276,8 @@ impl Cluster {
     fn start_dev(
         flags: &[String],
     ) -> anyhow::Result<(ChildGuard, u16, String, Option<std::net::SocketAddr>)> {
-        let mut dev = Command::new(plane_bin());
+        let mut dev = dev_command();
         dev.args([
-            "dev",
-            "--api",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--dns",
-            "127.0.0.1:0",
             "--stop-grace-secs",
             STOP_GRACE_SECS,
             "--ready-timeout-secs",
@@ -507,6 +500,22 @@ pub async fn container_removed(id: &str) -> anyhow::Result<()> {
         Ok((!plane_test_support::docker::container_exists(&name)?).then_some(()))
     })
     .await
+}
+
+/// `plane dev` with every listener on a free loopback port, so that tests never race for one
+/// (each prints where it got).
+pub fn dev_command() -> Command {
+    let mut dev = Command::new(plane_bin());
+    dev.args([
+        "dev",
+        "--api",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "127.0.0.1:0",
+    ]);
+    dev
 }
 
 /// Where a started controller's DNS server answers.

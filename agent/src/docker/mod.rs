@@ -32,7 +32,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use plane_dataplane::TokenDigest;
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::{BackendSpec, ExecutorKind, Survivor, SurvivorStatus};
+use plane_protocol::messages::{ExecutorKind, Survivor, SurvivorStatus};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -502,11 +502,8 @@ impl Executor for DockerExecutor {
         Ok(CONTAINER_PORT)
     }
 
-    fn ready_check(&self, spec: &BackendSpec) -> ReadyCheck {
-        match &spec.ready_path {
-            Some(path) => ReadyCheck::Succeeds(path.clone()),
-            None => ReadyCheck::Answers,
-        }
+    fn default_ready_check(&self) -> ReadyCheck {
+        ReadyCheck::Answers
     }
 
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Running>, LaunchError>> {

@@ -10,7 +10,7 @@
 //! Prints dnsperf's summary (queries sent, completed, lost, per second, average latency) and the
 //! p50/p99 latency of every answer, from dnsperf's `-v` lines.
 
-use plane_bench::controller_load::{dns_cluster, live_backend, BENCH_CLUSTER};
+use plane_bench::controller_load::{event_cluster, live_backend, BENCH_CLUSTER};
 use plane_controlplane::dns::{serve, ZoneConfig};
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -53,7 +53,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(live: usize, secs: usize, clients: usize) -> Result<(), String> {
-    let cluster = dns_cluster(live).await;
+    // `live` ready backends on 100 live drones, which advertise 127.0.0.1.
+    let cluster = event_cluster(live).await;
     let zone = ZoneConfig::new(BENCH_CLUSTER, None, None).map_err(|e| e.to_string())?;
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
