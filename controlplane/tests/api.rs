@@ -269,7 +269,6 @@ async fn spawn_get_and_terminate_over_http() {
     drone.assert_no_more();
 }
 
-/// Reads `state` events from a server-sent event stream.
 /// Everything the API and the store show of backend `id`: its status, the list, its first
 /// event and the stored records, each named, as text.
 async fn everything_shown(api: &Api, cluster: &Cluster, id: &str) -> Vec<(&'static str, String)> {
@@ -290,6 +289,7 @@ async fn everything_shown(api: &Api, cluster: &Cluster, id: &str) -> Vec<(&'stat
     ]
 }
 
+/// Reads `state` events from a server-sent event stream.
 struct Events {
     body: Incoming,
     buffer: BytesMut,

@@ -410,16 +410,12 @@ impl DockerExecutor {
         docker
             .start_container(&name, None)
             .await
-            .map_err(|error| LaunchError::Start {
-                message: engine_message(&error),
-            })?;
+            .map_err(|error| step_failed("starting", &name, &error))?;
         output::follow(self.engine.clone(), name.clone(), launch.log.clone(), 0);
         let inspected = docker
             .inspect_container(&name, None)
             .await
-            .map_err(|error| LaunchError::Start {
-                message: engine_message(&error),
-            })?;
+            .map_err(|error| step_failed("inspecting", &name, &error))?;
         let address = match self.engine.address_of(&inspected, launch.port) {
             Some(address) => address,
             // Already exited (the engine unpublishes a stopped container's port): port 0 is
@@ -429,7 +425,10 @@ impl DockerExecutor {
             }
             None => {
                 return Err(LaunchError::Start {
-                    message: "the engine gave the container no address to reach it at".into(),
+                    message: format!(
+                        "the engine gave {name} no address to reach its port {}/tcp at",
+                        launch.port
+                    ),
                 })
             }
         };
@@ -482,6 +481,13 @@ fn published_port(inspected: &ContainerInspectResponse, port: u16) -> Option<u16
         .find_map(|binding| binding.host_port.as_deref())?
         .parse()
         .ok()
+}
+
+/// A step of a container's start that the engine refused, named with the container.
+fn step_failed(step: &str, container: &str, error: &bollard::errors::Error) -> LaunchError {
+    LaunchError::Start {
+        message: format!("{step} {container}: {}", engine_message(error)),
+    }
 }
 
 fn create_failed(image: &str, error: &bollard::errors::Error) -> LaunchError {

@@ -524,6 +524,7 @@ impl Controller {
                     failures.push(format!("drone {} refused: {error}", drone.id));
                 }
                 Err(error) => {
+                    let error = error_chain(&error);
                     warn!(backend = %id, drone = %drone.id, %error, "drone did not acknowledge");
                     failures.push(format!("drone {} did not acknowledge: {error}", drone.id));
                 }
