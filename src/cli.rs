@@ -154,20 +154,43 @@ fn parse_relay(value: &str) -> Result<plane_dataplane::Carry, String> {
 /// HTTPS on a drone (`plane drone`, `plane dev`).
 #[derive(Args, Debug, Clone)]
 pub struct HttpsArgs {
-    /// Where the proxy serves HTTPS (TLS 1.3/1.2, HTTP/1.1). With it, plain HTTP requests are
-    /// answered 308 to https, and backend URLs say https.
-    #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+    /// Where the proxy serves HTTPS (TLS 1.3/1.2, HTTP/1.1 and HTTP/2), with --cert and --key
+    /// or --acme-directory. With it, plain HTTP requests are answered 308 to https, and backend
+    /// URLs say https.
+    #[arg(long, value_name = "ADDR")]
     pub https: Option<SocketAddr>,
     /// The certificate chain for --https (PEM, leaf first); served anew when the file changes.
-    #[arg(long, value_name = "FILE", requires = "https")]
+    #[arg(long, value_name = "FILE", requires_all = ["https", "key"])]
     pub cert: Option<PathBuf>,
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE", requires = "https")]
+    #[arg(long, value_name = "FILE", requires_all = ["https", "cert"])]
     pub key: Option<PathBuf>,
     /// The HTTPS port as clients see it, for redirects and backend URLs (default: the
     /// --https listener's).
     #[arg(long, value_name = "PORT", requires = "https")]
     pub public_https_port: Option<u16>,
+}
+
+/// The drone's certificate from an ACME CA, instead of --cert/--key: one certificate for
+/// `{cluster}` and `*.{cluster}` over DNS-01, shared by the cluster's drones, kept in
+/// --state-dir and renewed when a third of its lifetime is left.
+#[derive(Args, Debug, Clone)]
+pub struct AcmeArgs {
+    /// The CA's ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long, value_name = "URL", requires_all = ["https", "acme_email"], conflicts_with_all = ["cert", "key"])]
+    pub acme_directory: Option<String>,
+    /// The ACME account's contact address.
+    #[arg(long, value_name = "ADDR", requires = "acme_directory")]
+    pub acme_email: Option<String>,
+    /// External account binding: the key id the CA gave (with --acme-eab-hmac-file).
+    #[arg(long, value_name = "ID", requires_all = ["acme_directory", "acme_eab_hmac_file"])]
+    pub acme_eab_kid: Option<String>,
+    /// External account binding: a file holding the HMAC key the CA gave (base64url).
+    #[arg(long, value_name = "FILE", requires = "acme_eab_kid")]
+    pub acme_eab_hmac_file: Option<PathBuf>,
+    /// Trust these roots (PEM) for the CA's own HTTPS instead of the system's (a test CA).
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    pub acme_root_ca: Option<PathBuf>,
 }
 
 /// A static route: requests whose `Host` is `HOST` (any port) go to `ADDR`.
@@ -249,6 +272,8 @@ pub struct DevArgs {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub https: HttpsArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
     #[command(flatten)]
     pub drone: DroneTuning,
     #[command(flatten)]
@@ -368,6 +393,8 @@ pub struct DroneArgs {
     pub public_port: Option<u16>,
     #[command(flatten)]
     pub https: HttpsArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
     #[command(flatten)]
     pub drone: DroneTuning,
     #[command(flatten)]

@@ -4,6 +4,7 @@
 use crate::cli::{BackendArgs, ClientArgs, LogsArgs, PullArg, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
+use plane_protocol::certificates::CertificateStatus;
 use plane_protocol::messages::{
     BackendState, LogSource, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
 };
@@ -272,20 +273,63 @@ pub async fn drones(args: ClientArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18} {:<6} {:<9} {:<10} LAST HEARTBEAT",
-        "ID", "LIVE", "EXECUTOR", "LOAD"
+        "{:<18} {:<6} {:<9} {:<10} {:<16} {:<24} LAST HEARTBEAT",
+        "ID", "LIVE", "EXECUTOR", "LOAD", "IP", "CERTIFICATE"
     );
+    let now = plane_protocol::messages::now_millis();
     for d in &drones {
         println!(
-            "{:<18} {:<6} {:<9} {:<10} {}",
+            "{:<18} {:<6} {:<9} {:<10} {:<16} {:<24} {}",
             d.drone.id,
             if d.live { "yes" } else { "no" },
             d.drone.executor,
             format!("{}/{}", d.drone.load, d.drone.capacity),
+            d.drone
+                .ip
+                .map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            describe_certificate(d.drone.certificate.as_ref(), now),
             clock(d.drone.last_heartbeat)
         );
     }
+    for d in &drones {
+        let error = d
+            .drone
+            .certificate
+            .as_ref()
+            .and_then(|c| c.last_renewal_error.as_deref());
+        if let Some(error) = error {
+            println!("{}: certificate renewal failing: {error}", d.drone.id);
+        }
+    }
     Ok(())
+}
+
+/// A drone's certificate in a few words: how long it has left, or that there is none.
+fn describe_certificate(status: Option<&CertificateStatus>, now: UnixMillis) -> String {
+    let Some(status) = status else {
+        return "-".to_owned();
+    };
+    let Some(not_after) = status.not_after else {
+        return "none yet".to_owned();
+    };
+    let failing = if status.last_renewal_error.is_some() {
+        ", renewal failing"
+    } else {
+        ""
+    };
+    if not_after <= now {
+        return format!("expired{failing}");
+    }
+    let left = (not_after - now) / 1000;
+    let (days, hours, minutes) = (left / 86_400, (left / 3600) % 24, (left / 60) % 60);
+    let left = if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {minutes}m")
+    } else {
+        format!("{minutes}m {}s", left % 60)
+    };
+    format!("{left} left{failing}")
 }
 
 fn print_backend(r: &BackendRecord) {
@@ -332,6 +376,33 @@ fn clock(at: UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_are_described_by_the_time_left() {
+        let status = |not_after, error: Option<&str>| CertificateStatus {
+            names: vec!["c.dev".into()],
+            not_after,
+            last_renewal_error: error.map(str::to_owned),
+        };
+        assert_eq!(describe_certificate(None, 0), "-");
+        assert_eq!(
+            describe_certificate(Some(&status(None, Some("x"))), 0),
+            "none yet"
+        );
+        let day = 86_400_000;
+        assert_eq!(
+            describe_certificate(Some(&status(Some(89 * day + 3_600_000), None)), 0),
+            "89d 1h left"
+        );
+        assert_eq!(
+            describe_certificate(Some(&status(Some(90_000), Some("x"))), 0),
+            "1m 30s left, renewal failing"
+        );
+        assert_eq!(
+            describe_certificate(Some(&status(Some(5), None)), 10),
+            "expired"
+        );
+    }
 
     #[test]
     fn clock_formats_utc_time_of_day() {

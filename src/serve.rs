@@ -4,13 +4,16 @@
 //! while the controller still listens; only then do the controller and the proxy stop.
 
 use crate::cli::{
-    ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DnsZoneArgs, DroneArgs, DroneTuning,
-    ExecutorArg, ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
+    AcmeArgs, ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DnsZoneArgs, DroneArgs,
+    DroneTuning, ExecutorArg, ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
 use crate::state_dir;
 use anyhow::Context as _;
+use plane_agent::certificates::{
+    AcmeConfig, CertificateFiles, ExternalAccount, Refresher, RefresherConfig,
+};
 use plane_agent::docker::DockerExecutor;
 use plane_agent::executor::Executor;
 use plane_agent::process::ProcessExecutor;
@@ -22,7 +25,7 @@ use plane_dataplane::{Listeners, ProxyConfig, RouteTable};
 use plane_protocol::ids::DroneId;
 use plane_protocol::subjects::Subjects;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
@@ -141,16 +144,18 @@ struct HttpsListener {
 impl DroneProxy {
     /// Binds the listeners and loads the certificate: a busy port or an unusable certificate
     /// is an error before anything starts.
+    /// With `acme`, the TLS listener serves the refresher's files (nothing until it wrote them).
     fn bind(
         http: SocketAddr,
         public_port: Option<u16>,
         https: &HttpsArgs,
+        acme: Option<&RefresherConfig>,
         threads: &ThreadsArg,
         data_plane: &DataPlaneArgs,
     ) -> anyhow::Result<DroneProxy> {
         let plain = bind_proxy(http, threads)?;
         let mut plain_config = data_plane.proxy_config();
-        let (Some(addr), Some(cert), Some(key)) = (https.https, &https.cert, &https.key) else {
+        let Some(addr) = https.https else {
             let public_port = match public_port {
                 Some(port) => port,
                 None => plain.local_addr()?.port(),
@@ -163,7 +168,14 @@ impl DroneProxy {
                 public_port,
             });
         };
-        let certificate = Certificate::load(cert, key).context("--cert/--key")?;
+        let certificate = match (&https.cert, &https.key, acme) {
+            (Some(cert), Some(key), _) => Certificate::load(cert, key).context("--cert/--key")?,
+            (_, _, Some(acme)) => {
+                let files = Refresher::files(acme);
+                Certificate::awaiting(&files.cert, &files.key)
+            }
+            _ => anyhow::bail!("--https needs --cert and --key, or --acme-directory"),
+        };
         let listeners = bind_proxy(addr, threads)?
             .with_tls(&certificate)
             .context("TLS settings")?;
@@ -222,6 +234,82 @@ impl DroneProxy {
         plain.await?.context("proxy")?;
         Ok(())
     }
+}
+
+/// The refresher's set-up when `args` name an ACME CA.
+fn acme_config(
+    args: &AcmeArgs,
+    cluster: &str,
+    drone: &DroneId,
+    state_dir: &Path,
+) -> anyhow::Result<Option<RefresherConfig>> {
+    let Some(directory) = &args.acme_directory else {
+        return Ok(None);
+    };
+    let external_account = match (&args.acme_eab_kid, &args.acme_eab_hmac_file) {
+        (Some(key_id), Some(file)) => {
+            use base64::Engine as _;
+            let text = secrets::read_secret(file, "ACME external account HMAC key")?;
+            let hmac_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim().trim_end_matches('='))
+                .with_context(|| format!("{} does not hold a base64url key", file.display()))?;
+            anyhow::ensure!(
+                !hmac_key.is_empty(),
+                "{} holds an empty key",
+                file.display()
+            );
+            Some(ExternalAccount {
+                key_id: key_id.clone(),
+                hmac_key,
+            })
+        }
+        _ => None,
+    };
+    if let Some(root) = &args.acme_root_ca {
+        std::fs::metadata(root).with_context(|| format!("--acme-root-ca {}", root.display()))?;
+    }
+    Ok(Some(RefresherConfig {
+        drone: drone.clone(),
+        cluster: cluster.to_owned(),
+        acme: AcmeConfig {
+            directory: directory.clone(),
+            email: args.acme_email.clone(),
+            external_account,
+            root_ca: args.acme_root_ca.clone(),
+        },
+        dir: state_dir.join(cluster),
+    }))
+}
+
+/// Starts what keeps the TLS listener's certificate current and reported in the drone's
+/// heartbeats: the ACME refresher, or the watch on operator-provided files. `None` without
+/// HTTPS.
+fn start_certificate_upkeep(
+    proxy: &DroneProxy,
+    https: &HttpsArgs,
+    acme: Option<RefresherConfig>,
+    bus: &Bus,
+    drone: &mut Drone,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = proxy.https.as_ref()?;
+    if let Some(config) = acme {
+        let (refresher, status) =
+            Refresher::new(config, bus.clone(), Arc::clone(&listener.certificate));
+        drone.report_certificate(status);
+        return Some(tokio::spawn(refresher.run(std::future::pending())));
+    }
+    let (Some(cert), Some(key)) = (&https.cert, &https.key) else {
+        return None;
+    };
+    let (status, receiver) = tokio::sync::watch::channel(None);
+    drone.report_certificate(receiver);
+    let files = CertificateFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    Some(tokio::spawn(
+        plane_agent::certificates::watch_operator_files(files, status),
+    ))
 }
 
 fn drone_config(
@@ -333,10 +421,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
     let api_config = api_config(&args.api_auth, args.api)?;
     let api_listener = bind(args.api, "API").await?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => state_dir::default_state_dir()?,
+    };
+    let drone_id = state_dir::drone_id(None, &state_dir, &cluster)?;
+    let acme = acme_config(&args.acme, &cluster, &drone_id, &state_dir)?;
     let proxy = DroneProxy::bind(
         args.http,
         None,
         &args.https,
+        acme.as_ref(),
         &args.threads,
         &args.data_plane,
     )?;
@@ -361,16 +456,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .await?;
     let table = RouteTable::new(&cluster);
-    let state_dir = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => state_dir::default_state_dir()?,
-    };
-    let drone_id = state_dir::drone_id(None, &state_dir, &cluster)?;
     let executor = executor(&args.executor, &cluster, &drone_id).await?;
     let executor_kind = executor.kind();
-    let drone = Drone::new(
+    let mut drone = Drone::new(
         drone_config(drone_id.clone(), &cluster, &proxy, &args.drone)?,
-        bus,
+        bus.clone(),
         table.clone(),
         executor,
     );
@@ -409,8 +499,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         api_config,
         controller_shutdown.clone().cancelled_owned(),
     ));
+    let upkeep = start_certificate_upkeep(&proxy, &args.https, acme, &bus, &mut drone);
     // The controller outlives the drone, to take the reports of the backends it stops.
-    let drone_result = run_drone(drone, proxy, table, drone_shutdown).await;
+    let drone_result = run_drone(drone, proxy, table, upkeep, drone_shutdown).await;
     controller_shutdown.cancel();
     drone_result?;
     controller_task.await?.context("controller")?;
@@ -425,12 +516,16 @@ async fn run_drone(
     drone: Drone,
     proxy: DroneProxy,
     table: RouteTable,
+    certificate_upkeep: Option<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = CancellationToken::new();
     crate::memory::spawn_heap_trimmer();
     let proxy_task = tokio::spawn(proxy.serve(table, proxy_shutdown.clone()));
     let result = drone.run(shutdown.cancelled_owned()).await;
+    if let Some(upkeep) = certificate_upkeep {
+        upkeep.abort();
+    }
     proxy_shutdown.cancel();
     result.context("drone")?;
     proxy_task.await??;
@@ -485,15 +580,26 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     let cluster = check_cluster(&args.cluster)?;
-    let id = match (&args.id, &args.state_dir) {
-        (Some(id), _) => state_dir::drone_id(Some(id), Path::new(""), &cluster)?,
-        (None, Some(dir)) => state_dir::drone_id(None, dir, &cluster)?,
-        (None, None) => state_dir::drone_id(None, &state_dir::default_state_dir()?, &cluster)?,
+    // Needed only for what is kept there: a made-up id, the ACME account and certificate.
+    let state_dir = || -> anyhow::Result<PathBuf> {
+        match &args.state_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => state_dir::default_state_dir(),
+        }
+    };
+    let id = match &args.id {
+        Some(id) => state_dir::drone_id(Some(id), Path::new(""), &cluster)?,
+        None => state_dir::drone_id(None, &state_dir()?, &cluster)?,
+    };
+    let acme = match &args.acme.acme_directory {
+        Some(_) => acme_config(&args.acme, &cluster, &id, &state_dir()?)?,
+        None => None,
     };
     let proxy = DroneProxy::bind(
         args.http,
         args.public_port,
         &args.https,
+        acme.as_ref(),
         &args.threads,
         &args.data_plane,
     )?;
@@ -502,18 +608,19 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
     nats.name = Some(format!("plane drone {id} ({cluster})"));
     let bus = connect(nats).await?;
     let table = RouteTable::new(&cluster);
-    let drone = Drone::new(
+    let mut drone = Drone::new(
         drone_config(id.clone(), &cluster, &proxy, &args.drone)?,
-        bus,
+        bus.clone(),
         table.clone(),
         executor(&args.executor, &cluster, &id).await?,
     );
+    let upkeep = start_certificate_upkeep(&proxy, &args.https, acme, &bus, &mut drone);
     // On stdout, for whoever started us with port 0 to learn the real address.
     proxy.announce()?;
     info!(drone = %id, %cluster, "drone started");
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    run_drone(drone, proxy, table, shutdown).await
+    run_drone(drone, proxy, table, upkeep, shutdown).await
 }
 
 /// `plane proxy`: the data plane alone, with static routes, until SIGINT or SIGTERM.

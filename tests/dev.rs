@@ -89,3 +89,59 @@ async fn a_full_drone_takes_no_more_backends() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// An answer too large for UDP: a client without EDNS (512 bytes at most) gets it truncated
+/// (TC, no records) and then whole over TCP; an EDNS client that takes 1232 bytes gets it
+/// whole over UDP. The zone's long SOA names make the answer 552 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_too_large_for_udp_are_truncated() -> anyhow::Result<()> {
+    use plane_test_support::dig::{dig, flags, section};
+    bounded(async {
+        let label = "a".repeat(60);
+        let ns = [label.as_str(); 4].join(".");
+        // Other labels than the NS name's, so that compression does not shrink the answer.
+        let other = "c".repeat(60);
+        let email = format!("{}@{}", "b".repeat(60), [other.as_str(); 3].join("."));
+        let c = Cluster::dev_with(&["--dns-ns", &ns, "--dns-soa-email", &email]).await?;
+        let dns = c.dns.expect("plane dev serves DNS");
+        let zone = c.cluster.as_str();
+
+        let cut = dig(dns, &["+noedns", "+ignore", "SOA", zone])?;
+        anyhow::ensure!(flags(&cut).contains(&"tc"), "truncated: {cut}");
+        anyhow::ensure!(section(&cut, "ANSWER").is_empty(), "{cut}");
+        let size = |text: &str| -> usize {
+            text.split("MSG SIZE  rcvd: ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX)
+        };
+        anyhow::ensure!(size(&cut) <= 512, "{cut}");
+
+        // dig itself retries over TCP on TC, as resolvers do.
+        let retried = dig(dns, &["+noedns", "SOA", zone])?;
+        anyhow::ensure!(
+            retried.contains("Truncated, retrying in TCP mode"),
+            "{retried}"
+        );
+        for whole in [
+            retried,
+            dig(dns, &["+tcp", "+noedns", "SOA", zone])?,
+            dig(dns, &["+bufsize=1232", "SOA", zone])?,
+        ] {
+            anyhow::ensure!(!flags(&whole).contains(&"tc"), "{whole}");
+            let answer = section(&whole, "ANSWER");
+            anyhow::ensure!(answer.len() == 1 && answer[0].0 == "SOA", "{whole}");
+            anyhow::ensure!(answer[0].1 == format!("{ns}."), "{whole}");
+            anyhow::ensure!(size(&whole) > 512, "{whole}");
+        }
+        // A small answer to the same client is not cut.
+        let small = dig(dns, &["+noedns", "+ignore", "NS", zone])?;
+        anyhow::ensure!(
+            !flags(&small).contains(&"tc") && section(&small, "ANSWER").len() == 1,
+            "{small}"
+        );
+        Ok(())
+    })
+    .await
+}

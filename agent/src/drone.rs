@@ -18,6 +18,7 @@ use crate::sweeper;
 use crate::usage::{Sampler, UsageSamples};
 use plane_bus::{Bus, BusError, Message};
 use plane_dataplane::{RouteTable, TokenDigest};
+use plane_protocol::certificates::CertificateStatus;
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::messages::{
@@ -31,7 +32,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -65,6 +66,8 @@ pub struct Drone {
     shared: Arc<Shared>,
     /// When this drone process started, told in every heartbeat.
     started_at: UnixMillis,
+    /// The certificate its TLS listener serves, told in every heartbeat.
+    certificate: watch::Receiver<Option<CertificateStatus>>,
 }
 
 /// What a spawn command brings beside the spec, for this drone only.
@@ -116,6 +119,7 @@ impl Drone {
         };
         Drone {
             started_at: now_millis(),
+            certificate: watch::channel(None).1,
             config,
             bus,
             subjects,
@@ -128,6 +132,12 @@ impl Drone {
                 logs,
             }),
         }
+    }
+
+    /// Tells the cluster about the certificate in `status` (the TLS listener's) from the next
+    /// heartbeat on.
+    pub fn report_certificate(&mut self, status: watch::Receiver<Option<CertificateStatus>>) {
+        self.certificate = status;
     }
 
     /// Serves the controller until `shutdown` resolves, then stops every backend, waits for
@@ -204,6 +214,7 @@ impl Drone {
             self.shared.clone(),
         );
         let (config, started_at) = (self.config.clone(), self.started_at);
+        let certificate = self.certificate.clone();
         async move {
             let mut tick = tokio::time::interval(config.heartbeat_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,6 +239,7 @@ impl Drone {
                     proxy_scheme: config.proxy_scheme.clone(),
                     proxy_port: config.proxy_port,
                     ip: config.ip,
+                    certificate: certificate.borrow().clone(),
                     started_at,
                     at: now_millis(),
                     usage: shared.usage.take(),

@@ -2,6 +2,7 @@
 //! executor, drives it through its lifecycle, routes it in the proxy once ready, sweeps it when
 //! idle, and reports every state change until the controller acknowledges it.
 
+pub mod certificates;
 pub mod docker;
 pub mod drone;
 pub mod executor;

@@ -80,3 +80,25 @@ pub const MAX_LOG_RECORD_BYTES: usize = 1024;
 
 /// Pull progress is reported at most this often (and once more when the pull ends).
 pub const PULL_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The refresher checks again at most this long after its last check, and at least this soon
+/// after a failure's backoff starts.
+pub const CERTIFICATE_RECHECK_MAX: Duration = Duration::from_secs(3600);
+pub const CERTIFICATE_RECHECK_MIN: Duration = Duration::from_secs(5);
+
+/// Backoff after a failed renewal: first and longest pause.
+pub const RENEWAL_RETRY_MIN: Duration = Duration::from_secs(5);
+pub const RENEWAL_RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// How long a controller gets to answer a certificate request.
+pub const CERTIFICATE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a drone waits on another drone's order before it counts as a failed attempt.
+pub const ORDER_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// How often the status of operator-provided certificate files is read again.
+pub const CERTIFICATE_STATUS_CHECK: Duration = Duration::from_secs(60);
+
+/// A certificate this close to its expiry is warned about, at most this often.
+pub const EXPIRY_WARNING_WITHIN: Duration = Duration::from_secs(7 * 86_400);
+pub const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(3600);

@@ -58,6 +58,7 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
         proxy_port: 9090,
         // What the DNS server answers for their backends (bench: dnsload).
         ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        certificate: None,
         started_at: 1,
         at: now_millis(),
         usage: Default::default(),

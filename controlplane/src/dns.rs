@@ -1,21 +1,25 @@
 //! The cluster's authoritative DNS server (hickory-server, UDP and TCP): `{backend}.{cluster}`
 //! resolves to the address its drone advertises, from scheduling until the backend terminates;
-//! the zone's apex has its `SOA` and `NS`. Answers come from the controller's view of the cluster
+//! `_acme-challenge.{cluster}` holds the DNS-01 values of the certificate order in progress
+//! (`TXT`); the zone's apex has its `SOA` and `NS`. Answers come from the controller's view of the cluster
 //! (kept current by a KV watch), so every controller answers the same and a lookup costs no
 //! store access.
 //!
 //! Response codes as an authoritative server gives them: NXDOMAIN for a name that does not
 //! exist, NODATA (no error, no answer, the `SOA` in the authority section) for an existing name
 //! without the asked type, REFUSED for names outside the zone, FORMERR for requests that are not
-//! one query. Truncation (TC over UDP) and EDNS payload sizes are the server's: a response is cut
-//! to what the client said it takes. Malformed packets never reach this handler: the server
+//! one query. Over UDP an answer is cut to what the client takes (the EDNS size it gave, at most
+//! 1232 bytes; 512 without EDNS) and marked truncated (TC), so that it asks again over TCP.
+//! hickory-server does the cutting for EDNS clients; for the others, which it would send up to
+//! 4096 bytes, it is done here. Malformed packets never reach this handler: the server
 //! drops them or answers FORMERR, and goes on.
 
 use crate::Controller;
 use hickory_server::authority::MessageResponseBuilder;
-use hickory_server::proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use plane_protocol::ids::BackendId;
@@ -26,12 +30,18 @@ use tracing::{debug, warn};
 
 /// TTL of a backend's address: short, since backends come and go.
 pub const BACKEND_TTL: u32 = 10;
+/// TTL of the DNS-01 values: they change with every order.
+pub const CHALLENGE_TTL: u32 = 1;
+/// The label DNS-01 values are published under, below the apex.
+const CHALLENGE_LABEL: &[u8] = b"_acme-challenge";
 /// TTL of the apex records and of negative answers (the SOA minimum).
 const ZONE_TTL: u32 = 60;
 /// How long a TCP client may take to send its query.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest UDP answer offered to EDNS clients (the DNS flag day's safe size).
 const MAX_UDP_PAYLOAD: u16 = 1232;
+/// The largest UDP answer to a client without EDNS (RFC 1035).
+const CLASSIC_UDP_PAYLOAD: usize = 512;
 
 /// The zone's names.
 #[derive(Clone, Debug)]
@@ -169,6 +179,9 @@ impl Zone {
         let Some(label) = name.iter().next() else {
             return Lookup::NxDomain;
         };
+        if label.eq_ignore_ascii_case(CHALLENGE_LABEL) {
+            return self.challenges(name, kind);
+        }
         let Some(ip) = std::str::from_utf8(label)
             .ok()
             .and_then(|label| BackendId::new(label).ok())
@@ -189,6 +202,32 @@ impl Zone {
         )
     }
 
+    /// The TXT records of the order in progress; no order, no name.
+    fn challenges(&self, name: Name, kind: RecordType) -> Lookup {
+        let values = self
+            .controller
+            .view()
+            .challenges(plane_protocol::messages::now_millis());
+        if values.is_empty() {
+            return Lookup::NxDomain;
+        }
+        if kind != RecordType::TXT {
+            return Lookup::Found(Vec::new());
+        }
+        Lookup::Found(
+            values
+                .into_iter()
+                .map(|value| {
+                    Record::from_rdata(
+                        name.clone(),
+                        CHALLENGE_TTL,
+                        RData::TXT(TXT::new(vec![value])),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// The address a live backend's name resolves to: its drone's advertised one.
     fn address_of(&self, id: &BackendId) -> Option<IpAddr> {
         let view = self.controller.view();
@@ -198,6 +237,34 @@ impl Zone {
         }
         view.drone(&backend.record.drone)?.record.ip
     }
+}
+
+/// Whether the response fits in a UDP answer to a client without EDNS.
+fn fits_classic_udp(
+    header: &Header,
+    query: &Query,
+    answers: &[Record],
+    authority: &[Record],
+) -> bool {
+    // One address alone always fits: the question's name (at most 255 bytes), a pointer to it,
+    // and at most 26 bytes of record. This is the hot path; it is not encoded twice.
+    let one_address = authority.is_empty()
+        && answers.len() <= 1
+        && answers
+            .iter()
+            .all(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA));
+    if one_address {
+        return true;
+    }
+    let mut message = Message::new();
+    message
+        .set_header(*header)
+        .add_query(query.clone())
+        .add_answers(answers.iter().cloned())
+        .add_name_servers(authority.iter().cloned());
+    message
+        .to_vec()
+        .is_ok_and(|bytes| bytes.len() <= CLASSIC_UDP_PAYLOAD)
 }
 
 #[async_trait::async_trait]
@@ -238,7 +305,7 @@ impl RequestHandler for Zone {
                     let name = Name::from(info.query.name());
                     let kind = info.query.query_type();
                     // The SOA goes with negative answers only: built only for them.
-                    let (answers, authority): (Vec<Record>, Vec<Record>) =
+                    let (mut answers, mut authority): (Vec<Record>, Vec<Record>) =
                         match self.lookup(&name, kind) {
                             Lookup::Refused => {
                                 header.set_response_code(ResponseCode::Refused);
@@ -258,6 +325,14 @@ impl RequestHandler for Zone {
                                 (records, Vec::new())
                             }
                         };
+                    let classic_udp = edns.is_none() && request.protocol() == Protocol::Udp;
+                    if classic_udp
+                        && !fits_classic_udp(&header, info.query.original(), &answers, &authority)
+                    {
+                        header.set_truncated(true);
+                        answers.clear();
+                        authority.clear();
+                    }
                     let mut response = builder.build(
                         header,
                         answers.iter(),

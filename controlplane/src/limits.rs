@@ -58,3 +58,13 @@ pub const MAX_LOG_RECORD_BYTES: usize = 2048;
 /// After a backend ended, how long a followed log waits for the last lines its drone sent
 /// (they travel apart from the state report that ends it) before it ends.
 pub const LOG_DRAIN_AFTER_END: Duration = Duration::from_millis(500);
+
+/// How long a drone holds the certificate order lock: longer than an order takes, short
+/// enough that a drone that died while ordering does not hold up the cluster for long.
+pub const ORDER_LEASE: Duration = Duration::from_secs(180);
+
+/// When another drone holds the order lock, how soon a drone asks again.
+pub const ORDER_WAIT_RETRY: Duration = Duration::from_secs(2);
+
+/// DNS-01 values one order may publish (an order for `{cluster}` and `*.{cluster}` has two).
+pub const MAX_CHALLENGES: usize = 8;

@@ -102,6 +102,7 @@ mod tests {
                 proxy_scheme: "http".into(),
                 proxy_port: 9090,
                 ip: None,
+                certificate: None,
                 last_heartbeat: 0,
                 started_at: 0,
                 lost: false,

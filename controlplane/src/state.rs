@@ -6,6 +6,7 @@
 use crate::limits::MAX_CAS_ATTEMPTS;
 use crate::view::{Bucket, ClusterView, Versioned};
 use plane_bus::{Bus, BusError, Kv, KvChange, KvError, KvWatch};
+use plane_protocol::certificates::{OrderLock, SharedCertificate};
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::records::{BackendRecord, DroneRecord};
 use plane_protocol::subjects::Subjects;
@@ -28,6 +29,8 @@ pub enum StateError {
 pub struct ClusterState {
     backends: Kv,
     drones: Kv,
+    /// The certificate and its order lock.
+    acme: Kv,
     view: ClusterView,
 }
 
@@ -43,6 +46,7 @@ pub enum Change<T> {
 pub struct Watches {
     backends: KvWatch,
     drones: KvWatch,
+    order_lock: KvWatch,
 }
 
 impl Watches {
@@ -52,6 +56,7 @@ impl Watches {
         tokio::select! {
             change = self.backends.next() => change.map(|c| (Bucket::Backends, c)),
             change = self.drones.next() => change.map(|c| (Bucket::Drones, c)),
+            change = self.order_lock.next() => change.map(|c| (Bucket::Acme, c)),
         }
     }
 }
@@ -90,6 +95,19 @@ impl Stored for DroneRecord {
     }
 }
 
+impl Stored for OrderLock {
+    const BUCKET: Bucket = Bucket::Acme;
+    fn key(&self) -> &str {
+        OrderLock::KEY
+    }
+    fn held(view: &ClusterView, _key: &str) -> Option<Versioned<Self>> {
+        view.order_lock()
+    }
+    fn store(view: &ClusterView, record: Self, revision: u64) {
+        view.put_order_lock(record, revision);
+    }
+}
+
 impl ClusterState {
     /// Opens (creating when absent) the cluster's buckets and loads the view: the watches start
     /// first, then one snapshot of each bucket, so that no change falls in between.
@@ -97,6 +115,7 @@ impl ClusterState {
         let state = ClusterState {
             backends: bus.kv(&subjects.backends_bucket()).await?,
             drones: bus.kv(&subjects.drones_bucket()).await?,
+            acme: bus.kv(&subjects.acme_bucket()).await?,
             view: ClusterView::default(),
         };
         let watches = state.resync().await?;
@@ -108,10 +127,13 @@ impl ClusterState {
         let watches = Watches {
             backends: self.backends.watch(">").await?,
             drones: self.drones.watch(">").await?,
+            order_lock: self.acme.watch(OrderLock::KEY).await?,
         };
         let backends = self.backends.entries().await?;
         let drones = self.drones.entries().await?;
-        self.view.replace(backends, drones);
+        let order_lock = self.acme.get(OrderLock::KEY).await?;
+        self.view
+            .replace(backends, drones, order_lock.into_iter().collect());
         Ok(watches)
     }
 
@@ -128,6 +150,7 @@ impl ClusterState {
         match bucket {
             Bucket::Backends => &self.backends,
             Bucket::Drones => &self.drones,
+            Bucket::Acme => &self.acme,
         }
     }
 
@@ -232,6 +255,45 @@ impl ClusterState {
         change: impl FnMut(&mut DroneRecord) -> Change<T>,
     ) -> Result<Option<T>, StateError> {
         self.update(id.as_str(), change).await
+    }
+
+    /// Lets `change` decide on the certificate order lock (created empty when absent), as
+    /// [`ClusterState::update`] does.
+    pub async fn update_order_lock<T>(
+        &self,
+        change: impl FnMut(&mut OrderLock) -> Change<T>,
+    ) -> Result<T, StateError> {
+        if self.refresh::<OrderLock>(OrderLock::KEY).await?.is_none() {
+            match self.create(OrderLock::default()).await {
+                Ok(()) | Err(StateError::Kv(KvError::AlreadyExists { .. })) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.update(OrderLock::KEY, change)
+            .await?
+            .ok_or_else(|| StateError::Contended {
+                key: OrderLock::KEY.into(),
+            })
+    }
+
+    /// The cluster's certificate as stored.
+    pub async fn shared_certificate(&self) -> Result<Option<SharedCertificate>, StateError> {
+        Ok(self
+            .acme
+            .get_json(SharedCertificate::KEY)
+            .await?
+            .map(|(certificate, _revision)| certificate))
+    }
+
+    /// Stores the cluster's certificate.
+    pub async fn store_certificate(
+        &self,
+        certificate: &SharedCertificate,
+    ) -> Result<(), StateError> {
+        self.acme
+            .put_json(SharedCertificate::KEY, certificate)
+            .await?;
+        Ok(())
     }
 
     /// The backend's record, from the view, or from the store when the view does not have it

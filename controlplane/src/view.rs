@@ -10,7 +10,9 @@
 //! arrive out of order with it, and the revision check keeps whichever is newer.
 
 use plane_bus::{KvChange, KvEntry};
+use plane_protocol::certificates::OrderLock;
 use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::messages::UnixMillis;
 use plane_protocol::records::{BackendRecord, DroneRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -56,6 +58,8 @@ struct ViewState {
     deleted: HashMap<BackendId, u64>,
     /// The deletes recorded before the last prune; forgotten at the next one.
     deleted_earlier: HashMap<BackendId, u64>,
+    /// The certificate order lock, with the DNS-01 values it publishes.
+    order_lock: Option<Versioned<OrderLock>>,
 }
 
 /// Which bucket a change belongs to.
@@ -63,6 +67,8 @@ struct ViewState {
 pub enum Bucket {
     Backends,
     Drones,
+    /// The certificate's bucket; the view follows only its [`OrderLock`].
+    Acme,
 }
 
 impl ClusterView {
@@ -109,6 +115,20 @@ impl ClusterView {
         self.read().drones.values().cloned().collect()
     }
 
+    /// The certificate order lock as last seen.
+    pub fn order_lock(&self) -> Option<Versioned<OrderLock>> {
+        self.read().order_lock.clone()
+    }
+
+    /// The DNS-01 values to serve at `now` (see [`OrderLock::live_challenges`]).
+    pub fn challenges(&self, now: UnixMillis) -> Vec<String> {
+        self.read()
+            .order_lock
+            .as_ref()
+            .map(|lock| lock.record.live_challenges(now).to_vec())
+            .unwrap_or_default()
+    }
+
     /// The backend's record now and every later version of it, for an event stream; `None` if
     /// the view has no such backend. The channel closes when the record is deleted.
     pub fn subscribe(
@@ -140,6 +160,11 @@ impl ClusterView {
                         self.remove_drone(&id, revision);
                     }
                 }
+                Bucket::Acme => {
+                    if key == OrderLock::KEY {
+                        self.remove_order_lock(revision);
+                    }
+                }
             },
         }
     }
@@ -156,13 +181,22 @@ impl ClusterView {
                 Ok(record) => self.put_drone(record, entry.revision),
                 Err(error) => warn!(key = %entry.key, %error, "undecodable drone record"),
             },
+            // The certificate itself stays in the store: only the lock is needed at every query.
+            Bucket::Acme if entry.key != OrderLock::KEY => {}
+            Bucket::Acme => match serde_json::from_slice::<OrderLock>(&entry.value) {
+                Ok(lock) => self.put_order_lock(lock, entry.revision),
+                Err(error) => warn!(key = %entry.key, %error, "undecodable certificate order lock"),
+            },
         }
     }
 
     /// Replaces the whole view with a fresh snapshot of both buckets (after a watch had to be
     /// reopened and may have missed changes). Records absent from it are gone.
-    pub fn replace(&self, backends: Vec<KvEntry>, drones: Vec<KvEntry>) {
+    pub fn replace(&self, backends: Vec<KvEntry>, drones: Vec<KvEntry>, acme: Vec<KvEntry>) {
         let fresh = ClusterView::default();
+        for entry in acme {
+            fresh.apply_entry(Bucket::Acme, entry);
+        }
         for entry in backends {
             fresh.apply_entry(Bucket::Backends, entry);
         }
@@ -280,6 +314,34 @@ impl ClusterView {
                 revision,
             },
         );
+    }
+
+    /// Stores the order lock written with `revision`, unless the view has a newer one.
+    pub fn put_order_lock(&self, lock: OrderLock, revision: u64) {
+        let mut state = self.write();
+        if state
+            .order_lock
+            .as_ref()
+            .is_some_and(|held| held.revision >= revision)
+        {
+            return;
+        }
+        state.order_lock = Some(Versioned {
+            record: Arc::new(lock),
+            revision,
+        });
+    }
+
+    /// Forgets the order lock deleted at `revision`, unless the view holds a newer write.
+    pub fn remove_order_lock(&self, revision: u64) {
+        let mut state = self.write();
+        if state
+            .order_lock
+            .as_ref()
+            .is_some_and(|held| held.revision < revision)
+        {
+            state.order_lock = None;
+        }
     }
 
     /// Forgets a drone deleted at `revision`, unless the view holds a newer write.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -97,7 +97,8 @@ pub struct Certificate {
     cert_path: PathBuf,
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
-    current: ArcSwap<CertifiedKey>,
+    /// `None` until a first usable pair is there (see [`Certificate::awaiting`]).
+    current: ArcSwapOption<CertifiedKey>,
     seen: Mutex<Seen>,
 }
 
@@ -128,12 +129,43 @@ impl Certificate {
             cert_path: cert.to_owned(),
             key_path: key.to_owned(),
             provider,
-            current: ArcSwap::from_pointee(pair),
+            current: ArcSwapOption::from_pointee(pair),
             seen: Mutex::new(Seen {
                 served: stamps.ok(),
                 failed: None,
             }),
         }))
+    }
+
+    /// The certificate to come in `cert` and `key` (the ACME refresher writes them): served
+    /// from when the files make a usable pair; until then handshakes fail (there is no
+    /// certificate to present). Files already there are loaded at once.
+    pub fn awaiting(cert: &Path, key: &Path) -> Arc<Certificate> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certificate = Arc::new(Certificate {
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+            provider,
+            current: ArcSwapOption::empty(),
+            seen: Mutex::new(Seen {
+                served: None,
+                failed: None,
+            }),
+        });
+        if let Err(error) = certificate.reload_if_changed() {
+            warn!(error = %error_chain(&error), "the certificate files there cannot be served; waiting for new ones");
+        }
+        certificate
+    }
+
+    /// Whether a certificate is served now.
+    pub fn is_served(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// The chain served now (leaf first), if any.
+    pub fn served_chain(&self) -> Option<Vec<CertificateDer<'static>>> {
+        self.current.load().as_ref().map(|pair| pair.cert.clone())
     }
 
     /// Loads the files again if they changed since the last load; `Ok(true)` if a new pair is
@@ -156,7 +188,7 @@ impl Certificate {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match loaded {
             Ok(pair) => {
-                self.current.store(Arc::new(pair));
+                self.current.store(Some(Arc::new(pair)));
                 *seen = Seen {
                     served: Some(stamps),
                     failed: None,
@@ -211,7 +243,7 @@ impl Certificate {
 
 impl ResolvesServerCert for Certificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        self.current.load_full()
     }
 }
 

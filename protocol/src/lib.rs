@@ -2,6 +2,7 @@
 //! and buckets they live under, and the records and spawn body of the HTTP API. Kept apart from
 //! any behaviour, so that an app calling Plane compiles these and the client, nothing more.
 
+pub mod certificates;
 mod error_chain;
 pub mod ids;
 pub mod messages;

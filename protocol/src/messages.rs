@@ -438,6 +438,9 @@ pub struct Heartbeat {
     /// backends (`plane drone --ip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::IpAddr>,
+    /// The certificate its TLS listener serves, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<crate::certificates::CertificateStatus>,
     /// When this drone process started: a new value under a known drone id means the drone
     /// restarted, and whatever it ran before is gone.
     #[serde(default)]

@@ -159,6 +159,9 @@ pub struct DroneRecord {
     /// The address its backends' names resolve to (see [`Heartbeat::ip`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::IpAddr>,
+    /// The certificate its TLS listener serves (see [`Heartbeat::certificate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<crate::certificates::CertificateStatus>,
     pub last_heartbeat: UnixMillis,
     /// When the drone process started (see [`Heartbeat::started_at`]).
     #[serde(default)]
@@ -182,6 +185,7 @@ impl DroneRecord {
             proxy_scheme: hb.proxy_scheme.clone(),
             proxy_port: hb.proxy_port,
             ip: hb.ip,
+            certificate: hb.certificate.clone(),
             last_heartbeat: received_at,
             started_at: hb.started_at,
             lost: false,
@@ -317,6 +321,7 @@ mod tests {
             proxy_scheme: "http".into(),
             proxy_port: 80,
             ip: None,
+            certificate: None,
             last_heartbeat: 0,
             started_at: 0,
             lost: false,

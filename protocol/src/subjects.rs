@@ -21,6 +21,7 @@ const HEARTBEAT: &str = "heartbeat";
 const STATE: &str = "state";
 const RECOVERY: &str = "recovery";
 const LOGS: &str = "logs";
+const CERTIFICATE: &str = "certificate";
 
 impl Subjects {
     /// Dots (and anything else NATS gives a meaning to) in the cluster name become `_`.
@@ -79,6 +80,17 @@ impl Subjects {
         self.drone_subject("*", RECOVERY)
     }
 
+    /// Requests from one drone to any controller about the cluster's certificate:
+    /// [`crate::certificates::CertificateRequest`] → [`crate::certificates::CertificateAnswer`].
+    pub fn certificate(&self, drone: &DroneId) -> String {
+        self.drone_subject(drone.as_str(), CERTIFICATE)
+    }
+
+    /// Every drone's certificate requests (controllers subscribe as a queue group).
+    pub fn all_certificates(&self) -> String {
+        self.drone_subject("*", CERTIFICATE)
+    }
+
     /// Where a drone publishes the log lines of one of its backends
     /// ([`crate::messages::LogLine`]); kept by the log [`Subjects::logs_stream`].
     pub fn backend_logs(&self, drone: &DroneId, backend: &BackendId) -> String {
@@ -103,7 +115,7 @@ impl Subjects {
             .strip_prefix(self.token.as_str())?
             .strip_prefix(".drone.")?;
         let (drone, kind) = rest.split_once('.')?;
-        matches!(kind, COMMAND | HEARTBEAT | STATE | RECOVERY).then_some(drone)
+        matches!(kind, COMMAND | HEARTBEAT | STATE | RECOVERY | CERTIFICATE).then_some(drone)
     }
 
     /// Where answers to a drone's own requests arrive (its NATS inbox prefix).
@@ -124,6 +136,11 @@ impl Subjects {
     /// KV bucket of drone records, keyed by drone id.
     pub fn drones_bucket(&self) -> String {
         format!("plane_{}_drones", self.token)
+    }
+
+    /// KV bucket of the cluster's certificate and its order lock (with the DNS-01 values).
+    pub fn acme_bucket(&self) -> String {
+        format!("plane_{}_acme", self.token)
     }
 }
 
@@ -177,6 +194,12 @@ mod tests {
         assert_eq!(s.drone_of(&s.heartbeat(&drone)), Some("d-7"));
         assert_eq!(s.drone_of(&s.state_reports(&drone)), Some("d-7"));
         assert_eq!(s.drone_of(&s.recovery(&drone)), Some("d-7"));
+        assert_eq!(s.drone_of(&s.certificate(&drone)), Some("d-7"));
+        assert_eq!(
+            s.certificate(&drone),
+            "plane.plane_localhost.drone.d-7.certificate"
+        );
+        assert_eq!(s.acme_bucket(), "plane_plane_localhost_acme");
         assert_eq!(s.drone_of("plane.other.drone.d-7.heartbeat"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.drone.d-7.other"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.controller.state"), None);

@@ -5,6 +5,7 @@ use super::{id_of, no_process_left, Cluster, STATE_TIMEOUT};
 use anyhow::{ensure, Context};
 use futures::{SinkExt, StreamExt};
 use plane_test_support::curl;
+use plane_test_support::dig::{section, status};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -488,47 +489,7 @@ pub async fn logs_of_a_ready_backend(c: &Cluster, id: &str) -> anyhow::Result<()
 
 /// `dig @the cluster's DNS server ARGS`, bounded; its whole output.
 fn dig(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
-    let dns = c.dns.context("this cluster serves no DNS")?;
-    let server = format!("@{}", dns.ip());
-    let port = dns.port().to_string();
-    let output = std::process::Command::new("dig")
-        .args([&server, "-p", &port, "+time=2", "+tries=2"])
-        .args(args)
-        .output()
-        .context("running dig (Debian's dnsutils)")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    ensure!(output.status.success(), "dig {args:?}: {text}");
-    Ok(text)
-}
-
-/// The `status:` of a dig answer, and whether it is authoritative.
-fn status(text: &str) -> (&str, bool) {
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or("");
-    let flags = text.split("flags: ").nth(1).unwrap_or("");
-    let flags = flags.split(';').next().unwrap_or("");
-    (status, flags.split_whitespace().any(|f| f == "aa"))
-}
-
-/// The records of a dig answer's ANSWER (or AUTHORITY) section: `(type, value)`.
-fn section<'t>(text: &'t str, name: &str) -> Vec<(&'t str, &'t str)> {
-    let header = format!(";; {name} SECTION:");
-    let Some(rest) = text.split(header.as_str()).nth(1) else {
-        return Vec::new();
-    };
-    rest.lines()
-        .skip(1)
-        .take_while(|line| !line.trim().is_empty())
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let kind = fields.nth(3)?;
-            let value = fields.next()?;
-            Some((kind, value))
-        })
-        .collect()
+    plane_test_support::dig::dig(c.dns.context("this cluster serves no DNS")?, args)
 }
 
 /// The cluster's DNS server (UDP and TCP, queried with dig): a backend's name resolves to its

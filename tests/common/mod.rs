@@ -185,6 +185,32 @@ impl Cluster {
         })
     }
 
+    /// A controller of `cluster` over `nats` and no drone yet: the test starts its drones
+    /// itself ([`Cluster::start_drone`]), once what they need is up.
+    pub fn controller_only(cluster: &str, nats: NatsServer) -> anyhow::Result<Cluster> {
+        let (controller, api) = start_controller_with(&nats.url(), cluster, &[])?;
+        Ok(Cluster {
+            cluster: cluster.to_string(),
+            api,
+            proxy_port: 0,
+            dns: dns_of(&controller)?,
+            drone: None,
+            controller: Some(controller),
+            nats: Some(nats),
+            nodes: None,
+            relay: None,
+            drone_flags: Vec::new(),
+            dev_flags: Vec::new(),
+            state_dir: None,
+        })
+    }
+
+    /// Starts a drone `id` of this cluster with `flags`; returns it and its plain proxy port.
+    pub fn start_drone(&self, id: &str, flags: &[&str]) -> anyhow::Result<(ChildGuard, u16)> {
+        let nats = self.nats.as_ref().context("no NATS in this cluster")?;
+        start_drone_with(&nats.url(), &self.cluster, Some(id), flags)
+    }
+
     /// Hands the NATS cluster's nodes to the test (to kill and restart one while the cluster
     /// is in use).
     pub fn take_nodes(&mut self) -> Option<NatsCluster> {
@@ -519,7 +545,7 @@ pub fn dev_command() -> Command {
 }
 
 /// Where a started controller's DNS server answers.
-fn dns_of(controller: &ChildGuard) -> anyhow::Result<Option<std::net::SocketAddr>> {
+pub fn dns_of(controller: &ChildGuard) -> anyhow::Result<Option<std::net::SocketAddr>> {
     let addr = after(controller, "DNS listening on ")?;
     Ok(Some(
         addr.parse()

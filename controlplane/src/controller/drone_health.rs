@@ -365,6 +365,7 @@ fn record_change(record: &DroneRecord, heartbeat: &Heartbeat) -> RecordChange {
         || record.proxy_scheme != heartbeat.proxy_scheme
         || record.proxy_port != heartbeat.proxy_port
         || record.ip != heartbeat.ip
+        || record.certificate != heartbeat.certificate
     {
         RecordChange::Updated
     } else {

@@ -3,6 +3,7 @@
 //! true. Reads come from the in-memory [`ClusterView`](crate::view::ClusterView), so no event
 //! costs more in a bigger cluster; the API module is a thin translation of these methods.
 
+mod certificates;
 mod drone_health;
 mod recovery;
 
@@ -98,6 +99,7 @@ pub struct Listening {
     heartbeats: Subscription,
     reports: Subscription,
     recoveries: Subscription,
+    certificates: Subscription,
     watches: Option<Watches>,
 }
 
@@ -111,6 +113,7 @@ impl Listening {
                     heartbeats: self.heartbeats,
                     reports: self.reports,
                     recoveries: self.recoveries,
+                    certificates: self.certificates,
                 },
                 self.watches,
                 shutdown,
@@ -124,6 +127,7 @@ struct Subscriptions {
     heartbeats: Subscription,
     reports: Subscription,
     recoveries: Subscription,
+    certificates: Subscription,
 }
 
 /// The controller: cheap to clone, shared by the API handlers and its background loops.
@@ -210,6 +214,12 @@ impl Controller {
                 CONTROLLER_QUEUE_GROUP,
             )
             .await?;
+        let certificates = bus
+            .queue_subscribe(
+                &self.inner.subjects.all_certificates(),
+                CONTROLLER_QUEUE_GROUP,
+            )
+            .await?;
         if bus.is_connected() {
             self.inner.hearing.connected(Instant::now());
         }
@@ -224,6 +234,7 @@ impl Controller {
             heartbeats,
             reports,
             recoveries,
+            certificates,
             watches,
         })
     }
@@ -238,6 +249,7 @@ impl Controller {
             mut heartbeats,
             mut reports,
             mut recoveries,
+            mut certificates,
         } = subscriptions;
         let config = &self.inner.config;
         let collect_every = (config.retention / 2)
@@ -269,6 +281,11 @@ impl Controller {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
                     let this = self.clone();
                     tokio::spawn(async move { this.on_recovery(msg).await });
+                }
+                msg = certificates.next() => {
+                    let Some(msg) = msg else { return Err(BusError::Closed) };
+                    let this = self.clone();
+                    tokio::spawn(async move { this.on_certificate_request(msg).await });
                 }
                 change = next_change(&mut watches) => match change {
                     Some((bucket, change)) => self.inner.state.follow(bucket, change),

@@ -152,6 +152,7 @@ fn replacing_the_view_tells_subscribers_what_changed_and_drops_what_is_gone() {
             entry(&ended, 9),
         ],
         Vec::new(),
+        Vec::new(),
     );
     assert!(same.try_recv().is_err());
     assert_eq!(

@@ -74,6 +74,7 @@ pub fn heartbeat_message(drone: &str, load: u32, started_at: UnixMillis) -> Hear
         proxy_scheme: "http".into(),
         proxy_port: 9090,
         ip: None,
+        certificate: None,
         started_at,
         at: now_millis(),
         usage: Default::default(),

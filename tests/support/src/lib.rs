@@ -4,15 +4,18 @@
 
 pub mod backend;
 pub mod curl;
+pub mod dig;
 pub mod docker;
 pub mod h2_flood;
 pub mod nats;
 pub mod nats_cluster;
 pub mod nats_jwt;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod relay;
+pub mod tls_probe;
 pub mod wait;
 
 pub use backend::test_backend_path;
@@ -20,6 +23,7 @@ pub use curl::{curl, CurlResponse};
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
 pub use nats_jwt::NatsOperator;
+pub use pebble::Pebble;
 pub use pki::Pki;
 pub use process::{process_alive, processes_with_env, ChildGuard};
 pub use relay::TcpRelay;
