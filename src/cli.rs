@@ -177,9 +177,9 @@ pub struct HttpsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct AcmeArgs {
     /// The CA's ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory).
-    #[arg(long, value_name = "URL", requires_all = ["https", "acme_email"], conflicts_with_all = ["cert", "key"])]
+    #[arg(long, value_name = "URL", requires = "https", conflicts_with_all = ["cert", "key"])]
     pub acme_directory: Option<String>,
-    /// The ACME account's contact address.
+    /// The ACME account's contact address (the CA may write about expiring certificates).
     #[arg(long, value_name = "ADDR", requires = "acme_directory")]
     pub acme_email: Option<String>,
     /// External account binding: the key id the CA gave (with --acme-eab-hmac-file).

@@ -250,9 +250,16 @@ fn acme_config(
         (Some(key_id), Some(file)) => {
             use base64::Engine as _;
             let text = secrets::read_secret(file, "ACME external account HMAC key")?;
-            let hmac_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(text.trim().trim_end_matches('='))
-                .with_context(|| format!("{} does not hold a base64url key", file.display()))?;
+            // base64url as CAs give it out, or standard base64; the error never quotes the key.
+            let text = text.trim().trim_end_matches('=');
+            let engines = [
+                base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                base64::engine::general_purpose::STANDARD_NO_PAD,
+            ];
+            let hmac_key = engines
+                .iter()
+                .find_map(|engine| engine.decode(text).ok())
+                .ok_or_else(|| anyhow::anyhow!("{} does not hold a base64 key", file.display()))?;
             anyhow::ensure!(
                 !hmac_key.is_empty(),
                 "{} holds an empty key",
@@ -557,6 +564,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Subscribed to the drones before it says it is up: a drone's first request is heard.
+    let listening = controller.listen().await.context("controller")?;
     // On stdout, for whoever started us with port 0 to learn the real address.
     println!("API listening on http://{}", api_listener.local_addr()?);
     info!(%cluster, "controller started");
@@ -567,7 +576,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         api_config,
         shutdown.clone().cancelled_owned(),
     ));
-    controller
+    listening
         .run(shutdown.cancelled_owned())
         .await
         .context("controller")?;

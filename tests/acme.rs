@@ -223,6 +223,7 @@ async fn drones_share_renew_and_serve_the_cluster_certificate() -> anyhow::Resul
         for _ in 0..3 {
             ensure!(curl_https(port, &host, Some(&pebble.root))? == Ok(200));
         }
+        let renewed_leaf = served_leaf(port, &host, &pebble.root).await?;
         ensure!(pebble.issued() == 2, "one renewal for both drones");
         let renewed = certificate_shown(&c, "drone-1", first).await?;
         ensure!(certificate_shown(&c, "drone-2", first).await? == renewed);
@@ -235,7 +236,16 @@ async fn drones_share_renew_and_serve_the_cluster_certificate() -> anyhow::Resul
         drone_1.process.signal(libc::SIGKILL)?;
         drone_1.process.wait_exit(STATE_TIMEOUT)?;
         drone_1 = start_acme_drone(&c, "drone-1", &drone_1.state_dir, &flags_1)?;
-        certificate_shown(&c, "drone-1", renewed).await?;
+        // Its certificate is due a third of the lifetime before it expires.
+        eventually(
+            Duration::from_secs(VALIDITY_SECS + 15),
+            "the renewal after the restart",
+            || async {
+                let shown = drone_record(&c, "drone-1").await?["certificate"]["not_after"].as_u64();
+                Ok(shown.filter(|&not_after| not_after > renewed))
+            },
+        )
+        .await?;
         ensure!(pebble.issued() == 3);
         ensure!(pebble.accounts_created() == accounts, "no new account");
         ensure!(
@@ -249,7 +259,9 @@ async fn drones_share_renew_and_serve_the_cluster_certificate() -> anyhow::Resul
                 .contains("reusing the kept ACME account"),
             "the restarted drone reused its account"
         );
-        ensure!(curl_https(drone_1.https_port, &host, Some(&pebble.root)).is_ok());
+        // The restarted drone serves the third certificate (its backend died with it).
+        let third = served_leaf(drone_1.https_port, &name, &pebble.root).await?;
+        ensure!(third != leaf_1 && third != renewed_leaf);
         Ok(())
     })
     .await

@@ -93,6 +93,10 @@ pub const RENEWAL_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How long a controller gets to answer a certificate request.
 pub const CERTIFICATE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a drone lets an ACME order (with its account) take before it gives up and
+/// releases the lock (the controller's lease is longer).
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// How long a drone waits on another drone's order before it counts as a failed attempt.
 pub const ORDER_WAIT_MAX: Duration = Duration::from_secs(300);
 

@@ -10,16 +10,16 @@
 //! without the asked type, REFUSED for names outside the zone, FORMERR for requests that are not
 //! one query. Over UDP an answer is cut to what the client takes (the EDNS size it gave, at most
 //! 1232 bytes; 512 without EDNS) and marked truncated (TC), so that it asks again over TCP.
-//! hickory-server does the cutting for EDNS clients; for the others, which it would send up to
-//! 4096 bytes, it is done here. Malformed packets never reach this handler: the server
-//! drops them or answers FORMERR, and goes on.
+//! Malformed packets never reach this handler: the server drops them or answers FORMERR, and
+//! goes on. TCP is hickory-server's; UDP is served in batches of datagrams (see `udp`).
+
+mod udp;
 
 use crate::Controller;
 use hickory_server::authority::MessageResponseBuilder;
-use hickory_server::proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::proto::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use plane_protocol::ids::BackendId;
@@ -40,8 +40,6 @@ const ZONE_TTL: u32 = 60;
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest UDP answer offered to EDNS clients (the DNS flag day's safe size).
 const MAX_UDP_PAYLOAD: u16 = 1232;
-/// The largest UDP answer to a client without EDNS (RFC 1035).
-const CLASSIC_UDP_PAYLOAD: usize = 512;
 
 /// The zone's names.
 #[derive(Clone, Debug)]
@@ -108,11 +106,12 @@ pub async fn serve(
     zone: ZoneConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut server = ServerFuture::new(Zone { controller, zone });
-    server.register_socket(udp);
+    let zone = Zone { controller, zone };
+    let mut server = ServerFuture::new(zone.clone());
     server.register_listener(tcp, TCP_TIMEOUT);
     tokio::select! {
         result = server.block_until_done() => result.map_err(std::io::Error::other),
+        result = udp::serve(udp, zone) => result,
         () = shutdown => {
             if let Err(error) = server.shutdown_gracefully().await {
                 debug!(%error, "DNS server shutdown");
@@ -123,6 +122,7 @@ pub async fn serve(
 }
 
 /// The handler: answers from the controller's view.
+#[derive(Clone)]
 struct Zone {
     controller: Controller,
     zone: ZoneConfig,
@@ -239,34 +239,6 @@ impl Zone {
     }
 }
 
-/// Whether the response fits in a UDP answer to a client without EDNS.
-fn fits_classic_udp(
-    header: &Header,
-    query: &Query,
-    answers: &[Record],
-    authority: &[Record],
-) -> bool {
-    // One address alone always fits: the question's name (at most 255 bytes), a pointer to it,
-    // and at most 26 bytes of record. This is the hot path; it is not encoded twice.
-    let one_address = authority.is_empty()
-        && answers.len() <= 1
-        && answers
-            .iter()
-            .all(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA));
-    if one_address {
-        return true;
-    }
-    let mut message = Message::new();
-    message
-        .set_header(*header)
-        .add_query(query.clone())
-        .add_answers(answers.iter().cloned())
-        .add_name_servers(authority.iter().cloned());
-    message
-        .to_vec()
-        .is_ok_and(|bytes| bytes.len() <= CLASSIC_UDP_PAYLOAD)
-}
-
 #[async_trait::async_trait]
 impl RequestHandler for Zone {
     async fn handle_request<R: ResponseHandler>(
@@ -305,7 +277,7 @@ impl RequestHandler for Zone {
                     let name = Name::from(info.query.name());
                     let kind = info.query.query_type();
                     // The SOA goes with negative answers only: built only for them.
-                    let (mut answers, mut authority): (Vec<Record>, Vec<Record>) =
+                    let (answers, authority): (Vec<Record>, Vec<Record>) =
                         match self.lookup(&name, kind) {
                             Lookup::Refused => {
                                 header.set_response_code(ResponseCode::Refused);
@@ -325,14 +297,6 @@ impl RequestHandler for Zone {
                                 (records, Vec::new())
                             }
                         };
-                    let classic_udp = edns.is_none() && request.protocol() == Protocol::Udp;
-                    if classic_udp
-                        && !fits_classic_udp(&header, info.query.original(), &answers, &authority)
-                    {
-                        header.set_truncated(true);
-                        answers.clear();
-                        authority.clear();
-                    }
                     let mut response = builder.build(
                         header,
                         answers.iter(),

@@ -59,9 +59,15 @@ pub const MAX_LOG_RECORD_BYTES: usize = 2048;
 /// (they travel apart from the state report that ends it) before it ends.
 pub const LOG_DRAIN_AFTER_END: Duration = Duration::from_millis(500);
 
-/// How long a drone holds the certificate order lock: longer than an order takes, short
-/// enough that a drone that died while ordering does not hold up the cluster for long.
-pub const ORDER_LEASE: Duration = Duration::from_secs(180);
+/// How long a drone holds the certificate order lock (each DNS-01 value it publishes extends
+/// it): longer than a drone lets an order take (4 minutes), short enough that a drone that died
+/// while ordering does not hold up the cluster for long.
+pub const ORDER_LEASE: Duration = Duration::from_secs(300);
+
+/// After a failed order, the cluster orders again no sooner than this, doubling with each
+/// failure in a row up to the maximum.
+pub const ORDER_FAILURE_PAUSE_MIN: Duration = Duration::from_secs(60);
+pub const ORDER_FAILURE_PAUSE_MAX: Duration = Duration::from_secs(3600);
 
 /// When another drone holds the order lock, how soon a drone asks again.
 pub const ORDER_WAIT_RETRY: Duration = Duration::from_secs(2);

@@ -1,8 +1,8 @@
 //! One ACME order for the cluster's names over DNS-01, with the drone's account.
 //!
 //! The account key is generated once, kept in the drone's state directory (one file per
-//! directory URL, readable by the drone's user only) and reused: a CA rate-limits accounts,
-//! and an operator can see one account per drone. The certificate's key is a fresh ECDSA P-256
+//! directory URL, readable by the drone's user only) and reused: a CA rate-limits new
+//! accounts, and an operator sees one account per state directory. The certificate's key is a fresh ECDSA P-256
 //! key per order (rcgen's default), never reused across renewals.
 
 use super::files::write_atomically;
@@ -71,8 +71,8 @@ pub enum AcmeError {
         name: String,
         status: AuthorizationStatus,
     },
-    #[error("the order ended {0:?} instead of ready")]
-    NotReady(OrderStatus),
+    #[error("the order ended {status:?} instead of ready: {why}")]
+    NotReady { status: OrderStatus, why: String },
     #[error("publishing the DNS-01 value: {0}")]
     Publish(String),
 }
@@ -105,7 +105,7 @@ impl AcmeConfig {
     /// The drone's account with this CA: the kept one, else a new one, kept.
     pub async fn account(&self, dir: &Path) -> Result<Account, AcmeError> {
         let path = self.account_file(dir);
-        match std::fs::read(&path) {
+        match tokio::fs::read(&path).await {
             Ok(bytes) => {
                 let kept: KeptAccount = serde_json::from_slice(&bytes).map_err(|error| {
                     AcmeError::AccountUnreadable {
@@ -146,14 +146,22 @@ impl AcmeConfig {
             path: path.clone(),
             reason: error.to_string(),
         })?;
-        write_atomically(&path, &json, 0o600)?;
+        let kept_at = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&kept_at, &json, 0o600))
+            .await
+            .map_err(|join| AcmeError::AccountFile {
+                path: path.clone(),
+                source: std::io::Error::other(join),
+            })??;
         info!(account = account.id(), file = %path.display(), "ACME account created and kept");
         Ok(account)
     }
 }
 
 /// Orders a certificate for `names` with `account`; `publish` makes a DNS-01 value served by
-/// the cluster's DNS (it returns once it is). Returns the chain and its private key (PEM).
+/// the cluster's DNS (it returns once it is). Every value is published before the CA is told to
+/// look, so that it never sees the name with some values missing. Returns the chain and its
+/// private key (PEM).
 pub async fn order<F, Fut>(
     account: &Account,
     names: &[String],
@@ -165,6 +173,7 @@ where
 {
     let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let mut values = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization = authorization?;
@@ -175,12 +184,24 @@ where
             AuthorizationStatus::Valid => continue,
             status => return Err(AcmeError::Authorization { name, status }),
         }
-        let mut challenge = authorization
+        let challenge = authorization
             .challenge(ChallengeType::Dns01)
             .ok_or_else(|| AcmeError::NoDns01(name.clone()))?;
-        publish(challenge.key_authorization().dns_value())
-            .await
-            .map_err(AcmeError::Publish)?;
+        values.push(challenge.key_authorization().dns_value());
+    }
+    for value in values {
+        publish(value).await.map_err(AcmeError::Publish)?;
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization = authorization?;
+        if authorization.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let name = authorization.identifier().to_string();
+        let mut challenge = authorization
+            .challenge(ChallengeType::Dns01)
+            .ok_or(AcmeError::NoDns01(name))?;
         challenge.set_ready().await?;
     }
     let polling = RetryPolicy::new()
@@ -190,11 +211,36 @@ where
         .poll_ready(&polling.timeout(VALIDATION_TIMEOUT))
         .await?;
     if status != OrderStatus::Ready {
-        return Err(AcmeError::NotReady(status));
+        return Err(AcmeError::NotReady {
+            status,
+            why: why_invalid(&mut order).await,
+        });
     }
     let key_pem = order.finalize().await?;
     let chain_pem = order
         .poll_certificate(&polling.timeout(ISSUANCE_TIMEOUT))
         .await?;
     Ok((chain_pem, key_pem))
+}
+
+/// What the CA said about the challenges of a failed order (`"name: problem"`, joined).
+async fn why_invalid(order: &mut instant_acme::Order) -> String {
+    let mut problems = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authorization)) = authorizations.next().await {
+        let Ok(state) = authorization.refresh().await else {
+            continue;
+        };
+        let name = state.identifier().to_string();
+        for challenge in &state.challenges {
+            if let Some(problem) = &challenge.error {
+                problems.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        "the CA gave no reason".to_owned()
+    } else {
+        problems.join("; ")
+    }
 }

@@ -1,14 +1,10 @@
-//! Where the certificate is kept on the drone, how it is written so that a reader never sees
-//! half a file, and what a certificate says about itself (names, validity).
+//! Where the certificate is kept on the drone, and how it is written so that a reader never sees
+//! half a file.
 
-use plane_protocol::messages::UnixMillis;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use x509_parser::extensions::GeneralName;
 
 /// Why a certificate file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +21,6 @@ pub enum FileError {
         #[source]
         source: io::Error,
     },
-    #[error("no PEM certificate in it")]
-    NoCertificate,
-    #[error("its first certificate is not a valid X.509 certificate: {0}")]
-    Unparsable(String),
 }
 
 /// The certificate chain and key files the TLS listener serves.
@@ -102,42 +94,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), File
     written.map_err(failed)
 }
 
-/// What a certificate says about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateInfo {
-    /// Its DNS names (subject alternative names).
-    pub names: Vec<String>,
-    pub not_before: UnixMillis,
-    pub not_after: UnixMillis,
-}
-
-impl CertificateInfo {
-    /// Reads the leaf (the first certificate) of a PEM chain.
-    pub fn of_chain(chain_pem: &str) -> Result<CertificateInfo, FileError> {
-        let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .next()
-            .ok_or(FileError::NoCertificate)?
-            .map_err(|_| FileError::NoCertificate)?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
-            .map_err(|error| FileError::Unparsable(error.to_string()))?;
-        let millis = |seconds: i64| u64::try_from(seconds).unwrap_or(0).saturating_mul(1000);
-        let validity = parsed.validity();
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = parsed.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let GeneralName::DNSName(name) = name {
-                    names.push(name.to_ascii_lowercase());
-                }
-            }
-        }
-        Ok(CertificateInfo {
-            names,
-            not_before: millis(validity.not_before.timestamp()),
-            not_after: millis(validity.not_after.timestamp()),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,18 +115,5 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "no temporary file is left behind");
-    }
-
-    #[test]
-    fn garbage_is_not_a_certificate() {
-        assert!(matches!(
-            CertificateInfo::of_chain("not pem"),
-            Err(FileError::NoCertificate)
-        ));
-        let bogus = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            CertificateInfo::of_chain(bogus),
-            Err(FileError::Unparsable(_))
-        ));
     }
 }

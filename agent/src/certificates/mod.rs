@@ -10,6 +10,6 @@ mod refresher;
 mod status;
 
 pub use acme::{AcmeConfig, AcmeError, ExternalAccount};
-pub use files::{CertificateFiles, CertificateInfo, FileError};
+pub use files::{CertificateFiles, FileError};
 pub use refresher::{Refresher, RefresherConfig};
 pub use status::watch_operator_files;

@@ -1,29 +1,32 @@
 //! The refresher: keeps the drone's certificate files holding a current certificate for the
 //! cluster's names, and the proxy serving them.
 //!
-//! It asks a controller (see `plane_protocol::certificates`) only when the certificate it serves
-//! is missing or due (a third of its lifetime left): a fresh one another drone ordered is taken
-//! as is; otherwise, holding the order lock, it orders one over DNS-01 with its own ACME
-//! account, the controller publishing each value in the cluster's DNS, and hands the result to
-//! the controller for the other drones. Failures are retried with exponential backoff, and
-//! reported in the status until a success clears them.
+//! It asks a controller (see `plane_protocol::certificates`) only when the certificate the TLS
+//! listener serves is missing or due (a third of its lifetime left): a fresh one another drone
+//! ordered is taken as is; otherwise, holding the order lock, it orders one over DNS-01 with its
+//! own ACME account, the controller publishing each value in the cluster's DNS, and hands the
+//! result to the controller for the other drones before serving it. The lock is given back on
+//! every failure (saying why, when the CA refused the order, so that the cluster pauses before
+//! the next). Failures are retried with exponential backoff, and reported in the status until a
+//! success clears them.
 
 use super::acme::{self, AcmeConfig, AcmeError};
-use super::files::{CertificateFiles, CertificateInfo, FileError};
+use super::files::{CertificateFiles, FileError};
 use super::status::{status_of, ExpiryWarning};
 use crate::limits::{
-    CERTIFICATE_RECHECK_MAX, CERTIFICATE_RECHECK_MIN, CERTIFICATE_REQUEST_TIMEOUT, ORDER_WAIT_MAX,
-    RENEWAL_RETRY_MAX, RENEWAL_RETRY_MIN,
+    CERTIFICATE_RECHECK_MAX, CERTIFICATE_RECHECK_MIN, CERTIFICATE_REQUEST_TIMEOUT, ORDER_TIMEOUT,
+    ORDER_WAIT_MAX, RENEWAL_RETRY_MAX, RENEWAL_RETRY_MIN,
 };
 use instant_acme::Account;
 use plane_bus::{Bus, BusError};
 use plane_dataplane::tls::Certificate;
 use plane_protocol::certificates::{
-    cluster_names, CertificateAnswer, CertificateRequest, CertificateStatus, SharedCertificate,
+    cluster_names, CertificateAnswer, CertificateError, CertificateInfo, CertificateRequest,
+    CertificateStatus, SharedCertificate,
 };
 use plane_protocol::error_chain;
 use plane_protocol::ids::DroneId;
-use plane_protocol::messages::{now_millis, UnixMillis};
+use plane_protocol::messages::now_millis;
 use plane_protocol::subjects::Subjects;
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,10 +46,20 @@ enum RefreshError {
     OutOfTurn(&'static str),
     #[error("another drone's order took over {} s", ORDER_WAIT_MAX.as_secs())]
     WaitedTooLong,
+    #[error("the cluster's last certificate order failed ({0}); it waits before the next")]
+    ClusterPaused(String),
+    #[error("the ACME account")]
+    Account(#[source] AcmeError),
     #[error(transparent)]
-    Acme(#[from] AcmeError),
-    #[error("the certificate")]
+    Order(AcmeError),
+    #[error("the ACME order took over {} s", ORDER_TIMEOUT.as_secs())]
+    OrderTimedOut,
+    #[error("the certificate obtained")]
+    Unusable(#[from] CertificateError),
+    #[error("writing the certificate")]
     File(#[from] FileError),
+    #[error("the TLS listener does not serve the new certificate (see the log)")]
+    NotServed,
 }
 
 /// What the refresher needs to know.
@@ -69,7 +82,6 @@ pub struct Refresher {
     /// The TLS listener's certificate, reloaded as soon as new files are written.
     listener: Arc<Certificate>,
     account: Option<Account>,
-    served: Option<CertificateInfo>,
     status: watch::Sender<Option<CertificateStatus>>,
 }
 
@@ -86,30 +98,30 @@ impl Refresher {
         bus: Bus,
         listener: Arc<Certificate>,
     ) -> (Refresher, watch::Receiver<Option<CertificateStatus>>) {
-        let files = Self::files(&config);
-        let names = cluster_names(&config.cluster);
-        let served = match files.read_chain() {
-            Ok(Some(chain)) => CertificateInfo::of_chain(&chain).ok(),
-            Ok(None) => None,
-            Err(error) => {
-                warn!(error = %error_chain(&error), "cannot read the kept certificate; ordering anew");
-                None
-            }
-        }
-        .filter(|info| names.iter().all(|n| info.names.contains(n)));
-        let (status, receiver) = watch::channel(Some(status_of(served.as_ref(), None)));
+        let (status, receiver) = watch::channel(None);
         let refresher = Refresher {
             subject: Subjects::new(&config.cluster).certificate(&config.drone),
+            names: cluster_names(&config.cluster),
+            files: Self::files(&config),
             config,
-            names,
             bus,
-            files,
             listener,
             account: None,
-            served,
             status,
         };
+        refresher.publish_status(None);
         (refresher, receiver)
+    }
+
+    /// What the listener serves now, if it is for the cluster's names: the files on disk may
+    /// not be it (a pair cut in two by a crash is not served).
+    fn served(&self) -> Option<CertificateInfo> {
+        let chain = self.listener.served_chain()?;
+        let info = CertificateInfo::of_der(chain.first()?).ok()?;
+        self.names
+            .iter()
+            .all(|n| info.names.contains(n))
+            .then_some(info)
     }
 
     /// Keeps the certificate current until `shutdown` resolves.
@@ -118,19 +130,27 @@ impl Refresher {
         let mut warning = ExpiryWarning::default();
         let mut failures: u32 = 0;
         let mut last_error: Option<String> = None;
+        let mut just_succeeded = false;
         loop {
+            let served = self.served();
             let now = now_millis();
-            let pause = match &self.served {
-                Some(info) if now < renew_at(info) => Duration::from_millis(renew_at(info) - now)
+            let mut pause = match &served {
+                Some(info) if now < info.renew_at() => Duration::from_millis(info.renew_at() - now)
                     .clamp(CERTIFICATE_RECHECK_MIN, CERTIFICATE_RECHECK_MAX),
                 _ => Duration::ZERO,
             };
+            // Due by this drone's clock but not by the controller's: not asked again at once.
+            if just_succeeded {
+                pause = pause.max(CERTIFICATE_RECHECK_MIN);
+            }
             if !pause.is_zero() {
-                warning.check(self.served.as_ref(), last_error.as_deref());
+                warning.check(served.as_ref(), last_error.as_deref());
                 tokio::select! {
                     () = &mut shutdown => return,
-                    () = tokio::time::sleep(pause) => continue,
+                    () = tokio::time::sleep(pause) => {}
                 }
+                just_succeeded = false;
+                continue;
             }
             let attempt = tokio::select! {
                 () = &mut shutdown => return,
@@ -140,28 +160,28 @@ impl Refresher {
                 Ok(()) => {
                     failures = 0;
                     last_error = None;
+                    just_succeeded = true;
+                    self.publish_status(None);
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let message = error_chain(&error);
                     let retry = backoff(failures);
                     warn!(error = %message, retry_in_secs = retry.as_secs(), "could not obtain the cluster's certificate");
+                    self.publish_status(Some(&message));
+                    warning.check(self.served().as_ref(), Some(&message));
                     last_error = Some(message);
-                    self.publish_status(last_error.as_deref());
-                    warning.check(self.served.as_ref(), last_error.as_deref());
                     tokio::select! {
                         () = &mut shutdown => return,
                         () = tokio::time::sleep(retry) => {}
                     }
-                    continue;
                 }
             }
-            self.publish_status(last_error.as_deref());
         }
     }
 
     fn publish_status(&self, error: Option<&str>) {
-        let fresh = Some(status_of(self.served.as_ref(), error));
+        let fresh = Some(status_of(self.served().as_ref(), error));
         self.status.send_if_modified(|current| {
             let changed = *current != fresh;
             *current = fresh;
@@ -169,21 +189,23 @@ impl Refresher {
         });
     }
 
-    /// One attempt: the stored certificate, or one ordered here, installed.
+    /// One attempt: the stored certificate, or one ordered here, served.
     async fn obtain(&mut self) -> Result<(), RefreshError> {
         let waiting_since = Instant::now();
         loop {
             let drone = self.config.drone.clone();
             match self.ask(CertificateRequest::Get { drone }).await? {
                 CertificateAnswer::Current { certificate } => {
-                    return self.install(&certificate);
+                    return self.install(certificate).await;
                 }
                 CertificateAnswer::Wait {
                     retry_after_secs,
                     stale,
+                    last_error,
                 } => {
-                    if let Some(stale) = stale {
-                        self.install_if_newer(&stale)?;
+                    self.install_stale(stale).await;
+                    if let Some(error) = last_error {
+                        return Err(RefreshError::ClusterPaused(error));
                     }
                     if waiting_since.elapsed() > ORDER_WAIT_MAX {
                         return Err(RefreshError::WaitedTooLong);
@@ -191,9 +213,7 @@ impl Refresher {
                     tokio::time::sleep(Duration::from_secs(retry_after_secs.max(1))).await;
                 }
                 CertificateAnswer::Order { stale, .. } => {
-                    if let Some(stale) = stale {
-                        self.install_if_newer(&stale)?;
-                    }
+                    self.install_stale(stale).await;
                     return self.order_and_share().await;
                 }
                 CertificateAnswer::Done => return Err(RefreshError::OutOfTurn("done")),
@@ -202,22 +222,34 @@ impl Refresher {
         }
     }
 
-    /// Orders a certificate, holding the lock; gives the lock back if the order fails.
+    /// Holding the lock: orders a certificate, hands it to the controller, serves it. The lock
+    /// is given back whatever happens (storing the certificate releases it).
     async fn order_and_share(&mut self) -> Result<(), RefreshError> {
         info!(names = ?self.names, directory = %self.config.acme.directory, "ordering the cluster's certificate");
-        let ordered = self.order().await;
+        let ordered = match tokio::time::timeout(ORDER_TIMEOUT, self.order()).await {
+            Ok(ordered) => ordered,
+            Err(_) => Err(RefreshError::OrderTimedOut),
+        };
         let certificate = match ordered {
             Ok(certificate) => certificate,
             Err(error) => {
-                let drone = self.config.drone.clone();
-                if let Err(release) = self.ask(CertificateRequest::Release { drone }).await {
+                // Only what the CA did counts against the cluster: not this drone's account.
+                let failed = match &error {
+                    RefreshError::Order(_) | RefreshError::OrderTimedOut => {
+                        Some(error_chain(&error))
+                    }
+                    _ => None,
+                };
+                let release = CertificateRequest::Release {
+                    drone: self.config.drone.clone(),
+                    error: failed,
+                };
+                if let Err(release) = self.ask(release).await {
                     warn!(error = %error_chain(&release), "could not release the order lock; it expires by itself");
                 }
                 return Err(error);
             }
         };
-        // Served here whatever the controller says: it is a valid certificate.
-        self.install(&certificate)?;
         let store = CertificateRequest::Store {
             drone: self.config.drone.clone(),
             certificate: certificate.clone(),
@@ -229,6 +261,7 @@ impl Refresher {
                     "certificate obtained and shared with the cluster"
                 )
             }
+            // Served here all the same: it is a valid certificate.
             Ok(answer) => {
                 warn!(?answer, "the controller did not keep the new certificate; other drones will order their own")
             }
@@ -236,14 +269,19 @@ impl Refresher {
                 warn!(error = %error_chain(&error), "could not hand the new certificate to a controller")
             }
         }
-        Ok(())
+        self.install(certificate).await
     }
 
     async fn order(&mut self) -> Result<SharedCertificate, RefreshError> {
         let account = match &self.account {
             Some(account) => account.clone(),
             None => {
-                let account = self.config.acme.account(&self.config.dir).await?;
+                let account = self
+                    .config
+                    .acme
+                    .account(&self.config.dir)
+                    .await
+                    .map_err(RefreshError::Account)?;
                 self.account = Some(account.clone());
                 account
             }
@@ -265,46 +303,65 @@ impl Refresher {
                 }
             }
         };
-        let (chain_pem, key_pem) = acme::order(&account, &self.names, publish).await?;
-        let info = CertificateInfo::of_chain(&chain_pem)?;
-        Ok(SharedCertificate {
+        let (chain_pem, key_pem) = acme::order(&account, &self.names, publish)
+            .await
+            .map_err(RefreshError::Order)?;
+        Ok(SharedCertificate::verified(
             chain_pem,
             key_pem,
-            names: info.names,
-            not_before: info.not_before,
-            not_after: info.not_after,
-            ordered_by: self.config.drone.clone(),
-        })
+            self.config.drone.clone(),
+        )?)
     }
 
-    /// Installs `certificate` unless it is the one served, or expires before it.
-    fn install_if_newer(&mut self, certificate: &SharedCertificate) -> Result<(), RefreshError> {
-        let newer = self
-            .served
-            .as_ref()
-            .is_none_or(|served| certificate.not_after > served.not_after);
-        if newer && now_millis() < certificate.not_after {
-            self.install(certificate)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the files and has the listener serve them now.
-    fn install(&mut self, certificate: &SharedCertificate) -> Result<(), RefreshError> {
-        let info = CertificateInfo::of_chain(&certificate.chain_pem)?;
-        if self.served.as_ref() == Some(&info) {
-            return Ok(());
-        }
-        self.files
-            .write(&certificate.chain_pem, &certificate.key_pem)?;
-        match self.listener.reload_if_changed() {
-            Ok(_) => {}
-            Err(error) => {
-                warn!(error = %error_chain(&error), "the new certificate cannot be served; still serving the previous one")
+    /// Serves a still valid certificate the controller gave while a new one is on its way, if it
+    /// is better than what is served; a failure here is logged, not fatal.
+    async fn install_stale(&mut self, stale: Option<SharedCertificate>) {
+        let Some(stale) = stale else { return };
+        let better = self
+            .served()
+            .is_none_or(|served| stale.not_after > served.not_after);
+        if better && now_millis() < stale.not_after {
+            if let Err(error) = self.install(stale).await {
+                warn!(error = %error_chain(&error), "could not serve the cluster's current certificate");
             }
         }
-        info!(names = ?info.names, not_after = info.not_after, "serving the cluster's certificate");
-        self.served = Some(info);
+    }
+
+    /// Writes the files and has the listener serve them now; an error unless it does.
+    async fn install(&mut self, certificate: SharedCertificate) -> Result<(), RefreshError> {
+        // Checked, whoever it comes from: the controller's copy or the CA's answer.
+        let certificate = SharedCertificate::verified(
+            certificate.chain_pem,
+            certificate.key_pem,
+            certificate.ordered_by,
+        )?;
+        let fresh = CertificateInfo::of_chain(&certificate.chain_pem)?;
+        if self.served().as_ref() == Some(&fresh) {
+            return Ok(());
+        }
+        let (files, listener) = (self.files.clone(), Arc::clone(&self.listener));
+        let written = tokio::task::spawn_blocking(move || {
+            files.write(&certificate.chain_pem, &certificate.key_pem)?;
+            if let Err(error) = listener.reload_if_changed() {
+                warn!(error = %error_chain(&error), "the new certificate files cannot be served");
+            }
+            Ok::<_, FileError>(())
+        })
+        .await;
+        match written {
+            Ok(result) => result?,
+            Err(join) => {
+                return Err(FileError::Write {
+                    path: self.files.cert.clone(),
+                    source: std::io::Error::other(join),
+                }
+                .into())
+            }
+        }
+        if self.served().as_ref() != Some(&fresh) {
+            return Err(RefreshError::NotServed);
+        }
+        info!(names = ?fresh.names, not_after = fresh.not_after, "serving the cluster's certificate");
         Ok(())
     }
 
@@ -320,12 +377,6 @@ async fn ask(
 ) -> Result<CertificateAnswer, BusError> {
     bus.request_json(subject, request, CERTIFICATE_REQUEST_TIMEOUT)
         .await
-}
-
-/// When the certificate described by `info` should be replaced (a third of its lifetime left).
-fn renew_at(info: &CertificateInfo) -> UnixMillis {
-    let lifetime = info.not_after.saturating_sub(info.not_before);
-    info.not_after.saturating_sub(lifetime / 3)
 }
 
 /// The pause after the `failures`-th failure in a row: doubling from the minimum, capped.
@@ -345,15 +396,5 @@ mod tests {
         assert_eq!(backoff(1), RENEWAL_RETRY_MIN);
         assert_eq!(backoff(2), RENEWAL_RETRY_MIN * 2);
         assert_eq!(backoff(100), RENEWAL_RETRY_MAX);
-    }
-
-    #[test]
-    fn renewal_comes_with_a_third_left() {
-        let info = CertificateInfo {
-            names: Vec::new(),
-            not_before: 0,
-            not_after: 90,
-        };
-        assert_eq!(renew_at(&info), 60);
     }
 }

@@ -1,8 +1,8 @@
 //! What the drone tells the cluster about its certificate, and the warning before it expires.
 
-use super::files::{CertificateFiles, CertificateInfo};
+use super::files::CertificateFiles;
 use crate::limits::{CERTIFICATE_STATUS_CHECK, EXPIRY_WARNING_EVERY, EXPIRY_WARNING_WITHIN};
-use plane_protocol::certificates::CertificateStatus;
+use plane_protocol::certificates::{CertificateInfo, CertificateStatus};
 use plane_protocol::error_chain;
 use plane_protocol::messages::{now_millis, UnixMillis};
 use std::time::Instant;
@@ -66,12 +66,12 @@ pub async fn watch_operator_files(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let read = files.read_chain().and_then(|chain| match chain {
-            Some(chain) => CertificateInfo::of_chain(&chain).map(Some),
-            None => Ok(None),
-        });
-        let (info, error) = match read {
-            Ok(info) => (info, None),
+        let (info, error) = match files.read_chain() {
+            Ok(Some(chain)) => match CertificateInfo::of_chain(&chain) {
+                Ok(info) => (Some(info), None),
+                Err(error) => (None, Some(error_chain(&error))),
+            },
+            Ok(None) => (None, None),
             Err(error) => (None, Some(error_chain(&error))),
         };
         warning.check(info.as_ref(), None);

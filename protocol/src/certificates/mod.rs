@@ -11,6 +11,11 @@ use crate::ids::DroneId;
 use crate::messages::UnixMillis;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "verify")]
+mod verify;
+#[cfg(feature = "verify")]
+pub use verify::{CertificateError, CertificateInfo};
+
 /// A drone's certificate as `plane drones` and `GET /v1/drones` show it (**contract**:
 /// `"certificate": {"names", "not_after", "last_renewal_error"}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +29,13 @@ pub struct CertificateStatus {
     /// Why the last attempt to obtain or renew it failed; cleared by a success.
     #[serde(default)]
     pub last_renewal_error: Option<String>,
+}
+
+/// When a certificate valid from `not_before` to `not_after` should be replaced: once a third of
+/// its lifetime is left (Let's Encrypt's advice), so that failures have time to be retried.
+pub fn renew_at(not_before: UnixMillis, not_after: UnixMillis) -> UnixMillis {
+    let lifetime = not_after.saturating_sub(not_before);
+    not_after.saturating_sub(lifetime / 3)
 }
 
 /// The names of a cluster's certificate: the apex and the wildcard.
@@ -66,10 +78,9 @@ impl std::fmt::Debug for SharedCertificate {
 impl SharedCertificate {
     pub const KEY: &'static str = "certificate";
 
-    /// When it should be replaced: once a third of its lifetime is left.
+    /// When it should be replaced (see [`renew_at`]).
     pub fn renew_at(&self) -> UnixMillis {
-        let lifetime = self.not_after.saturating_sub(self.not_before);
-        self.not_after.saturating_sub(lifetime / 3)
+        renew_at(self.not_before, self.not_after)
     }
 
     /// Whether it should be replaced at `now`.
@@ -97,6 +108,16 @@ pub struct OrderLock {
     /// The TXT values of `_acme-challenge.{cluster}` while the lock is held.
     #[serde(default)]
     pub challenges: Vec<String>,
+    /// Orders that failed in a row, cluster-wide (a CA limits failed validations: the pause
+    /// before the next order grows with them).
+    #[serde(default)]
+    pub failures: u32,
+    /// No new order before then, after a failure.
+    #[serde(default)]
+    pub paused_until: UnixMillis,
+    /// Why the last order failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 impl OrderLock {
@@ -129,8 +150,13 @@ pub enum CertificateRequest {
         drone: DroneId,
         certificate: SharedCertificate,
     },
-    /// The holder gives up its order (it failed): the lock and its values are released.
-    Release { drone: DroneId },
+    /// The holder gives up its order: the lock and its values are released. With `error`, the
+    /// order failed, and the cluster pauses before the next one.
+    Release {
+        drone: DroneId,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 impl CertificateRequest {
@@ -140,7 +166,7 @@ impl CertificateRequest {
             CertificateRequest::Get { drone }
             | CertificateRequest::Challenge { drone, .. }
             | CertificateRequest::Store { drone, .. }
-            | CertificateRequest::Release { drone } => drone,
+            | CertificateRequest::Release { drone, .. } => drone,
         }
     }
 }
@@ -158,11 +184,14 @@ pub enum CertificateAnswer {
         #[serde(default)]
         stale: Option<SharedCertificate>,
     },
-    /// Another drone is ordering: ask again after `retry_after_secs`.
+    /// Another drone is ordering, or the cluster pauses after failed orders (`last_error`
+    /// says why the last one failed): ask again after `retry_after_secs`.
     Wait {
         retry_after_secs: u64,
         #[serde(default)]
         stale: Option<SharedCertificate>,
+        #[serde(default)]
+        last_error: Option<String>,
     },
     /// Done as asked.
     Done,
@@ -202,6 +231,7 @@ mod tests {
             holder: Some(DroneId::new("d1").expect("valid")),
             until: 100,
             challenges: vec!["v".into()],
+            ..OrderLock::default()
         };
         assert!(lock.held_by(99).is_some());
         assert_eq!(lock.live_challenges(99), ["v".to_owned()]);
