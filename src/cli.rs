@@ -35,6 +35,8 @@ pub enum Command {
     List(ClientArgs),
     /// Stop a backend.
     Terminate(BackendArgs),
+    /// Change a running backend's idle timeout; the sweeper uses it at once.
+    SetIdle(SetIdleArgs),
     /// Follow a backend's state changes until it is terminated.
     Watch(BackendArgs),
     /// Show a backend's log: its output and Plane's lines about it (the last 1,000 kept).
@@ -444,6 +446,14 @@ pub struct BackendArgs {
     pub id: String,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SetIdleArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Seconds without connections before it is swept (1 to a week).
+    pub max_idle_secs: u64,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! The client commands (`spawn`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
 //! the HTTP API and prints readable text, or JSON with `--json`.
 
-use crate::cli::{BackendArgs, ClientArgs, LogsArgs, PullArg, SpawnArgs};
+use crate::cli::{BackendArgs, ClientArgs, LogsArgs, PullArg, SetIdleArgs, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
 use plane_protocol::certificates::CertificateStatus;
@@ -161,6 +161,19 @@ pub async fn list(args: ClientArgs) -> anyhow::Result<()> {
             r.url
         );
     }
+    Ok(())
+}
+
+pub async fn set_idle(args: SetIdleArgs) -> anyhow::Result<()> {
+    let BackendArgs { id, client: api } = &args.backend;
+    let record = client(api)?.set_idle(id, args.max_idle_secs).await?;
+    if api.json {
+        return print_json(&record);
+    }
+    println!(
+        "{} is swept after {}s without connections",
+        record.id, record.max_idle_secs
+    );
     Ok(())
 }
 

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Status(args) => client_commands::status(args).await,
             Command::List(args) => client_commands::list(args).await,
             Command::Terminate(args) => client_commands::terminate(args).await,
+            Command::SetIdle(args) => client_commands::set_idle(args).await,
             Command::Watch(args) => client_commands::watch(args).await,
             Command::Logs(args) => client_commands::logs(args).await,
             Command::Drones(args) => client_commands::drones(args).await,

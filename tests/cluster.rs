@@ -23,6 +23,7 @@ flow_test!(route_headers_env_and_delete);
 flow_test!(websocket_keeps_backend_alive);
 flow_test!(streaming_response_keeps_backend_alive);
 flow_test!(idle_backend_is_swept);
+flow_test!(idle_timeout_changes_live);
 flow_test!(exit_code_is_reported);
 flow_test!(missing_command_is_error_loading);
 flow_test!(unknown_hosts_are_refused);

@@ -19,6 +19,7 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         )
         .await?;
         flows::run("idle", flows::idle_backend_is_swept(&c)).await?;
+        flows::run("set idle", flows::idle_timeout_changes_live(&c)).await?;
         flows::run("logs", flows::logs_are_kept_and_followed(&c)).await?;
         flows::run("dns", flows::dns_answers_for_backends_and_the_zone(&c)).await?;
         flows::run("exit code", flows::exit_code_is_reported(&c)).await?;
@@ -141,6 +142,29 @@ async fn dns_answers_too_large_for_udp_are_truncated() -> anyhow::Result<()> {
             !flags(&small).contains(&"tc") && section(&small, "ANSWER").len() == 1,
             "{small}"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// A drone that advertises an IPv6 address: its backends' names answer `AAAA` with it, and
+/// `A` with NODATA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_drone_gets_aaaa_records() -> anyhow::Result<()> {
+    use plane_test_support::dig::{dig, section, status};
+    bounded(async {
+        let c = Cluster::dev_with(&["--ip", "::1"]).await?;
+        let dns = c.dns.expect("plane dev serves DNS");
+        // Scheduled is enough for the name to resolve; it never gets ready.
+        let record = c.plane_json(&["spawn", "--command", "sleep 30"]).await?;
+        let name = format!("{}.{}", id_of(&record)?, c.cluster);
+        let aaaa = dig(dns, &[&name, "AAAA"])?;
+        anyhow::ensure!(section(&aaaa, "ANSWER") == [("AAAA", "::1")], "{aaaa}");
+        let a = dig(dns, &[&name, "A"])?;
+        anyhow::ensure!(status(&a) == ("NOERROR", true), "{a}");
+        anyhow::ensure!(section(&a, "ANSWER").is_empty(), "NODATA: {a}");
+        let drones = c.plane_json(&["drones"]).await?;
+        anyhow::ensure!(drones[0]["ip"] == "::1", "{drones}");
         Ok(())
     })
     .await

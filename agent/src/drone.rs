@@ -459,6 +459,19 @@ impl Drone {
                 }
                 Ack::Accepted
             }
+            Ok(DroneCommand::SetIdle {
+                backend,
+                max_idle_secs,
+            }) => match self.shared.backends().get(&backend) {
+                Some(handle) => {
+                    handle.set_max_idle(max_idle_secs);
+                    info!(%backend, max_idle_secs, "idle timeout changed");
+                    Ack::Accepted
+                }
+                None => Ack::Rejected {
+                    error: format!("backend {backend} does not run on this drone"),
+                },
+            },
             Err(error) => {
                 warn!(error = %error_chain(&error), "refusing malformed command");
                 Ack::Rejected {

@@ -75,6 +75,11 @@ impl BackendHandle {
     pub(crate) fn max_idle(&self) -> Duration {
         Duration::from_secs(self.max_idle_secs.load(Ordering::Relaxed))
     }
+
+    /// A new idle timeout, which the sweeper's next pass uses.
+    pub(crate) fn set_max_idle(&self, secs: u64) {
+        self.max_idle_secs.store(secs, Ordering::Relaxed);
+    }
 }
 
 /// What a lifecycle needs from its drone.

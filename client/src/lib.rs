@@ -128,6 +128,20 @@ impl ApiClient {
             .await
     }
 
+    /// Changes a running backend's idle timeout (`PATCH /v1/backends/{id}`); its record after.
+    pub async fn set_idle(
+        &self,
+        id: &str,
+        max_idle_secs: u64,
+    ) -> Result<BackendRecord, ClientError> {
+        let id = parse_id(id)?;
+        let body = serde_json::to_vec(&plane_protocol::spawn_request::BackendUpdate {
+            max_idle_secs: Some(max_idle_secs),
+        })?;
+        self.json(Method::PATCH, &format!("/v1/backends/{id}"), Some(body))
+            .await
+    }
+
     pub async fn drones(&self) -> Result<Vec<DroneView>, ClientError> {
         self.json(Method::GET, "/v1/drones", None).await
     }

@@ -276,6 +276,12 @@ pub enum DroneCommand {
     },
     /// Stop a backend. Idempotent: an unknown or ended backend is acknowledged.
     Terminate { backend: BackendId },
+    /// Change a running backend's idle timeout; the sweeper uses it at once. Rejected for a
+    /// backend the drone does not run.
+    SetIdle {
+        backend: BackendId,
+        max_idle_secs: u64,
+    },
 }
 
 /// The reply to every request of the protocol.

@@ -100,22 +100,59 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidSpawn
     }
 }
 
+/// Parses a JSON body into `T`; errors name the field at fault.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidSpawn> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        invalid(field, e.inner().to_string())
+    })?;
+    de.end()
+        .map_err(|e| invalid("body", format!("trailing data after the JSON object: {e}")))?;
+    Ok(parsed)
+}
+
+/// An idle timeout in its bounds.
+fn check_max_idle(secs: u64) -> Result<u64, InvalidSpawn> {
+    if secs == 0 || secs > MAX_MAX_IDLE_SECS {
+        return Err(invalid(
+            "max_idle_secs",
+            format!("must be between 1 and {MAX_MAX_IDLE_SECS}"),
+        ));
+    }
+    Ok(secs)
+}
+
+/// The body of `PATCH /v1/backends/{id}`: what can change while a backend runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendUpdate {
+    /// A new idle timeout, used by the sweeper at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_secs: Option<u64>,
+}
+
+impl BackendUpdate {
+    /// Parses and validates a JSON body; an update that changes nothing is refused.
+    pub fn from_json(body: &[u8]) -> Result<BackendUpdate, InvalidSpawn> {
+        let update: BackendUpdate = parse(body)?;
+        match update.max_idle_secs {
+            Some(secs) => check_max_idle(secs)?,
+            None => return Err(invalid("body", "nothing to change: give max_idle_secs")),
+        };
+        Ok(update)
+    }
+}
+
 impl SpawnRequest {
     /// Parses and validates a JSON body. Errors name the field at fault.
     pub fn from_json(body: &[u8]) -> Result<ValidSpawn, InvalidSpawn> {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let request: SpawnRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            invalid(field, e.inner().to_string())
-        })?;
-        de.end()
-            .map_err(|e| invalid("body", format!("trailing data after the JSON object: {e}")))?;
-        request.validate()
+        parse::<SpawnRequest>(body)?.validate()
     }
 
     /// Checks every field and returns the spec a drone runs.
@@ -174,13 +211,7 @@ impl SpawnRequest {
         if let Some(path) = &self.ready_path {
             check_ready_path(path)?;
         }
-        let max_idle_secs = self.max_idle_secs.unwrap_or(DEFAULT_MAX_IDLE_SECS);
-        if max_idle_secs == 0 || max_idle_secs > MAX_MAX_IDLE_SECS {
-            return Err(invalid(
-                "max_idle_secs",
-                format!("must be between 1 and {MAX_MAX_IDLE_SECS}"),
-            ));
-        }
+        let max_idle_secs = check_max_idle(self.max_idle_secs.unwrap_or(DEFAULT_MAX_IDLE_SECS))?;
         if self.env.len() > MAX_ENV_VARS {
             return Err(invalid(
                 "env",
@@ -483,6 +514,21 @@ mod tests {
                 got.starts_with(field),
                 "{body}: named {got}, expected {field}"
             );
+        }
+    }
+
+    #[test]
+    fn updates_are_checked() {
+        let update = BackendUpdate::from_json(br#"{"max_idle_secs": 5}"#).expect("valid");
+        assert_eq!(update.max_idle_secs, Some(5));
+        for (body, field) in [
+            (&br#"{"max_idle_secs": 0}"#[..], "max_idle_secs"),
+            (br#"{"max_idle_secs": "5"}"#, "max_idle_secs"),
+            (br#"{}"#, "body"),
+            (br#"{"image": "x"}"#, "image"),
+        ] {
+            let error = BackendUpdate::from_json(body).expect_err("refused");
+            assert_eq!(error.field, field, "{error}");
         }
     }
 }

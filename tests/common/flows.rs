@@ -4,6 +4,7 @@
 use super::{id_of, no_process_left, Cluster, STATE_TIMEOUT};
 use anyhow::{ensure, Context};
 use futures::{SinkExt, StreamExt};
+use plane_protocol::messages::{BackendState, TerminationReason};
 use plane_test_support::curl;
 use plane_test_support::dig::{section, status};
 use std::time::Duration;
@@ -484,6 +485,90 @@ pub async fn logs_of_a_ready_backend(c: &Cluster, id: &str) -> anyhow::Result<()
     );
     let bad = curl(&[&format!("{}/v1/backends/{id}/logs?follow=maybe", c.api)])?;
     ensure!(bad.status == 400 && bad.body.contains("follow"), "{bad:?}");
+    Ok(())
+}
+
+/// A running backend's idle timeout changes live (`plane set-idle`): the sweeper uses the new
+/// one at once, and an event stream open from before sends it as one `updated` event between
+/// the state events. Out-of-range values, unknown and ended backends are refused clearly.
+pub async fn idle_timeout_changes_live(c: &Cluster) -> anyhow::Result<()> {
+    use plane_client::BackendEvent;
+    let record = c.spawn_ready("", &["--idle", "600"]).await?;
+    let id = id_of(&record)?;
+    let client = plane_client::ApiClient::new(&c.api)?;
+    let mut events = client.events(&id).await?;
+    let first = events.next_event().await.context("the first event")??;
+    ensure!(
+        matches!(&first, BackendEvent::State(r) if r.state == BackendState::Ready),
+        "{first:?}"
+    );
+
+    let updated = c.plane_json(&["set-idle", &id, "1"]).await?;
+    ensure!(updated["max_idle_secs"] == 1, "{updated}");
+    ensure!(updated["state"] == "ready", "{updated}");
+    // Swept a second after, not ten minutes.
+    let mut kinds = Vec::new();
+    while let Some(event) = events.next_event().await {
+        let event = event?;
+        kinds.push(match &event {
+            BackendEvent::Updated(r) => {
+                ensure!(
+                    r.max_idle_secs == 1 && r.state == BackendState::Ready,
+                    "{r:?}"
+                );
+                "updated".to_owned()
+            }
+            BackendEvent::State(r) => {
+                if r.state == BackendState::Terminated {
+                    ensure!(r.reason == Some(TerminationReason::Swept), "{r:?}");
+                }
+                r.state.as_str().to_owned()
+            }
+        });
+    }
+    ensure!(
+        kinds.first().map(String::as_str) == Some("updated")
+            && kinds.iter().filter(|k| *k == "updated").count() == 1
+            && kinds.last().map(String::as_str) == Some("terminated"),
+        "events after the change: {kinds:?}"
+    );
+
+    let ended = c.plane(&["set-idle", &id, "5"]).await?;
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    ensure!(
+        !ended.status.success() && stderr.contains("409") && stderr.contains("ended"),
+        "{stderr}"
+    );
+    let unknown = c.plane(&["set-idle", "nosuchbackend00", "5"]).await?;
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    ensure!(
+        !unknown.status.success() && stderr.contains("404"),
+        "{stderr}"
+    );
+    let url = format!("{}/v1/backends/{id}", c.api);
+    for body in [
+        r#"{"max_idle_secs": 0}"#,
+        r#"{"max_idle_secs": 1, "image": "x"}"#,
+        "{}",
+        "nope",
+    ] {
+        let refused = curl(&[
+            "-X",
+            "PATCH",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            &url,
+        ])?;
+        ensure!(refused.status == 400, "{body}: {refused:?}");
+        ensure!(
+            refused.json()?["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid update")),
+            "{refused:?}"
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `GET /v1/backends/{id}/events`: server-sent events, one `state` event per state change of
 //! the backend, ending after `terminated`, and `updated` events for other changes worth
-//! following (the pull of its image while it loads). Fed by the controller's view: a stream costs no
+//! following (the pull of its image while it loads, a new idle timeout). Fed by the controller's view: a stream costs no
 //! watch of its own on the bus, and a slow client skips to the latest version instead of
 //! holding memory for every change.
 
@@ -40,6 +40,7 @@ pub(super) async fn backend_events(
         changes,
         last_state: None,
         last_pull: None,
+        last_max_idle: current.max_idle_secs,
         pending: Some(current),
         done: false,
     };
@@ -57,14 +58,15 @@ struct EventStream {
     changes: broadcast::Receiver<Arc<BackendRecord>>,
     last_state: Option<BackendState>,
     last_pull: Option<PullProgress>,
+    last_max_idle: u64,
     pending: Option<Arc<BackendRecord>>,
     done: bool,
 }
 
 impl EventStream {
     /// The next record whose state differs from the last one sent (`state`), or whose pull
-    /// progress does (`updated`); `None` after `terminated`, when the backend is forgotten, or
-    /// when the server shuts down.
+    /// progress or idle timeout does (`updated`); `None` after `terminated`, when the backend
+    /// is forgotten, or when the server shuts down.
     async fn next_record(&mut self) -> Option<(&'static str, Arc<BackendRecord>)> {
         if self.done {
             return None;
@@ -87,12 +89,18 @@ impl EventStream {
             if self.last_state == Some(record.state) {
                 if record.pull != self.last_pull && record.state == BackendState::Loading {
                     self.last_pull = record.pull;
+                    self.last_max_idle = record.max_idle_secs;
+                    return Some(("updated", record));
+                }
+                if record.max_idle_secs != self.last_max_idle {
+                    self.last_max_idle = record.max_idle_secs;
                     return Some(("updated", record));
                 }
                 continue;
             }
             self.last_state = Some(record.state);
             self.last_pull = record.pull;
+            self.last_max_idle = record.max_idle_secs;
             self.done = record.is_terminated();
             return Some(("state", record));
         }

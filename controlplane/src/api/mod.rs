@@ -23,7 +23,7 @@ use bytes::Bytes;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
 use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
-use plane_protocol::spawn_request::SpawnRequest;
+use plane_protocol::spawn_request::{BackendUpdate, SpawnRequest};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -59,6 +59,7 @@ impl From<ControlError> for ApiError {
             | ControlError::NoDroneAccepted(_)
             | ControlError::DroneUnreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::DroneRefused { .. } => StatusCode::BAD_GATEWAY,
+            ControlError::Ended(_) => StatusCode::CONFLICT,
             ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -128,7 +129,9 @@ fn router_with(
         .route("/v1/backends", get(list_backends).post(spawn_backend))
         .route(
             "/v1/backends/{id}",
-            get(get_backend).delete(terminate_backend),
+            get(get_backend)
+                .patch(update_backend)
+                .delete(terminate_backend),
         )
         .route("/v1/backends/{id}/events", get(events::backend_events))
         .route("/v1/backends/{id}/logs", get(logs::backend_logs))
@@ -197,6 +200,22 @@ async fn get_backend(
     Path(id): Path<String>,
 ) -> Result<Json<BackendStatus>, ApiError> {
     Ok(Json(controller.backend_status(&backend_id(&id)?).await?))
+}
+
+async fn update_backend(
+    State(ApiState { controller, .. }): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BackendRecord>, ApiError> {
+    let id = backend_id(&id)?;
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let update = BackendUpdate::from_json(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid update: {e}")))?;
+    let mut record = controller.backend(&id).await?;
+    if let Some(max_idle_secs) = update.max_idle_secs {
+        record = controller.set_idle(&id, max_idle_secs).await?;
+    }
+    Ok(Json(record))
 }
 
 async fn terminate_backend(

@@ -67,6 +67,8 @@ pub enum ControlError {
     DroneUnreachable { drone: DroneId, source: BusError },
     #[error("drone {drone} refused: {error}")]
     DroneRefused { drone: DroneId, error: String },
+    #[error("backend {0} has ended")]
+    Ended(BackendId),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -604,6 +606,57 @@ impl Controller {
     }
 
     /// Asks the backend's drone to stop it. Idempotent: a terminated backend is returned as is.
+    /// Changes a running backend's idle timeout: its drone's sweeper uses it at once, then the
+    /// record says so (and event streams send it as `updated`).
+    pub async fn set_idle(
+        &self,
+        id: &BackendId,
+        max_idle_secs: u64,
+    ) -> Result<BackendRecord, ControlError> {
+        let record = self.backend(id).await?;
+        if record.is_terminated() {
+            return Err(ControlError::Ended(id.clone()));
+        }
+        let command = DroneCommand::SetIdle {
+            backend: id.clone(),
+            max_idle_secs,
+        };
+        match self.command_drone(&record.drone, &command).await {
+            Ok(Ack::Accepted) => {}
+            Ok(Ack::Rejected { error }) => {
+                // It ended while we asked: say that rather than the drone's words.
+                let now = self.backend(id).await?;
+                if now.is_terminated() {
+                    return Err(ControlError::Ended(id.clone()));
+                }
+                return Err(ControlError::DroneRefused {
+                    drone: record.drone,
+                    error,
+                });
+            }
+            Err(source) => {
+                return Err(ControlError::DroneUnreachable {
+                    drone: record.drone,
+                    source,
+                })
+            }
+        }
+        self.inner
+            .state
+            .update_backend(id, |record| {
+                if record.max_idle_secs == max_idle_secs {
+                    return Change::Keep(());
+                }
+                record.max_idle_secs = max_idle_secs;
+                record.spec.max_idle_secs = max_idle_secs;
+                record.updated_at = now_millis();
+                Change::Write(())
+            })
+            .await?;
+        info!(backend = %id, max_idle_secs, "idle timeout changed");
+        self.backend(id).await
+    }
+
     pub async fn terminate(&self, id: &BackendId) -> Result<BackendRecord, ControlError> {
         let record = self.backend(id).await?;
         if record.is_terminated() {
