@@ -43,6 +43,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// List drones.
     Drones(ClientArgs),
+    /// Drain a drone: it takes no new backends and keeps those it runs until they are swept
+    /// (or the deadline passes, when the rest are terminated).
+    Drain(DrainArgs),
 }
 
 impl Command {
@@ -444,6 +447,23 @@ pub struct ClientArgs {
 pub struct BackendArgs {
     /// The backend's id.
     pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// The drone's id (see `plane drones`).
+    pub drone: String,
+    /// Terminate what still runs this many seconds from now.
+    #[arg(long, value_name = "SECS", conflicts_with = "cancel")]
+    pub deadline: Option<u64>,
+    /// Return once the drone is drained (runs nothing any more).
+    #[arg(long, conflicts_with = "cancel")]
+    pub wait: bool,
+    /// Cancel the drain: the drone takes backends again.
+    #[arg(long)]
+    pub cancel: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

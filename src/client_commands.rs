@@ -1,14 +1,14 @@
 //! The client commands (`spawn`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
 //! the HTTP API and prints readable text, or JSON with `--json`.
 
-use crate::cli::{BackendArgs, ClientArgs, LogsArgs, PullArg, SetIdleArgs, SpawnArgs};
+use crate::cli::{BackendArgs, ClientArgs, DrainArgs, LogsArgs, PullArg, SetIdleArgs, SpawnArgs};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
 use plane_protocol::certificates::CertificateStatus;
 use plane_protocol::messages::{
     BackendState, LogSource, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
 };
-use plane_protocol::records::{BackendRecord, DroneView};
+use plane_protocol::records::{BackendRecord, DroneState, DroneView};
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
 use serde::Serialize;
@@ -286,15 +286,15 @@ pub async fn drones(args: ClientArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18} {:<6} {:<9} {:<10} {:<16} {:<24} LAST HEARTBEAT",
-        "ID", "LIVE", "EXECUTOR", "LOAD", "IP", "CERTIFICATE"
+        "{:<18} {:<9} {:<9} {:<10} {:<16} {:<24} LAST HEARTBEAT",
+        "ID", "STATE", "EXECUTOR", "LOAD", "IP", "CERTIFICATE"
     );
     let now = plane_protocol::messages::now_millis();
     for d in &drones {
         println!(
-            "{:<18} {:<6} {:<9} {:<10} {:<16} {:<24} {}",
+            "{:<18} {:<9} {:<9} {:<10} {:<16} {:<24} {}",
             d.drone.id,
-            if d.live { "yes" } else { "no" },
+            d.state.as_str(),
             d.drone.executor,
             format!("{}/{}", d.drone.load, d.drone.capacity),
             d.drone
@@ -314,6 +314,53 @@ pub async fn drones(args: ClientArgs) -> anyhow::Result<()> {
             println!("{}: certificate renewal failing: {error}", d.drone.id);
         }
     }
+    Ok(())
+}
+
+/// How often `plane drain --wait` looks at the drone.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let api = client(&args.client)?;
+    let mut drone = if args.cancel {
+        api.undrain(&args.drone).await?
+    } else {
+        api.drain(&args.drone, args.deadline).await?
+    };
+    if args.wait {
+        // The API has no drone event stream: a light poll of one listing.
+        while drone.state == DroneState::Draining {
+            tokio::time::sleep(DRAIN_POLL).await;
+            drone = api
+                .drones()
+                .await?
+                .into_iter()
+                .find(|d| d.drone.id.as_str() == args.drone)
+                .with_context(|| format!("drone {} is gone", args.drone))?;
+        }
+        if drone.state != DroneState::Drained {
+            bail!(
+                "drone {} is {} instead of drained",
+                args.drone,
+                drone.state.as_str()
+            );
+        }
+    }
+    if args.client.json {
+        return print_json(&drone);
+    }
+    let deadline = match drone.drone.drain_deadline {
+        Some(at) if drone.state == DroneState::Draining => {
+            format!(" (the rest is terminated at {})", clock(at))
+        }
+        _ => String::new(),
+    };
+    println!(
+        "{} is {}, running {}{deadline}",
+        drone.drone.id,
+        drone.state.as_str(),
+        drone.drone.load
+    );
     Ok(())
 }
 

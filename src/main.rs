@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => client_commands::watch(args).await,
             Command::Logs(args) => client_commands::logs(args).await,
             Command::Drones(args) => client_commands::drones(args).await,
+            Command::Drain(args) => client_commands::drain(args).await,
         }
     });
     match result {

@@ -88,6 +88,17 @@ struct Shared {
     usage: UsageSamples,
     /// Every backend's log lines go out through this.
     logs: LogPublisher,
+    /// Set while the drone drains.
+    drain: Mutex<Option<Drain>>,
+}
+
+/// A drain in progress.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    /// When the backends still running are terminated, if ever.
+    deadline: Option<Instant>,
+    /// The same, on the wall clock, for the heartbeat.
+    deadline_at: Option<UnixMillis>,
 }
 
 impl Shared {
@@ -98,6 +109,14 @@ impl Shared {
 
     fn ended(&self) -> MutexGuard<'_, HashMap<BackendId, Instant>> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drain(&self) -> Option<Drain> {
+        *self.drain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_drain(&self, drain: Option<Drain>) {
+        *self.drain.lock().unwrap_or_else(|p| p.into_inner()) = drain;
     }
 }
 
@@ -130,6 +149,7 @@ impl Drone {
                 lifecycles: TaskTracker::new(),
                 usage: UsageSamples::default(),
                 logs,
+                drain: Mutex::new(None),
             }),
         }
     }
@@ -229,13 +249,15 @@ impl Drone {
                 backends.extend(reports.pending());
                 backends.sort();
                 backends.dedup();
+                let drain = shared.drain();
                 let heartbeat = Heartbeat {
                     drone: config.id.clone(),
                     executor: shared.context.executor.kind(),
                     capacity: config.capacity,
                     load,
                     backends,
-                    draining: false,
+                    draining: drain.is_some(),
+                    drain_deadline: drain.and_then(|d| d.deadline_at),
                     proxy_scheme: config.proxy_scheme.clone(),
                     proxy_port: config.proxy_port,
                     ip: config.ip,
@@ -459,6 +481,22 @@ impl Drone {
                 }
                 Ack::Accepted
             }
+            Ok(DroneCommand::Drain { deadline_secs }) => {
+                let deadline = deadline_secs.map(Duration::from_secs);
+                self.shared.set_drain(Some(Drain {
+                    deadline: deadline.map(|d| Instant::now() + d),
+                    deadline_at: deadline.map(|d| now_millis() + d.as_millis() as UnixMillis),
+                }));
+                info!(drone = %self.config.id, ?deadline_secs, running = self.shared.backends().len(), "draining: no new backends");
+                Ack::Accepted
+            }
+            Ok(DroneCommand::Undrain) => {
+                if self.shared.drain().is_some() {
+                    info!(drone = %self.config.id, "drain cancelled: taking backends again");
+                }
+                self.shared.set_drain(None);
+                Ack::Accepted
+            }
             Ok(DroneCommand::SetIdle {
                 backend,
                 max_idle_secs,
@@ -518,6 +556,11 @@ impl Drone {
         let mut backends = self.shared.backends();
         if backends.contains_key(&backend) {
             return Ack::Accepted;
+        }
+        if self.shared.drain().is_some() {
+            return Ack::Rejected {
+                error: format!("drone {} is draining", self.config.id),
+            };
         }
         {
             let mut ended = self.shared.ended();
@@ -607,6 +650,18 @@ async fn sweep_forever(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        sweeper::sweep(&shared.backends(), Instant::now());
+        let now = Instant::now();
+        sweeper::sweep(&shared.backends(), now);
+        let overdue = shared
+            .drain()
+            .and_then(|drain| drain.deadline)
+            .is_some_and(|deadline| now >= deadline);
+        if overdue {
+            for (id, handle) in shared.backends().iter() {
+                if handle.request_stop(TerminationReason::Terminated) {
+                    info!(backend = %id, "drain deadline passed; terminating");
+                }
+            }
+        }
     }
 }

@@ -50,8 +50,8 @@ impl BackendHandle {
         (Arc::new(handle), stopped)
     }
 
-    /// Asks the backend to stop; the first reason given wins.
-    pub(crate) fn request_stop(&self, reason: TerminationReason) {
+    /// Asks the backend to stop; the first reason given wins. Whether this was the first.
+    pub(crate) fn request_stop(&self, reason: TerminationReason) -> bool {
         self.stop.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
@@ -59,7 +59,7 @@ impl BackendHandle {
             } else {
                 false
             }
-        });
+        })
     }
 
     pub(crate) fn route(&self) -> Option<Arc<Route>> {

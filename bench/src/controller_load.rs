@@ -54,6 +54,7 @@ fn heartbeat(drone: &DroneId, backends: Vec<BackendId>) -> Heartbeat {
         load: backends.len() as u32,
         backends,
         draining: false,
+        drain_deadline: None,
         proxy_scheme: "http".into(),
         proxy_port: 9090,
         // What the DNS server answers for their backends (bench: dnsload).

@@ -36,6 +36,11 @@ pub enum ClientError {
         id: String,
         source: plane_protocol::ids::IdError,
     },
+    #[error("invalid drone id {id:?}")]
+    BadDroneId {
+        id: String,
+        source: plane_protocol::ids::IdError,
+    },
     /// `detail` is the whole cause chain: hyper's own message ("client error (Connect)") says
     /// little by itself.
     #[error(
@@ -142,6 +147,32 @@ impl ApiClient {
             .await
     }
 
+    /// Drains a drone (`POST /v1/drones/{id}/drain`): no new backends; with `deadline_secs`,
+    /// what still runs then is terminated.
+    pub async fn drain(
+        &self,
+        drone: &str,
+        deadline_secs: Option<u64>,
+    ) -> Result<DroneView, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "deadline_secs": deadline_secs }))?;
+        self.json(
+            Method::POST,
+            &format!("/v1/drones/{}/drain", drone_path(drone)?),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Cancels a drain (`DELETE /v1/drones/{id}/drain`).
+    pub async fn undrain(&self, drone: &str) -> Result<DroneView, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/drones/{}/drain", drone_path(drone)?),
+            None,
+        )
+        .await
+    }
+
     pub async fn drones(&self) -> Result<Vec<DroneView>, ClientError> {
         self.json(Method::GET, "/v1/drones", None).await
     }
@@ -226,6 +257,14 @@ impl ApiClient {
 
 fn parse_id(id: &str) -> Result<BackendId, ClientError> {
     BackendId::new(id).map_err(|source| ClientError::BadId {
+        id: id.to_string(),
+        source,
+    })
+}
+
+/// A drone id, checked before it goes into a path.
+fn drone_path(id: &str) -> Result<plane_protocol::ids::DroneId, ClientError> {
+    plane_protocol::ids::DroneId::new(id).map_err(|source| ClientError::BadDroneId {
         id: id.to_string(),
         source,
     })

@@ -11,6 +11,9 @@ pub const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a drone gets to acknowledge a command before the next one is tried.
 pub const DRONE_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest drain deadline accepted (a week).
+pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
 /// Spawn bodies larger than this are refused.
 pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
 

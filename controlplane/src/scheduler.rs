@@ -99,6 +99,7 @@ mod tests {
                 capacity,
                 load,
                 draining: false,
+                drain_deadline: None,
                 proxy_scheme: "http".into(),
                 proxy_port: 9090,
                 ip: None,

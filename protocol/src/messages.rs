@@ -282,6 +282,15 @@ pub enum DroneCommand {
         backend: BackendId,
         max_idle_secs: u64,
     },
+    /// Take no new backends; keep serving those it runs until they are swept, or until
+    /// `deadline_secs` from now, when the rest are terminated. Sent again, it replaces the
+    /// deadline.
+    Drain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_secs: Option<u64>,
+    },
+    /// Cancel a drain: take new backends again; nothing is terminated any more.
+    Undrain,
 }
 
 /// The reply to every request of the protocol.
@@ -436,6 +445,9 @@ pub struct Heartbeat {
     pub backends: Vec<BackendId>,
     #[serde(default)]
     pub draining: bool,
+    /// While draining with a deadline: when the backends still running are terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<UnixMillis>,
     /// Scheme of the drone's proxy as seen by clients (`http` or `https`).
     pub proxy_scheme: String,
     /// Port of the drone's proxy as seen by clients.

@@ -154,6 +154,9 @@ pub struct DroneRecord {
     pub capacity: u32,
     pub load: u32,
     pub draining: bool,
+    /// While draining with a deadline: when what still runs is terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<UnixMillis>,
     pub proxy_scheme: String,
     pub proxy_port: u16,
     /// The address its backends' names resolve to (see [`Heartbeat::ip`]).
@@ -182,6 +185,7 @@ impl DroneRecord {
             capacity: hb.capacity,
             load: hb.load,
             draining: hb.draining,
+            drain_deadline: hb.drain_deadline,
             proxy_scheme: hb.proxy_scheme.clone(),
             proxy_port: hb.proxy_port,
             ip: hb.ip,
@@ -216,6 +220,40 @@ pub struct DroneView {
     #[serde(flatten)]
     pub drone: DroneRecord,
     pub live: bool,
+    /// Where it is (**contract**): `live`, `draining`, `drained` (draining and empty) or
+    /// `lost` (not heard within the grace).
+    pub state: DroneState,
+}
+
+/// A drone's state as the API shows it (**contract**).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DroneState {
+    Live,
+    Draining,
+    Drained,
+    Lost,
+}
+
+impl DroneState {
+    /// The state of a drone heard (`live`) or not, draining or not, running `load` backends.
+    pub fn of(live: bool, draining: bool, load: u32) -> DroneState {
+        match (live, draining, load) {
+            (false, _, _) => DroneState::Lost,
+            (true, true, 0) => DroneState::Drained,
+            (true, true, _) => DroneState::Draining,
+            (true, false, _) => DroneState::Live,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DroneState::Live => "live",
+            DroneState::Draining => "draining",
+            DroneState::Drained => "drained",
+            DroneState::Lost => "lost",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +349,16 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_drone_is_drained_once_empty() {
+        assert_eq!(DroneState::of(true, false, 3), DroneState::Live);
+        assert_eq!(DroneState::of(true, true, 3), DroneState::Draining);
+        assert_eq!(DroneState::of(true, true, 0), DroneState::Drained);
+        assert_eq!(DroneState::of(false, true, 0), DroneState::Lost);
+        let json = serde_json::to_string(&DroneState::Drained).expect("serialises");
+        assert_eq!(json, "\"drained\"");
+    }
+
+    #[test]
     fn urls_omit_default_ports() {
         let mut d = DroneRecord {
             id: DroneId::new("d1").expect("valid"),
@@ -318,6 +366,7 @@ mod tests {
             capacity: 1,
             load: 0,
             draining: false,
+            drain_deadline: None,
             proxy_scheme: "http".into(),
             proxy_port: 80,
             ip: None,

@@ -572,6 +572,91 @@ pub async fn idle_timeout_changes_live(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Draining the drone (`plane drain`): it takes no new backend, serves the ones it has until
+/// they are swept (`--wait` returns then, the drone `drained`), takes backends again once the
+/// drain is cancelled, and with a deadline terminates what still runs when it passes.
+pub async fn drain_waits_for_backends_and_can_be_cancelled(c: &Cluster) -> anyhow::Result<()> {
+    let drones = c.plane_json(&["drones"]).await?;
+    let drone = drones[0]["id"].as_str().context("a drone")?.to_owned();
+    let kept = id_of(&c.spawn_ready("", &["--idle", "600"]).await?)?;
+    let draining = c.plane_json(&["drain", &drone]).await?;
+    ensure!(
+        draining["state"] == "draining" && draining["draining"] == true,
+        "{draining}"
+    );
+    let listed = c.plane_json(&["drones"]).await?;
+    ensure!(listed[0]["state"] == "draining", "{listed}");
+
+    let refused = c
+        .plane(&["spawn", "--command", &super::backend_bin()])
+        .await?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("503"),
+        "no new backend: {stderr}"
+    );
+    let served = c.get(&c.host(&kept), "/", &[])?;
+    ensure!(
+        served.status == 200,
+        "the backend it runs is still served: {served:?}"
+    );
+
+    let mut wait = std::process::Command::new(super::plane_bin());
+    wait.args(["drain", &drone, "--wait", "--api", &c.api]);
+    let wait = plane_test_support::ChildGuard::spawn("drain --wait", wait)?;
+    c.plane_json(&["set-idle", &kept, "1"]).await?;
+    let (exit, output) = tokio::task::spawn_blocking(move || {
+        let exit = wait.wait_exit(STATE_TIMEOUT);
+        (exit, wait.output_so_far())
+    })
+    .await?;
+    ensure!(exit?.success(), "plane drain --wait: {output}");
+    ensure!(output.contains("drained"), "{output}");
+    let swept = c.status(&kept).await?;
+    ensure!(swept["reason"] == "swept", "{swept}");
+
+    let live = c.plane_json(&["drain", &drone, "--cancel"]).await?;
+    ensure!(
+        live["state"] == "live" && live["draining"] == false,
+        "{live}"
+    );
+    let doomed = id_of(&c.spawn_ready("", &["--idle", "600"]).await?)?;
+    let timed = c.plane_json(&["drain", &drone, "--deadline", "1"]).await?;
+    ensure!(timed["drain_deadline"].is_u64(), "{timed}");
+    let events = c.watch_until_terminated(&doomed).await?;
+    let last = events.last().context("events")?;
+    ensure!(
+        last["reason"] == "terminated",
+        "terminated at the deadline: {last}"
+    );
+    plane_test_support::eventually(STATE_TIMEOUT, "the drone drained", || async {
+        let listed = c.plane_json(&["drones"]).await?;
+        Ok((listed[0]["state"] == "drained").then_some(()))
+    })
+    .await?;
+    let live = c.plane_json(&["drain", &drone, "--cancel"]).await?;
+    ensure!(live["state"] == "live", "{live}");
+    c.spawn_ready("", &["--idle", "5"]).await?;
+
+    let unknown = c.plane(&["drain", "nosuchdrone"]).await?;
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    ensure!(
+        !unknown.status.success() && stderr.contains("404"),
+        "{stderr}"
+    );
+    let url = format!("{}/v1/drones/{drone}/drain", c.api);
+    for body in [r#"{"deadline_secs": -1}"#, r#"{"deadline": 5}"#, "nope"] {
+        let bad = curl(&["-X", "POST", "-d", body, &url])?;
+        ensure!(bad.status == 400, "{body}: {bad:?}");
+    }
+    let listed = c.plane_json(&["drones"]).await?;
+    ensure!(
+        listed[0]["state"] == "live",
+        "bad requests changed nothing: {listed}"
+    );
+    Ok(())
+}
+
 /// `dig @the cluster's DNS server ARGS`, bounded; its whole output.
 fn dig(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     plane_test_support::dig::dig(c.dns.context("this cluster serves no DNS")?, args)

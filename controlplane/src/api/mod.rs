@@ -12,16 +12,16 @@ pub use auth::{ApiToken, TokenError, MIN_API_TOKEN_BYTES};
 pub use server::serve;
 
 use crate::controller::{ControlError, Controller, DroneNow};
-use crate::limits::MAX_API_BODY_BYTES;
+use crate::limits::{MAX_API_BODY_BYTES, MAX_DRAIN_DEADLINE_SECS};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use plane_protocol::error_chain;
-use plane_protocol::ids::BackendId;
+use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::{BackendUpdate, SpawnRequest};
 use serde_json::json;
@@ -54,12 +54,12 @@ impl IntoResponse for ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         let status = match &e {
-            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::NotFound(_) | ControlError::NoSuchDrone(_) => StatusCode::NOT_FOUND,
             ControlError::NoDrone(_)
             | ControlError::NoDroneAccepted(_)
             | ControlError::DroneUnreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::DroneRefused { .. } => StatusCode::BAD_GATEWAY,
-            ControlError::Ended(_) => StatusCode::CONFLICT,
+            ControlError::Ended(_) | ControlError::DroneLost(_) => StatusCode::CONFLICT,
             ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -136,6 +136,10 @@ fn router_with(
         .route("/v1/backends/{id}/events", get(events::backend_events))
         .route("/v1/backends/{id}/logs", get(logs::backend_logs))
         .route("/v1/drones", get(list_drones))
+        .route(
+            "/v1/drones/{id}/drain",
+            post(drain_drone).delete(undrain_drone),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
@@ -229,6 +233,61 @@ async fn terminate_backend(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(record)))
+}
+
+/// The body of `POST /v1/drones/{id}/drain` (empty: no deadline).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    #[serde(default)]
+    deadline_secs: Option<u64>,
+}
+
+fn drone_id(raw: &str) -> Result<DroneId, ApiError> {
+    DroneId::new(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no drone named {raw:?}: {e}"),
+        )
+    })
+}
+
+async fn drain_drone(
+    State(ApiState { controller, .. }): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DroneView>, ApiError> {
+    let id = drone_id(&id)?;
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid drain request: {e}"),
+            )
+        })?
+    };
+    if request
+        .deadline_secs
+        .is_some_and(|secs| secs > MAX_DRAIN_DEADLINE_SECS)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid drain request: deadline_secs: at most {MAX_DRAIN_DEADLINE_SECS}"),
+        ));
+    }
+    let drone = controller.drain(&id, request.deadline_secs).await?;
+    Ok(Json(drone.to_view()))
+}
+
+async fn undrain_drone(
+    State(ApiState { controller, .. }): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DroneView>, ApiError> {
+    let drone = controller.undrain(&drone_id(&id)?).await?;
+    Ok(Json(drone.to_view()))
 }
 
 async fn list_drones(State(ApiState { controller, .. }): State<ApiState>) -> Json<Vec<DroneView>> {

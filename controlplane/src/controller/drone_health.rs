@@ -362,6 +362,7 @@ fn record_change(record: &DroneRecord, heartbeat: &Heartbeat) -> RecordChange {
     } else if record.capacity != heartbeat.capacity
         || record.executor != heartbeat.executor
         || record.draining != heartbeat.draining
+        || record.drain_deadline != heartbeat.drain_deadline
         || record.proxy_scheme != heartbeat.proxy_scheme
         || record.proxy_port != heartbeat.proxy_port
         || record.ip != heartbeat.ip

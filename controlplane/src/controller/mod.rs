@@ -4,6 +4,7 @@
 //! costs more in a bigger cluster; the API module is a thin translation of these methods.
 
 mod certificates;
+mod drain;
 mod drone_health;
 mod recovery;
 
@@ -23,7 +24,7 @@ use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, StateReport, TerminationReason,
 };
 use plane_protocol::records::{
-    BackendRecord, BackendStatus, DroneRecord, DroneView, ReportOutcome, SpawnAnswer,
+    BackendRecord, BackendStatus, DroneRecord, DroneState, DroneView, ReportOutcome, SpawnAnswer,
 };
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::spawn_request::ValidSpawn;
@@ -69,6 +70,10 @@ pub enum ControlError {
     DroneRefused { drone: DroneId, error: String },
     #[error("backend {0} has ended")]
     Ended(BackendId),
+    #[error("no drone named {0}")]
+    NoSuchDrone(DroneId),
+    #[error("drone {0} is lost (not heard within the grace)")]
+    DroneLost(DroneId),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -88,9 +93,11 @@ impl DroneNow {
         if let Some(at) = self.status.last_heartbeat {
             drone.last_heartbeat = at;
         }
+        let state = DroneState::of(self.status.live, drone.draining, self.status.load);
         DroneView {
             drone,
             live: self.status.live,
+            state,
         }
     }
 }
@@ -605,7 +612,6 @@ impl Controller {
         all
     }
 
-    /// Asks the backend's drone to stop it. Idempotent: a terminated backend is returned as is.
     /// Changes a running backend's idle timeout: its drone's sweeper uses it at once, then the
     /// record says so (and event streams send it as `updated`).
     pub async fn set_idle(
@@ -657,6 +663,7 @@ impl Controller {
         self.backend(id).await
     }
 
+    /// Asks the backend's drone to stop it. Idempotent: a terminated backend is returned as is.
     pub async fn terminate(&self, id: &BackendId) -> Result<BackendRecord, ControlError> {
         let record = self.backend(id).await?;
         if record.is_terminated() {

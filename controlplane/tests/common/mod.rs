@@ -71,6 +71,7 @@ pub fn heartbeat_message(drone: &str, load: u32, started_at: UnixMillis) -> Hear
         load,
         backends: Vec::new(),
         draining: false,
+        drain_deadline: None,
         proxy_scheme: "http".into(),
         proxy_port: 9090,
         ip: None,
