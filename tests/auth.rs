@@ -87,6 +87,14 @@ async fn the_cli_needs_the_token_the_controller_was_given() -> anyhow::Result<()
         let header = format!("Authorization: Bearer {TOKEN}");
         let list = curl(&["-H", &header, &format!("{api}/v1/backends")])?;
         ensure!(list.status == 200, "{list:?}");
+        // Metrics too: what a cluster runs is no one else's business.
+        let metrics = curl(&[&format!("{api}/metrics")])?;
+        ensure!(metrics.status == 401, "{metrics:?}");
+        let metrics = curl(&["-H", &header, &format!("{api}/metrics")])?;
+        ensure!(
+            metrics.status == 200 && metrics.body.contains("# TYPE plane_backends gauge"),
+            "{metrics:?}"
+        );
         Ok(())
     })
     .await

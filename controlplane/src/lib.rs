@@ -6,6 +6,7 @@ pub mod controller;
 pub mod dns;
 pub mod limits;
 pub mod liveness;
+pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod usage;

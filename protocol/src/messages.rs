@@ -42,6 +42,16 @@ pub enum BackendState {
 }
 
 impl BackendState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [BackendState; 6] = [
+        BackendState::Scheduled,
+        BackendState::Loading,
+        BackendState::Starting,
+        BackendState::Ready,
+        BackendState::Terminating,
+        BackendState::Terminated,
+    ];
+
     /// Position in the lifecycle; a report never moves a backend backwards.
     pub fn rank(self) -> u8 {
         match self {

@@ -657,6 +657,103 @@ pub async fn drain_waits_for_backends_and_can_be_cancelled(c: &Cluster) -> anyho
     Ok(())
 }
 
+/// `GET /metrics` of the controller, parsed as Prometheus' text format.
+fn scrape(c: &Cluster) -> anyhow::Result<prometheus_parse::Scrape> {
+    let response = curl(&[&format!("{}/metrics", c.api)])?;
+    ensure!(response.status == 200, "{response:?}");
+    Ok(prometheus_parse::Scrape::parse(
+        response.body.lines().map(|line| Ok(line.to_owned())),
+    )?)
+}
+
+/// The value of the sample `name{label="value"}` (a counter or gauge).
+fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    label: (&str, &str),
+) -> anyhow::Result<f64> {
+    use prometheus_parse::Value;
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+        .with_context(|| format!("no {name}{{{}=\"{}\"}}", label.0, label.1))?;
+    match found.value {
+        Value::Counter(v) | Value::Gauge(v) => Ok(v),
+        ref other => anyhow::bail!("{name}: not a counter or gauge: {other:?}"),
+    }
+}
+
+/// How many observations the histogram `name` holds (its `+Inf` bucket).
+fn observations(scrape: &prometheus_parse::Scrape, name: &str) -> anyhow::Result<f64> {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .with_context(|| format!("no histogram {name}"))?;
+    match &found.value {
+        prometheus_parse::Value::Histogram(buckets) => buckets
+            .iter()
+            .find(|b| b.less_than.is_infinite())
+            .map(|b| b.count)
+            .context("no +Inf bucket"),
+        other => anyhow::bail!("{name}: not a histogram: {other:?}"),
+    }
+}
+
+/// Waits until the scraped `plane_backends` gauges agree with the API's listing, state by state
+/// (a backend of an earlier flow may change state between the two reads: they are retried).
+async fn gauges_agree_with_listing(c: &Cluster) -> anyhow::Result<()> {
+    plane_test_support::eventually(
+        STATE_TIMEOUT,
+        "backend gauges matching the listing",
+        || async {
+            let scraped = scrape(c)?;
+            let listed = c.plane_json(&["list"]).await?;
+            let listed = listed.as_array().context("a list")?;
+            for state in BackendState::ALL {
+                let count = listed
+                    .iter()
+                    .filter(|b| b["state"] == state.as_str())
+                    .count();
+                if sample(&scraped, "plane_backends", ("state", state.as_str()))? != count as f64 {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+}
+
+/// The controller's `/metrics` (parsed as Prometheus text, not searched as a string): a spawn
+/// counts as placed, its readiness lands in the spawn → ready histogram, backends (before and
+/// after one ends) and drones are counted by state.
+pub async fn metrics_follow_the_cluster(c: &Cluster) -> anyhow::Result<()> {
+    let before = scrape(c)?;
+    let id = id_of(&c.spawn_ready("", &["--idle", "60"]).await?)?;
+    let after = scrape(c)?;
+    let placed = ("outcome", "placed");
+    ensure!(
+        sample(&after, "plane_spawns_total", placed)?
+            == sample(&before, "plane_spawns_total", placed)? + 1.0
+    );
+    ensure!(
+        observations(&after, "plane_spawn_ready_seconds")?
+            == observations(&before, "plane_spawn_ready_seconds")? + 1.0
+    );
+    ensure!(sample(&after, "plane_backends", ("state", "ready"))? >= 1.0);
+    ensure!(sample(&after, "plane_drones", ("state", "live"))? == 1.0);
+    ensure!(sample(&after, "plane_drones", ("state", "lost"))? == 0.0);
+    gauges_agree_with_listing(c).await?;
+
+    let output = c.plane(&["terminate", &id]).await?;
+    ensure!(output.status.success(), "{output:?}");
+    c.watch_until_terminated(&id).await?;
+    gauges_agree_with_listing(c).await?;
+    Ok(())
+}
+
 /// `dig @the cluster's DNS server ARGS`, bounded; its whole output.
 fn dig(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     plane_test_support::dig::dig(c.dns.context("this cluster serves no DNS")?, args)

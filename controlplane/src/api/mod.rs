@@ -126,6 +126,7 @@ fn router_with(
     };
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/backends", get(list_backends).post(spawn_backend))
         .route(
             "/v1/backends/{id}",
@@ -148,6 +149,17 @@ fn router_with(
             auth::require_token,
         ))
         .with_state(state)
+}
+
+async fn metrics(State(ApiState { controller, .. }): State<ApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        controller.metrics(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

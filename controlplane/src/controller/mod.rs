@@ -13,6 +13,7 @@ use crate::limits::{
     MAX_COLLECT_INTERVAL, MAX_LOG_RECORD_BYTES, RESYNC_RETRY_INTERVAL, UNREPORTED_GRACE_PERIODS,
 };
 use crate::liveness::{DroneStatus, Hearing};
+use crate::metrics::{ControllerMetrics, SpawnOutcome};
 use crate::scheduler::{self, Candidate, NoDrone};
 use crate::state::{Change, ClusterState, StateError, Watches};
 use crate::usage::UsageBook;
@@ -155,6 +156,7 @@ struct Inner {
     hearing: Hearing,
     /// Each backend's latest resource use, from heartbeats.
     usage: UsageBook,
+    metrics: ControllerMetrics,
     /// The watches that feed the view, until [`Controller::listen`] takes them.
     watches: Mutex<Option<Watches>>,
 }
@@ -184,11 +186,23 @@ impl Controller {
                 subjects,
                 hearing: Hearing::new(config.drone_grace),
                 usage: UsageBook::default(),
+                metrics: ControllerMetrics::default(),
                 config,
                 state,
                 watches: Mutex::new(Some(watches)),
             }),
         })
+    }
+
+    /// The controller's metrics in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        let backends: Vec<BackendState> = self.view().backends().iter().map(|r| r.state).collect();
+        let drones = self
+            .drones_now()
+            .iter()
+            .map(|d| DroneState::of(d.status.live, d.record.draining, d.status.load))
+            .collect::<Vec<_>>();
+        self.inner.metrics.render(backends, drones)
     }
 
     pub fn cluster(&self) -> &str {
@@ -395,14 +409,27 @@ impl Controller {
     /// acknowledged again without effect. An error means the state store failed: the report
     /// must not be acknowledged, so that the drone sends it again.
     pub async fn apply_report(&self, report: &StateReport) -> Result<Ack, StateError> {
+        let mut ready_after = None;
         let outcome = self
             .inner
             .state
-            .update_backend(&report.backend, |record| match record.apply(report) {
-                ReportOutcome::Applied => Change::Write(ReportOutcome::Applied),
-                other => Change::Keep(other),
+            .update_backend(&report.backend, |record| {
+                let was_ready = record.state.rank() >= BackendState::Ready.rank();
+                match record.apply(report) {
+                    ReportOutcome::Applied => {
+                        if !was_ready && record.state == BackendState::Ready {
+                            let took = now_millis().saturating_sub(record.created_at);
+                            ready_after = Some(Duration::from_millis(took));
+                        }
+                        Change::Write(ReportOutcome::Applied)
+                    }
+                    other => Change::Keep(other),
+                }
             })
             .await;
+        if let (Ok(Some(ReportOutcome::Applied)), Some(took)) = (&outcome, ready_after) {
+            self.inner.metrics.ready_after(took);
+        }
         Ok(match outcome? {
             Some(ReportOutcome::Applied) => {
                 info!(backend = %report.backend, drone = %report.drone, state = %report.state,
@@ -464,8 +491,18 @@ impl Controller {
             token: token.as_ref(),
             credentials: credentials.as_ref(),
         };
-        let record = self.schedule(spec, secrets).await?;
-        Ok(SpawnAnswer { record, token })
+        let scheduled = self.schedule(spec, secrets).await;
+        self.inner.metrics.spawned(match &scheduled {
+            Ok(_) => SpawnOutcome::Placed,
+            Err(ControlError::NoDrone(_) | ControlError::NoDroneAccepted(_)) => {
+                SpawnOutcome::NoDrone
+            }
+            Err(_) => SpawnOutcome::Failed,
+        });
+        Ok(SpawnAnswer {
+            record: scheduled?,
+            token,
+        })
     }
 
     async fn schedule(
