@@ -193,3 +193,87 @@ async fn two_controllers_share_one_view() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Two controllers on one NATS: a spawn one answered is shown by the other at once; killing one
+/// while spawns are in flight loses nothing: every spawn it answered becomes ready, each backend
+/// runs exactly once, and whatever it left half-placed ends with a clear state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_spawn_loses_no_backend() -> anyhow::Result<()> {
+    use plane_test_support::processes_with_env;
+    bounded(async {
+        let mut cluster = Cluster::over_nats().await?;
+        let first_api = cluster.api.clone();
+        let (_second, second_api) = cluster.second_controller()?;
+
+        let record = cluster
+            .plane_json(&["spawn", "--command", &common::backend_bin(), "--idle", "60"])
+            .await?;
+        let first = id_of(&record)?;
+        let seen = plane_test_support::curl(&[&format!("{second_api}/v1/backends/{first}")])?;
+        ensure!(
+            seen.status == 200,
+            "answered by one, shown by the other: {seen:?}"
+        );
+
+        let mut spawns = tokio::task::JoinSet::new();
+        for _ in 0..24 {
+            let mut command = tokio::process::Command::new(common::plane_bin());
+            command
+                .args(["spawn", "--command", &common::backend_bin(), "--idle", "60"])
+                .args(["--json", "--api", &first_api])
+                .kill_on_drop(true);
+            spawns.spawn(async move { command.output().await });
+        }
+        let mut answered = vec![first];
+        let mut killed = false;
+        while let Some(output) = spawns.join_next().await {
+            let output = output??;
+            if output.status.success() {
+                let record: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+                answered.push(id_of(&record)?);
+            }
+            if !killed && answered.len() >= 6 {
+                cluster.kill_controller();
+                killed = true;
+            }
+        }
+        ensure!(
+            killed,
+            "the controller was killed while spawns were in flight"
+        );
+        eprintln!(
+            "{} of 25 spawns answered before the controller died",
+            answered.len()
+        );
+
+        cluster.api = second_api;
+        let listed = eventually(STATE_TIMEOUT, "every backend ready or ended", || async {
+            let listed = cluster.plane_json(&["list"]).await?;
+            let all = listed.as_array().context("a list")?.clone();
+            let settled = all
+                .iter()
+                .all(|b| b["state"] == "ready" || b["state"] == "terminated");
+            Ok(settled.then_some(all))
+        })
+        .await?;
+        for id in &answered {
+            let record = listed
+                .iter()
+                .find(|b| b["id"] == id.as_str())
+                .with_context(|| format!("answered spawn {id} is known"))?;
+            ensure!(record["state"] == "ready", "answered spawn: {record}");
+        }
+        for record in &listed {
+            let id = id_of(record)?;
+            let running = processes_with_env("PLANE_BACKEND_ID", &id).len();
+            if record["state"] == "ready" {
+                ensure!(running == 1, "{id} runs {running} times: {record}");
+            } else {
+                ensure!(record["reason"] == "lost", "left half-placed: {record}");
+                ensure!(running == 0, "{id} ended but runs: {record}");
+            }
+        }
+        Ok(())
+    })
+    .await
+}
