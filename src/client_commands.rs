@@ -322,21 +322,31 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let api = client(&args.client)?;
+    let listed = |drones: Vec<DroneView>| {
+        drones
+            .into_iter()
+            .find(|d| d.drone.id.as_str() == args.drone)
+            .with_context(|| format!("no drone named {}", args.drone))
+    };
     let mut drone = if args.cancel {
         api.undrain(&args.drone).await?
     } else {
-        api.drain(&args.drone, args.deadline).await?
+        // `--wait` alone on a drone that drains already only waits: draining it again would
+        // drop the deadline it was given.
+        let current = match args.wait && args.deadline.is_none() {
+            true => Some(listed(api.drones().await?)?).filter(|d| d.drone.draining),
+            false => None,
+        };
+        match current {
+            Some(current) => current,
+            None => api.drain(&args.drone, args.deadline).await?,
+        }
     };
     if args.wait {
         // The API has no drone event stream: a light poll of one listing.
         while drone.state == DroneState::Draining {
             tokio::time::sleep(DRAIN_POLL).await;
-            drone = api
-                .drones()
-                .await?
-                .into_iter()
-                .find(|d| d.drone.id.as_str() == args.drone)
-                .with_context(|| format!("drone {} is gone", args.drone))?;
+            drone = listed(api.drones().await?)?;
         }
         if drone.state != DroneState::Drained {
             bail!(

@@ -74,13 +74,21 @@ async fn start_dns(
     )?;
     let (udp, tcp) = bind_dns(addr).await?;
     let local = udp.local_addr()?;
-    let task = tokio::spawn(plane_controlplane::dns::serve(
+    let serving = plane_controlplane::dns::serve(
         udp,
         tcp,
         controller.clone(),
         zone,
         shutdown.cancelled_owned(),
-    ));
+    );
+    // Said when it happens, not only at shutdown when the task is awaited.
+    let task = tokio::spawn(async move {
+        let served = serving.await;
+        if let Err(error) = &served {
+            tracing::error!(%error, "the DNS server stopped");
+        }
+        served
+    });
     Ok((local, task))
 }
 

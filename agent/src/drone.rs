@@ -484,8 +484,10 @@ impl Drone {
             Ok(DroneCommand::Drain { deadline_secs }) => {
                 let deadline = deadline_secs.map(Duration::from_secs);
                 self.shared.set_drain(Some(Drain {
-                    deadline: deadline.map(|d| Instant::now() + d),
-                    deadline_at: deadline.map(|d| now_millis() + d.as_millis() as UnixMillis),
+                    // A deadline past what the clock can say is no deadline.
+                    deadline: deadline.and_then(|d| Instant::now().checked_add(d)),
+                    deadline_at: deadline_secs
+                        .map(|secs| now_millis().saturating_add(secs.saturating_mul(1000))),
                 }));
                 info!(drone = %self.config.id, ?deadline_secs, running = self.shared.backends().len(), "draining: no new backends");
                 Ack::Accepted
@@ -557,17 +559,18 @@ impl Drone {
         if backends.contains_key(&backend) {
             return Ack::Accepted;
         }
-        if self.shared.drain().is_some() {
-            return Ack::Rejected {
-                error: format!("drone {} is draining", self.config.id),
-            };
-        }
         {
             let mut ended = self.shared.ended();
             ended.retain(|_, at| at.elapsed() < ENDED_MEMORY);
             if ended.contains_key(&backend) {
                 return Ack::Accepted;
             }
+        }
+        // After the re-send checks: a spawn this drone already took is acknowledged again.
+        if self.shared.drain().is_some() {
+            return Ack::Rejected {
+                error: format!("drone {} is draining", self.config.id),
+            };
         }
         if backends.len() >= self.config.capacity as usize {
             return Ack::Rejected {

@@ -11,6 +11,11 @@ pub const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a drone gets to acknowledge a command before the next one is tried.
 pub const DRONE_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// After a drone took a drain (or its cancellation), how long the API waits for the drone's
+/// heartbeat to show it before answering, and how often it looks.
+pub const DRAIN_SHOWN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DRAIN_SHOWN_POLL: Duration = Duration::from_millis(20);
+
 /// The longest drain deadline accepted (a week).
 pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 

@@ -503,17 +503,23 @@ pub async fn idle_timeout_changes_live(c: &Cluster) -> anyhow::Result<()> {
         "{first:?}"
     );
 
-    let updated = c.plane_json(&["set-idle", &id, "1"]).await?;
-    ensure!(updated["max_idle_secs"] == 1, "{updated}");
+    // Long enough that the record is written before the sweep (the backend has been idle since
+    // it got ready), short enough to be seen here.
+    let updated = c.plane_json(&["set-idle", &id, "3"]).await?;
+    ensure!(updated["max_idle_secs"] == 3, "{updated}");
     ensure!(updated["state"] == "ready", "{updated}");
-    // Swept a second after, not ten minutes.
+    // Swept seconds after, not ten minutes.
     let mut kinds = Vec::new();
-    while let Some(event) = events.next_event().await {
+    loop {
+        let next = tokio::time::timeout(STATE_TIMEOUT, events.next_event())
+            .await
+            .context("the backend was not swept with its new idle timeout")?;
+        let Some(event) = next else { break };
         let event = event?;
         kinds.push(match &event {
             BackendEvent::Updated(r) => {
                 ensure!(
-                    r.max_idle_secs == 1 && r.state == BackendState::Ready,
+                    r.max_idle_secs == 3 && r.state == BackendState::Ready,
                     "{r:?}"
                 );
                 "updated".to_owned()

@@ -414,6 +414,8 @@ impl Controller {
             .inner
             .state
             .update_backend(&report.backend, |record| {
+                // Each compare-and-set attempt decides anew.
+                ready_after = None;
                 let was_ready = record.state.rank() >= BackendState::Ready.rank();
                 match record.apply(report) {
                     ReportOutcome::Applied => {

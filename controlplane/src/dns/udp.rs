@@ -48,9 +48,14 @@ pub(super) async fn serve(socket: UdpSocket, zone: Zone) -> io::Result<()> {
                 socket.readable().await?;
                 continue;
             }
-            // An ICMP error from an earlier answer's destination, and the like: the client's.
-            Err(error) if is_clients(&error) => continue,
-            Err(error) => return Err(error),
+            Err(error) if is_fatal(&error) => return Err(error),
+            // An ICMP error from an earlier answer's destination, a shortage of buffers, and the
+            // like: about one client or one moment, not the socket.
+            Err(error) => {
+                debug!(%error, "DNS receive failed; going on");
+                tokio::task::yield_now().await;
+                continue;
+            }
         };
         for index in 0..received {
             let Some((query, src)) = inbox.datagram(index) else {
@@ -61,20 +66,18 @@ pub(super) async fn serve(socket: UdpSocket, zone: Zone) -> io::Result<()> {
             }
         }
         outbox.send(&socket).await?;
+        // A flood of queries never leaves the socket unready: give the runtime's other tasks
+        // (the API, the proxy in `plane dev`, shutdown) their turn after each batch.
+        tokio::task::yield_now().await;
     }
 }
 
-/// Whether a socket error is about one client's datagram, not the socket.
-fn is_clients(error: &io::Error) -> bool {
+/// Whether a socket error means the socket itself is unusable (every other error is about one
+/// datagram or a passing shortage, and the server goes on).
+fn is_fatal(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EMSGSIZE
-                | libc::EPERM
-        )
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL)
     )
 }
 
@@ -113,9 +116,10 @@ impl Inbox {
             };
             // SAFETY: all-zero is a valid msghdr (no control data, no flags).
             let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-            header.msg_name = std::ptr::addr_of_mut!(self.names[i]).cast();
+            // SAFETY (both): `i` is within the vectors, which hold BATCH entries.
+            header.msg_name = unsafe { self.names.as_mut_ptr().add(i) }.cast();
             header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_iov = std::ptr::addr_of_mut!(self.iovecs[i]);
+            header.msg_iov = unsafe { self.iovecs.as_mut_ptr().add(i) };
             header.msg_iovlen = 1;
             self.headers[i] = libc::mmsghdr {
                 msg_hdr: header,
@@ -213,11 +217,13 @@ impl Outbox {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     socket.writable().await?
                 }
-                Err(error) if is_clients(&error) => {
+                Err(error) if is_fatal(&error) => return Err(error),
+                // The first answer of the call could not go (an unreachable or forbidden
+                // destination): dropped, and the others go on.
+                Err(error) => {
                     debug!(%error, "a DNS answer was not sent");
                     sent += 1;
                 }
-                Err(error) => return Err(error),
             }
         }
         self.len = 0;
@@ -243,7 +249,8 @@ impl Outbox {
             };
             headers[i].msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
             headers[i].msg_hdr.msg_namelen = to.len();
-            headers[i].msg_hdr.msg_iov = std::ptr::addr_of_mut!(iovecs[i]);
+            // SAFETY: `i` is within `iovecs`, which holds BATCH entries.
+            headers[i].msg_hdr.msg_iov = unsafe { iovecs.as_mut_ptr().add(i) };
             headers[i].msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: the headers point to `iovecs`, the answers and the addresses, all alive and
@@ -350,9 +357,9 @@ mod tests {
 
     #[test]
     fn socket_errors_about_one_client_do_not_end_the_server() {
-        assert!(is_clients(&io::Error::from_raw_os_error(
-            libc::ECONNREFUSED
-        )));
-        assert!(!is_clients(&io::Error::from_raw_os_error(libc::EBADF)));
+        for client in [libc::ECONNREFUSED, libc::EACCES, libc::EPERM, libc::ENOBUFS] {
+            assert!(!is_fatal(&io::Error::from_raw_os_error(client)));
+        }
+        assert!(is_fatal(&io::Error::from_raw_os_error(libc::EBADF)));
     }
 }
