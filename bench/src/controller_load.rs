@@ -11,7 +11,8 @@ use plane_protocol::records::BackendRecord;
 use plane_protocol::subjects::Subjects;
 use std::time::{Duration, Instant};
 
-const CLUSTER: &str = "bench.plane";
+/// The cluster every controller bench runs.
+pub const CLUSTER: &str = "bench.plane";
 
 /// What one load measured.
 pub struct LoadResult {
@@ -87,7 +88,7 @@ pub fn spec() -> BackendSpec {
 
 /// The bus under test: the in-memory bus, or the NATS server `PLANE_BENCH_NATS` names (give each
 /// scenario a fresh `nats-server -js`: the scenarios assume empty buckets).
-async fn bench_bus() -> Bus {
+pub async fn bench_bus() -> Bus {
     match std::env::var("PLANE_BENCH_NATS") {
         Ok(url) => Bus::connect(&url)
             .await
@@ -96,9 +97,9 @@ async fn bench_bus() -> Bus {
     }
 }
 
-async fn start_controller() -> (Bus, Subjects, Controller, tokio::sync::oneshot::Sender<()>) {
-    let bus = bench_bus().await;
-    let controller = Controller::new(
+/// A controller of the bench cluster on `bus` (not listening yet).
+pub async fn open_controller(bus: &Bus) -> Controller {
+    Controller::new(
         bus.clone(),
         ControllerConfig {
             cluster: CLUSTER.into(),
@@ -107,7 +108,12 @@ async fn start_controller() -> (Bus, Subjects, Controller, tokio::sync::oneshot:
         },
     )
     .await
-    .expect("controller opens its state");
+    .expect("controller opens its state")
+}
+
+async fn start_controller() -> (Bus, Subjects, Controller, tokio::sync::oneshot::Sender<()>) {
+    let bus = bench_bus().await;
+    let controller = open_controller(&bus).await;
     let listening = controller.listen().await.expect("controller listens");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(listening.run(async {

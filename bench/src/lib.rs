@@ -13,4 +13,14 @@ pub fn route(table: &RouteTable, host: &str) -> Option<Arc<Route>> {
     table.lookup(label)
 }
 
+/// The `p`th percentile (nearest rank) of `values`, which it sorts; NaN when there are none.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
 pub mod controller_load;

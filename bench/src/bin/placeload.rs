@@ -12,33 +12,17 @@
 //! callers spawn back to back for SECS seconds. Prints placements/s and the spawn latency p50 /
 //! p99 as the callers saw it.
 
+use plane_bench::controller_load::{bench_bus, open_controller, CLUSTER};
+use plane_bench::percentile;
 use plane_bus::Bus;
 use plane_client::ApiClient;
-use plane_controlplane::{api, Controller, ControllerConfig};
+use plane_controlplane::api;
 use plane_protocol::ids::DroneId;
 use plane_protocol::messages::{now_millis, Ack, ExecutorKind, Heartbeat};
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
 use plane_protocol::subjects::Subjects;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-const CLUSTER: &str = "place.bench";
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
-async fn connect() -> Result<Bus, String> {
-    match std::env::var("PLANE_BENCH_NATS") {
-        Ok(url) => Bus::connect(&url).await.map_err(|e| e.to_string()),
-        Err(_) => Ok(Bus::in_memory()),
-    }
-}
 
 /// A drone that beats every second and accepts every command.
 async fn fake_drone(bus: Bus, id: DroneId) -> Result<(), String> {
@@ -116,17 +100,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(drones: usize, secs: Duration, clients: usize) -> Result<(), String> {
-    let bus = connect().await?;
-    let controller = Controller::new(
-        bus.clone(),
-        ControllerConfig {
-            cluster: CLUSTER.into(),
-            drone_grace: Duration::from_secs(10),
-            retention: Duration::from_secs(3600),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let bus = bench_bus().await;
+    let controller = open_controller(&bus).await;
     let listening = controller.listen().await.map_err(|e| e.to_string())?;
     tokio::spawn(listening.run(std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -13,6 +13,7 @@
 //! (pull check, create, start); answer = from `starting` to `ready` (the first answered HTTP
 //! request). Prints p50 and p99 of each, in ms. Every backend is terminated at the end.
 
+use plane_bench::percentile;
 use plane_client::{ApiClient, BackendEvent};
 use plane_protocol::messages::BackendState;
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
@@ -35,15 +36,6 @@ struct Phases {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
 }
 
 fn report(name: &str, mut values: Vec<f64>) {
