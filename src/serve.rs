@@ -11,9 +11,7 @@ use crate::secrets;
 use crate::shutdown;
 use crate::state_dir;
 use anyhow::Context as _;
-use plane_agent::certificates::{
-    AcmeConfig, CertificateFiles, ExternalAccount, Refresher, RefresherConfig,
-};
+use plane_agent::certificates::{AcmeConfig, ExternalAccount, Refresher, RefresherConfig};
 use plane_agent::docker::DockerExecutor;
 use plane_agent::executor::Executor;
 use plane_agent::process::ProcessExecutor;
@@ -301,7 +299,6 @@ fn acme_config(
 /// HTTPS.
 fn start_certificate_upkeep(
     proxy: &DroneProxy,
-    https: &HttpsArgs,
     acme: Option<RefresherConfig>,
     bus: &Bus,
     drone: &mut Drone,
@@ -311,19 +308,12 @@ fn start_certificate_upkeep(
         let (refresher, status) =
             Refresher::new(config, bus.clone(), Arc::clone(&listener.certificate));
         drone.report_certificate(status);
-        return Some(tokio::spawn(refresher.run(std::future::pending())));
+        return Some(tokio::spawn(refresher.run()));
     }
-    let (Some(cert), Some(key)) = (&https.cert, &https.key) else {
-        return None;
-    };
     let (status, receiver) = tokio::sync::watch::channel(None);
     drone.report_certificate(receiver);
-    let files = CertificateFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-    };
     Some(tokio::spawn(
-        plane_agent::certificates::watch_operator_files(files, status),
+        plane_agent::certificates::watch_operator_files(Arc::clone(&listener.certificate), status),
     ))
 }
 
@@ -514,7 +504,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         api_config,
         controller_shutdown.clone().cancelled_owned(),
     ));
-    let upkeep = start_certificate_upkeep(&proxy, &args.https, acme, &bus, &mut drone);
+    let upkeep = start_certificate_upkeep(&proxy, acme, &bus, &mut drone);
     // The controller outlives the drone, to take the reports of the backends it stops.
     let drone_result = run_drone(drone, proxy, table, upkeep, drone_shutdown).await;
     controller_shutdown.cancel();
@@ -631,7 +621,7 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         table.clone(),
         executor(&args.executor, &cluster, &id).await?,
     );
-    let upkeep = start_certificate_upkeep(&proxy, &args.https, acme, &bus, &mut drone);
+    let upkeep = start_certificate_upkeep(&proxy, acme, &bus, &mut drone);
     // On stdout, for whoever started us with port 0 to learn the real address.
     proxy.announce()?;
     info!(drone = %id, %cluster, "drone started");

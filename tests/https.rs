@@ -70,6 +70,21 @@ async fn plane_dev_serves_https_redirects_plain_http_and_rotates_its_certificate
         let plain = after(dev, "answers 308 to https (listening on ")?;
         let plain = plain.trim_end_matches(')').to_string();
 
+        // The drone reports the certificate its listener serves (operator-provided files).
+        plane_test_support::eventually(
+            common::STATE_TIMEOUT,
+            "the certificate in plane drones",
+            || async {
+                let drones = c.plane_json(&["drones"]).await?;
+                let certificate = &drones[0]["certificate"];
+                ensure!(certificate["last_renewal_error"].is_null(), "{drones}");
+                let shown = certificate["names"] == serde_json::json!(["*.plane.localhost"])
+                    && certificate["not_after"].is_u64();
+                Ok(shown.then_some(()))
+            },
+        )
+        .await?;
+
         let record = c.spawn_ready("", &["--idle", "60"]).await?;
         let id = id_of(&record)?;
         let host = c.host(&id);

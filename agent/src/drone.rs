@@ -95,9 +95,7 @@ struct Shared {
 /// A drain in progress.
 #[derive(Clone, Copy, Debug)]
 struct Drain {
-    /// When the backends still running are terminated, if ever.
-    deadline: Option<Instant>,
-    /// The same, on the wall clock, for the heartbeat.
+    /// When the backends still running are terminated, if ever (told in the heartbeat).
     deadline_at: Option<UnixMillis>,
 }
 
@@ -482,10 +480,7 @@ impl Drone {
                 Ack::Accepted
             }
             Ok(DroneCommand::Drain { deadline_secs }) => {
-                let deadline = deadline_secs.map(Duration::from_secs);
                 self.shared.set_drain(Some(Drain {
-                    // A deadline past what the clock can say is no deadline.
-                    deadline: deadline.and_then(|d| Instant::now().checked_add(d)),
                     deadline_at: deadline_secs
                         .map(|secs| now_millis().saturating_add(secs.saturating_mul(1000))),
                 }));
@@ -657,8 +652,8 @@ async fn sweep_forever(shared: Arc<Shared>) {
         sweeper::sweep(&shared.backends(), now);
         let overdue = shared
             .drain()
-            .and_then(|drain| drain.deadline)
-            .is_some_and(|deadline| now >= deadline);
+            .and_then(|drain| drain.deadline_at)
+            .is_some_and(|deadline| now_millis() >= deadline);
         if overdue {
             for (id, handle) in shared.backends().iter() {
                 if handle.request_stop(TerminationReason::Terminated) {

@@ -154,7 +154,8 @@ impl ApiClient {
         drone: &str,
         deadline_secs: Option<u64>,
     ) -> Result<DroneView, ClientError> {
-        let body = serde_json::to_vec(&serde_json::json!({ "deadline_secs": deadline_secs }))?;
+        let body =
+            serde_json::to_vec(&plane_protocol::spawn_request::DrainRequest { deadline_secs })?;
         self.json(
             Method::POST,
             &format!("/v1/drones/{}/drain", drone_path(drone)?),

@@ -179,7 +179,8 @@ impl Zone {
         let Some(label) = name.iter().next() else {
             return Lookup::NxDomain;
         };
-        if label.eq_ignore_ascii_case(CHALLENGE_LABEL) {
+        // The name is lowercased above.
+        if label == CHALLENGE_LABEL {
             return self.challenges(name, kind);
         }
         let Some(ip) = std::str::from_utf8(label)
@@ -204,10 +205,11 @@ impl Zone {
 
     /// The TXT records of the order in progress; no order, no name.
     fn challenges(&self, name: Name, kind: RecordType) -> Lookup {
-        let values = self
-            .controller
-            .view()
-            .challenges(plane_protocol::messages::now_millis());
+        let lock = self.controller.view().order_lock();
+        let now = plane_protocol::messages::now_millis();
+        let values = lock
+            .as_ref()
+            .map_or(&[][..], |lock| lock.record.live_challenges(now));
         if values.is_empty() {
             return Lookup::NxDomain;
         }
@@ -216,12 +218,12 @@ impl Zone {
         }
         Lookup::Found(
             values
-                .into_iter()
+                .iter()
                 .map(|value| {
                     Record::from_rdata(
                         name.clone(),
                         CHALLENGE_TTL,
-                        RData::TXT(TXT::new(vec![value])),
+                        RData::TXT(TXT::new(vec![value.clone()])),
                     )
                 })
                 .collect(),

@@ -16,9 +16,6 @@ pub const DRONE_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DRAIN_SHOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DRAIN_SHOWN_POLL: Duration = Duration::from_millis(20);
 
-/// The longest drain deadline accepted (a week).
-pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
-
 /// Spawn bodies larger than this are refused.
 pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
 

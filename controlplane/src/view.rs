@@ -12,7 +12,6 @@
 use plane_bus::{KvChange, KvEntry};
 use plane_protocol::certificates::OrderLock;
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::messages::UnixMillis;
 use plane_protocol::records::{BackendRecord, DroneRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -118,15 +117,6 @@ impl ClusterView {
     /// The certificate order lock as last seen.
     pub fn order_lock(&self) -> Option<Versioned<OrderLock>> {
         self.read().order_lock.clone()
-    }
-
-    /// The DNS-01 values to serve at `now` (see [`OrderLock::live_challenges`]).
-    pub fn challenges(&self, now: UnixMillis) -> Vec<String> {
-        self.read()
-            .order_lock
-            .as_ref()
-            .map(|lock| lock.record.live_challenges(now).to_vec())
-            .unwrap_or_default()
     }
 
     /// The backend's record now and every later version of it, for an event stream; `None` if

@@ -158,11 +158,6 @@ impl Certificate {
         certificate
     }
 
-    /// Whether a certificate is served now.
-    pub fn is_served(&self) -> bool {
-        self.current.load().is_some()
-    }
-
     /// The chain served now (leaf first), if any.
     pub fn served_chain(&self) -> Option<Vec<CertificateDer<'static>>> {
         self.current.load().as_ref().map(|pair| pair.cert.clone())

@@ -149,6 +149,38 @@ impl BackendUpdate {
     }
 }
 
+/// The longest drain deadline accepted (a week).
+pub const MAX_DRAIN_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// The body of `POST /v1/drones/{id}/drain`; an empty body is a drain without deadline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Seconds from now after which what still runs is terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+impl DrainRequest {
+    /// Parses and validates a JSON body (or none).
+    pub fn from_json(body: &[u8]) -> Result<DrainRequest, InvalidSpawn> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(DrainRequest::default());
+        }
+        let request: DrainRequest = parse(body)?;
+        if request
+            .deadline_secs
+            .is_some_and(|secs| secs > MAX_DRAIN_DEADLINE_SECS)
+        {
+            return Err(invalid(
+                "deadline_secs",
+                format!("at most {MAX_DRAIN_DEADLINE_SECS}"),
+            ));
+        }
+        Ok(request)
+    }
+}
+
 impl SpawnRequest {
     /// Parses and validates a JSON body. Errors name the field at fault.
     pub fn from_json(body: &[u8]) -> Result<ValidSpawn, InvalidSpawn> {
@@ -514,6 +546,22 @@ mod tests {
                 got.starts_with(field),
                 "{body}: named {got}, expected {field}"
             );
+        }
+    }
+
+    #[test]
+    fn drain_requests_are_checked() {
+        assert_eq!(DrainRequest::from_json(b" "), Ok(DrainRequest::default()));
+        let timed = DrainRequest::from_json(br#"{"deadline_secs": 30}"#).expect("valid");
+        assert_eq!(timed.deadline_secs, Some(30));
+        for (body, field) in [
+            (&br#"{"deadline_secs": -1}"#[..], "deadline_secs"),
+            (br#"{"deadline_secs": 999999999}"#, "deadline_secs"),
+            (br#"{"deadline": 5}"#, "deadline"),
+            (b"nope", "body"),
+        ] {
+            let error = DrainRequest::from_json(body).expect_err("refused");
+            assert_eq!(error.field, field, "{error}");
         }
     }
 

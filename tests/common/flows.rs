@@ -654,6 +654,11 @@ pub async fn drain_waits_for_backends_and_can_be_cancelled(c: &Cluster) -> anyho
     for body in [r#"{"deadline_secs": -1}"#, r#"{"deadline": 5}"#, "nope"] {
         let bad = curl(&["-X", "POST", "-d", body, &url])?;
         ensure!(bad.status == 400, "{body}: {bad:?}");
+        let error = bad.json()?["error"].as_str().unwrap_or_default().to_owned();
+        ensure!(
+            error.starts_with("invalid drain request: "),
+            "{body}: {error}"
+        );
     }
     let listed = c.plane_json(&["drones"]).await?;
     ensure!(

@@ -15,12 +15,6 @@ pub enum FileError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// The certificate chain and key files the TLS listener serves.
@@ -45,18 +39,6 @@ impl CertificateFiles {
     pub fn write(&self, chain_pem: &str, key_pem: &str) -> Result<(), FileError> {
         write_atomically(&self.key, key_pem.as_bytes(), 0o600)?;
         write_atomically(&self.cert, chain_pem.as_bytes(), 0o644)
-    }
-
-    /// The chain now in the certificate file, if there is one.
-    pub fn read_chain(&self) -> Result<Option<String>, FileError> {
-        match fs::read_to_string(&self.cert) {
-            Ok(chain) => Ok(Some(chain)),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(FileError::Read {
-                path: self.cert.clone(),
-                source,
-            }),
-        }
     }
 }
 
@@ -102,7 +84,6 @@ mod tests {
     fn files_are_replaced_whole_and_the_key_is_private() {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = CertificateFiles::in_dir(dir.path());
-        assert!(files.read_chain().expect("readable").is_none());
         files.write("chain one", "key one").expect("written");
         files.write("chain two", "key two").expect("written again");
         assert_eq!(fs::read_to_string(&files.cert).expect("cert"), "chain two");

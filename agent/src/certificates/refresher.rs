@@ -12,7 +12,7 @@
 
 use super::acme::{self, AcmeConfig, AcmeError};
 use super::files::{CertificateFiles, FileError};
-use super::status::{status_of, ExpiryWarning};
+use super::status::{served, status_of, ExpiryWarning};
 use crate::limits::{
     CERTIFICATE_RECHECK_MAX, CERTIFICATE_RECHECK_MIN, CERTIFICATE_REQUEST_TIMEOUT, ORDER_TIMEOUT,
     ORDER_WAIT_MAX, RENEWAL_RETRY_MAX, RENEWAL_RETRY_MIN,
@@ -28,7 +28,6 @@ use plane_protocol::error_chain;
 use plane_protocol::ids::DroneId;
 use plane_protocol::messages::now_millis;
 use plane_protocol::subjects::Subjects;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,17 +115,11 @@ impl Refresher {
     /// What the listener serves now, if it is for the cluster's names: the files on disk may
     /// not be it (a pair cut in two by a crash is not served).
     fn served(&self) -> Option<CertificateInfo> {
-        let chain = self.listener.served_chain()?;
-        let info = CertificateInfo::of_der(chain.first()?).ok()?;
-        self.names
-            .iter()
-            .all(|n| info.names.contains(n))
-            .then_some(info)
+        served(&self.listener).filter(|info| info.covers(&self.names))
     }
 
-    /// Keeps the certificate current until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Keeps the certificate current, until the task is aborted.
+    pub async fn run(mut self) {
         let mut warning = ExpiryWarning::default();
         let mut failures: u32 = 0;
         let mut last_error: Option<String> = None;
@@ -145,18 +138,11 @@ impl Refresher {
             }
             if !pause.is_zero() {
                 warning.check(served.as_ref(), last_error.as_deref());
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
+                tokio::time::sleep(pause).await;
                 just_succeeded = false;
                 continue;
             }
-            let attempt = tokio::select! {
-                () = &mut shutdown => return,
-                attempt = self.obtain() => attempt,
-            };
-            match attempt {
+            match self.obtain().await {
                 Ok(()) => {
                     failures = 0;
                     last_error = None;
@@ -171,10 +157,7 @@ impl Refresher {
                     self.publish_status(Some(&message));
                     warning.check(self.served().as_ref(), Some(&message));
                     last_error = Some(message);
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(retry) => {}
-                    }
+                    tokio::time::sleep(retry).await;
                 }
             }
         }
@@ -196,7 +179,7 @@ impl Refresher {
             let drone = self.config.drone.clone();
             match self.ask(CertificateRequest::Get { drone }).await? {
                 CertificateAnswer::Current { certificate } => {
-                    return self.install(certificate).await;
+                    return self.install_shared(certificate).await;
                 }
                 CertificateAnswer::Wait {
                     retry_after_secs,
@@ -306,6 +289,7 @@ impl Refresher {
         let (chain_pem, key_pem) = acme::order(&account, &self.names, publish)
             .await
             .map_err(RefreshError::Order)?;
+        // Checked (key against chain, names and dates read) before it is shared or served.
         Ok(SharedCertificate::verified(
             chain_pem,
             key_pem,
@@ -321,21 +305,30 @@ impl Refresher {
             .served()
             .is_none_or(|served| stale.not_after > served.not_after);
         if better && now_millis() < stale.not_after {
-            if let Err(error) = self.install(stale).await {
+            if let Err(error) = self.install_shared(stale).await {
                 warn!(error = %error_chain(&error), "could not serve the cluster's current certificate");
             }
         }
     }
 
-    /// Writes the files and has the listener serve them now; an error unless it does.
-    async fn install(&mut self, certificate: SharedCertificate) -> Result<(), RefreshError> {
-        // Checked, whoever it comes from: the controller's copy or the CA's answer.
+    /// Checks a certificate a controller handed out, then installs it.
+    async fn install_shared(&mut self, certificate: SharedCertificate) -> Result<(), RefreshError> {
         let certificate = SharedCertificate::verified(
             certificate.chain_pem,
             certificate.key_pem,
             certificate.ordered_by,
         )?;
-        let fresh = CertificateInfo::of_chain(&certificate.chain_pem)?;
+        self.install(certificate).await
+    }
+
+    /// Writes the files of a checked certificate and has the listener serve them now; an error
+    /// unless it does.
+    async fn install(&mut self, certificate: SharedCertificate) -> Result<(), RefreshError> {
+        let fresh = CertificateInfo {
+            names: certificate.names.clone(),
+            not_before: certificate.not_before,
+            not_after: certificate.not_after,
+        };
         if self.served().as_ref() == Some(&fresh) {
             return Ok(());
         }

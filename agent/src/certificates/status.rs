@@ -1,10 +1,10 @@
 //! What the drone tells the cluster about its certificate, and the warning before it expires.
 
-use super::files::CertificateFiles;
 use crate::limits::{CERTIFICATE_STATUS_CHECK, EXPIRY_WARNING_EVERY, EXPIRY_WARNING_WITHIN};
+use plane_dataplane::tls::Certificate;
 use plane_protocol::certificates::{CertificateInfo, CertificateStatus};
-use plane_protocol::error_chain;
 use plane_protocol::messages::{now_millis, UnixMillis};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 use tracing::warn;
@@ -54,11 +54,18 @@ impl ExpiryWarning {
     }
 }
 
-/// Keeps `status` current for certificate files the operator provides (`--cert`/`--key`),
-/// reading the certificate again every [`CERTIFICATE_STATUS_CHECK`], and warns while it is near
-/// its expiry. Runs until dropped.
+/// What the TLS listener serves now (its leaf), if anything: the status reports that, not the
+/// files on disk, which may hold a pair the listener refused.
+pub(super) fn served(listener: &Certificate) -> Option<CertificateInfo> {
+    let chain = listener.served_chain()?;
+    CertificateInfo::of_der(chain.first()?).ok()
+}
+
+/// Keeps `status` current for a listener serving files the operator provides (`--cert`/`--key`,
+/// which the listener reloads by itself), looking every [`CERTIFICATE_STATUS_CHECK`], and warns
+/// while the certificate is near its expiry. Runs until dropped.
 pub async fn watch_operator_files(
-    files: CertificateFiles,
+    listener: Arc<Certificate>,
     status: watch::Sender<Option<CertificateStatus>>,
 ) {
     let mut warning = ExpiryWarning::default();
@@ -66,17 +73,10 @@ pub async fn watch_operator_files(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (info, error) = match files.read_chain() {
-            Ok(Some(chain)) => match CertificateInfo::of_chain(&chain) {
-                Ok(info) => (Some(info), None),
-                Err(error) => (None, Some(error_chain(&error))),
-            },
-            Ok(None) => (None, None),
-            Err(error) => (None, Some(error_chain(&error))),
-        };
+        let info = served(&listener);
         warning.check(info.as_ref(), None);
         status.send_if_modified(|current| {
-            let fresh = Some(status_of(info.as_ref(), error.as_deref()));
+            let fresh = Some(status_of(info.as_ref(), None));
             let changed = *current != fresh;
             *current = fresh;
             changed

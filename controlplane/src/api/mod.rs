@@ -12,7 +12,7 @@ pub use auth::{ApiToken, TokenError, MIN_API_TOKEN_BYTES};
 pub use server::serve;
 
 use crate::controller::{ControlError, Controller, DroneNow};
-use crate::limits::{MAX_API_BODY_BYTES, MAX_DRAIN_DEADLINE_SECS};
+use crate::limits::MAX_API_BODY_BYTES;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -23,7 +23,7 @@ use bytes::Bytes;
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
-use plane_protocol::spawn_request::{BackendUpdate, SpawnRequest};
+use plane_protocol::spawn_request::{BackendUpdate, DrainRequest, SpawnRequest};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -227,10 +227,10 @@ async fn update_backend(
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let update = BackendUpdate::from_json(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid update: {e}")))?;
-    let mut record = controller.backend(&id).await?;
-    if let Some(max_idle_secs) = update.max_idle_secs {
-        record = controller.set_idle(&id, max_idle_secs).await?;
-    }
+    let record = match update.max_idle_secs {
+        Some(max_idle_secs) => controller.set_idle(&id, max_idle_secs).await?,
+        None => controller.backend(&id).await?,
+    };
     Ok(Json(record))
 }
 
@@ -245,14 +245,6 @@ async fn terminate_backend(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(record)))
-}
-
-/// The body of `POST /v1/drones/{id}/drain` (empty: no deadline).
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DrainRequest {
-    #[serde(default)]
-    deadline_secs: Option<u64>,
 }
 
 fn drone_id(raw: &str) -> Result<DroneId, ApiError> {
@@ -271,25 +263,12 @@ async fn drain_drone(
 ) -> Result<Json<DroneView>, ApiError> {
     let id = drone_id(&id)?;
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DrainRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("invalid drain request: {e}"),
-            )
-        })?
-    };
-    if request
-        .deadline_secs
-        .is_some_and(|secs| secs > MAX_DRAIN_DEADLINE_SECS)
-    {
-        return Err(ApiError::new(
+    let request = DrainRequest::from_json(&body).map_err(|e| {
+        ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("invalid drain request: deadline_secs: at most {MAX_DRAIN_DEADLINE_SECS}"),
-        ));
-    }
+            format!("invalid drain request: {e}"),
+        )
+    })?;
     let drone = controller.drain(&id, request.deadline_secs).await?;
     Ok(Json(drone.to_view()))
 }

@@ -77,9 +77,16 @@ impl Controller {
 
     /// One drone as heard now; [`ControlError::NoSuchDrone`] if the cluster does not know it.
     pub fn drone_now(&self, drone: &DroneId) -> Result<DroneNow, ControlError> {
-        self.drones_now()
-            .into_iter()
-            .find(|d| &d.record.id == drone)
-            .ok_or_else(|| ControlError::NoSuchDrone(drone.clone()))
+        let held = self
+            .view()
+            .drone(drone)
+            .ok_or_else(|| ControlError::NoSuchDrone(drone.clone()))?;
+        Ok(DroneNow {
+            status: self
+                .inner
+                .hearing
+                .status(&held.record, tokio::time::Instant::now()),
+            record: held.record,
+        })
     }
 }

@@ -87,6 +87,11 @@ pub struct DroneNow {
 }
 
 impl DroneNow {
+    /// Where it is: live, draining, drained or lost.
+    pub fn state(&self) -> DroneState {
+        DroneState::of(self.status.live, self.record.draining, self.status.load)
+    }
+
     /// The API's shape: the record with the load and last heartbeat as heard now.
     pub fn to_view(&self) -> DroneView {
         let mut drone = DroneRecord::clone(&self.record);
@@ -94,7 +99,7 @@ impl DroneNow {
         if let Some(at) = self.status.last_heartbeat {
             drone.last_heartbeat = at;
         }
-        let state = DroneState::of(self.status.live, drone.draining, self.status.load);
+        let state = self.state();
         DroneView {
             drone,
             live: self.status.live,
@@ -200,7 +205,7 @@ impl Controller {
         let drones = self
             .drones_now()
             .iter()
-            .map(|d| DroneState::of(d.status.live, d.record.draining, d.status.load))
+            .map(DroneNow::state)
             .collect::<Vec<_>>();
         self.inner.metrics.render(backends, drones)
     }

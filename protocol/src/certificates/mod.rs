@@ -43,9 +43,9 @@ pub fn cluster_names(cluster: &str) -> Vec<String> {
     vec![cluster.to_owned(), format!("*.{cluster}")]
 }
 
-/// The DNS name DNS-01 values are published under.
-pub fn challenge_name(cluster: &str) -> String {
-    format!("_acme-challenge.{cluster}")
+/// Whether a certificate for `names` is valid for every name in `wanted`.
+fn covers(names: &[String], wanted: &[String]) -> bool {
+    wanted.iter().all(|n| names.contains(n))
 }
 
 /// The cluster's certificate as the controller keeps it (bucket
@@ -90,7 +90,7 @@ impl SharedCertificate {
 
     /// Whether it is valid for every name in `names`.
     pub fn covers(&self, names: &[String]) -> bool {
-        names.iter().all(|n| self.names.contains(n))
+        covers(&self.names, names)
     }
 }
 

@@ -60,6 +60,11 @@ impl CertificateInfo {
         })
     }
 
+    /// Whether it is valid for every name in `names`.
+    pub fn covers(&self, names: &[String]) -> bool {
+        super::covers(&self.names, names)
+    }
+
     /// When it should be replaced (see [`super::renew_at`]).
     pub fn renew_at(&self) -> UnixMillis {
         super::renew_at(self.not_before, self.not_after)
