@@ -260,8 +260,20 @@ impl Bus {
     }
 
     /// Opens the KV bucket, creating it if absent (in memory: a named bucket shared by all
-    /// clones of this bus).
+    /// clones of this bus). Its values live until deleted.
     pub async fn kv(&self, bucket: &str) -> Result<Kv, BusError> {
+        self.open_kv(bucket, None).await
+    }
+
+    /// Opens the KV bucket like [`Bus::kv`], but each value reads as absent once `max_age` has
+    /// passed since it was written (a later write starts its clock anew): for records that must
+    /// not outlive their use without anyone scanning for them. On NATS an existing bucket is
+    /// brought to `max_age`; in memory the first opener's age holds.
+    pub async fn kv_expiring(&self, bucket: &str, max_age: Duration) -> Result<Kv, BusError> {
+        self.open_kv(bucket, Some(max_age)).await
+    }
+
+    async fn open_kv(&self, bucket: &str, max_age: Option<Duration>) -> Result<Kv, BusError> {
         if !subject::valid_bucket(bucket) {
             return Err(KvError::InvalidBucket {
                 bucket: bucket.to_owned(),
@@ -269,8 +281,14 @@ impl Bus {
             .into());
         }
         Ok(match &self.backend {
-            Backend::Memory(m) => Kv::memory(bucket, m.bucket(bucket)?, self.max_kv_value()),
-            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket).await?, self.max_kv_value()),
+            Backend::Memory(m) => {
+                Kv::memory(bucket, m.bucket(bucket, max_age)?, self.max_kv_value())
+            }
+            Backend::Nats(n) => Kv::nats(
+                bucket,
+                n.kv(bucket, max_age).await?,
+                self.max_kv_value(),
+            ),
         })
     }
 

@@ -202,7 +202,11 @@ impl MemoryBus {
     }
 
     /// The bucket named `name`, shared by all clones of this bus.
-    pub(crate) fn bucket(&self, name: &str) -> Result<Arc<MemoryBucket>, BusError> {
+    pub(crate) fn bucket(
+        &self,
+        name: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Arc<MemoryBucket>, BusError> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(BusError::Closed);
@@ -210,7 +214,7 @@ impl MemoryBus {
         let bucket = state
             .buckets
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(MemoryBucket::new(name)));
+            .or_insert_with(|| Arc::new(MemoryBucket::new(name, max_age)));
         Ok(Arc::clone(bucket))
     }
 

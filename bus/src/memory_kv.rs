@@ -1,18 +1,25 @@
 //! An in-memory KV bucket with JetStream's semantics: one revision counter per bucket (like a
 //! stream sequence, starting at 1) shared by puts and deletes, delete markers that keep a key's
 //! last revision (so compare-and-set sees them, and `create` may reuse a deleted key), and
-//! watchers that see changes made after they started.
+//! watchers that see changes made after they started. A bucket opened with a maximum age
+//! drops a value that old as JetStream does: it reads as never written, with no watch event.
 
 use super::kv::{KvChange, KvEntry};
 use super::{subject, KvError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// A bucket with a maximum age drops its aged-out values once per this many writes.
+const PRUNE_EVERY: u64 = 1024;
 
 /// One named bucket, shared by every clone of the in-memory bus that opened it.
 pub(crate) struct MemoryBucket {
     name: String,
+    /// Values older than this read as never written.
+    max_age: Option<Duration>,
     state: Mutex<BucketState>,
 }
 
@@ -30,6 +37,7 @@ struct BucketState {
 struct Slot {
     value: Option<Bytes>,
     revision: u64,
+    written: Instant,
 }
 
 struct Watcher {
@@ -52,11 +60,22 @@ pub(crate) enum Expect {
 }
 
 impl MemoryBucket {
-    pub(crate) fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str, max_age: Option<Duration>) -> Self {
         Self {
             name: name.to_owned(),
+            max_age,
             state: Mutex::default(),
         }
+    }
+
+    /// The key's slot, unless it has aged out.
+    fn slot<'s>(&self, state: &'s BucketState, key: &str) -> Option<&'s Slot> {
+        state.slots.get(key).filter(|slot| self.fresh(slot))
+    }
+
+    fn fresh(&self, slot: &Slot) -> bool {
+        self.max_age
+            .is_none_or(|max_age| slot.written.elapsed() < max_age)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, BucketState>, KvError> {
@@ -72,7 +91,7 @@ impl MemoryBucket {
 
     pub(crate) fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         let state = self.lock()?;
-        Ok(state.slots.get(key).and_then(|slot| live(key, slot)))
+        Ok(self.slot(&state, key).and_then(|slot| live(key, slot)))
     }
 
     /// Writes `value` (`None`: a delete marker) if `expect` holds, and returns the new revision.
@@ -84,7 +103,7 @@ impl MemoryBucket {
     ) -> Result<u64, KvError> {
         let mut guard = self.lock()?;
         let state = &mut *guard;
-        let current = state.slots.get(key);
+        let current = self.slot(state, key);
         match expect {
             Expect::Any => {}
             Expect::NotLive => {
@@ -115,7 +134,19 @@ impl MemoryBucket {
                 revision,
             },
         };
-        state.slots.insert(key.to_owned(), Slot { value, revision });
+        state.slots.insert(
+            key.to_owned(),
+            Slot {
+                value,
+                revision,
+                written: Instant::now(),
+            },
+        );
+        if let Some(max_age) = self.max_age.filter(|_| revision % PRUNE_EVERY == 0) {
+            // Aged-out values are dropped every so many writes: the bucket holds about what one
+            // age's writes left, at a cost spread over the writes.
+            state.slots.retain(|_, slot| slot.written.elapsed() < max_age);
+        }
         state
             .watchers
             .retain(|w| !subject::matches(&w.pattern, key) || w.tx.send(change.clone()).is_ok());
@@ -127,6 +158,7 @@ impl MemoryBucket {
         Ok(state
             .slots
             .iter()
+            .filter(|(_, slot)| self.fresh(slot))
             .filter_map(|(key, slot)| live(key, slot))
             .collect())
     }
@@ -192,7 +224,7 @@ mod tests {
 
     #[test]
     fn dropped_watches_are_removed() {
-        let bucket = Arc::new(MemoryBucket::new("b"));
+        let bucket = Arc::new(MemoryBucket::new("b", None));
         let watch = bucket.watch(">").unwrap();
         assert_eq!(bucket.state.lock().unwrap().watchers.len(), 1);
         drop(watch);
@@ -201,7 +233,7 @@ mod tests {
 
     #[test]
     fn revisions_count_per_bucket_and_include_deletes() {
-        let bucket = MemoryBucket::new("b");
+        let bucket = MemoryBucket::new("b", None);
         assert_eq!(bucket.write("a", Some("1".into()), Expect::Any).unwrap(), 1);
         assert_eq!(bucket.write("b", Some("2".into()), Expect::Any).unwrap(), 2);
         assert_eq!(bucket.write("a", None, Expect::Any).unwrap(), 3);

@@ -249,13 +249,17 @@ impl NatsBus {
     /// the configuration async-nats' `create_key_value` would use, because that call first
     /// queries the account in a format servers before 2.10 do not answer. Creating a stream that
     /// exists with the same configuration succeeds, so controllers racing here all succeed.
-    pub(crate) async fn kv(&self, bucket: &str) -> Result<NatsKv, KvError> {
+    /// With `max_age`, an existing bucket whose age differs is brought to it.
+    pub(crate) async fn kv(
+        &self,
+        bucket: &str,
+        max_age: Option<Duration>,
+    ) -> Result<NatsKv, KvError> {
         let open_failed = |source: Source| KvError::Open {
             bucket: bucket.to_owned(),
             source,
         };
-        self.jetstream
-            .get_or_create_stream(stream::Config {
+        let wanted = stream::Config {
                 name: format!("KV_{bucket}"),
                 description: Some("Plane cluster state".to_owned()),
                 subjects: vec![format!("$KV.{bucket}.>")],
@@ -266,10 +270,20 @@ impl NatsBus {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
+                max_age: max_age.unwrap_or_default(),
                 ..Default::default()
-            })
+        };
+        let stream = self
+            .jetstream
+            .get_or_create_stream(wanted.clone())
             .await
             .map_err(|err| open_failed(Box::new(err)))?;
+        if max_age.is_some() && stream.cached_info().config.max_age != wanted.max_age {
+            self.jetstream
+                .update_stream(wanted)
+                .await
+                .map_err(|err| open_failed(Box::new(err)))?;
+        }
         let store = self
             .jetstream
             .get_key_value(bucket)

@@ -99,6 +99,7 @@ contract!(
     kv_garbage_value_is_a_decode_error,
     kv_watch_sees_later_puts_and_deletes,
     kv_concurrent_creates_have_one_winner,
+    kv_expiring_values_age_out_unless_rewritten,
     log_keeps_the_last_messages_of_each_subject_in_order,
     log_follow_gives_the_kept_then_the_new,
     log_refuses_bad_names,
@@ -624,6 +625,45 @@ async fn kv_watch_sees_later_puts_and_deletes(world: World) -> anyhow::Result<()
     assert_eq!(next_change(&mut drones).await?, changes[0]);
     assert_eq!(next_change(&mut drones).await?, changes[2]);
     assert!(matches!(next_change(&mut drones).await?, KvChange::Put(e) if e.key == "drone.fence"));
+    Ok(())
+}
+
+async fn kv_expiring_values_age_out_unless_rewritten(world: World) -> anyhow::Result<()> {
+    const MAX_AGE: Duration = Duration::from_secs(1);
+    let kv = world.bus().await?.kv_expiring("expiring", MAX_AGE).await?;
+    let other = world.bus().await?.kv_expiring("expiring", MAX_AGE).await?;
+    let written = Instant::now();
+    let old = kv.create("old", "1".into()).await?;
+    kv.put("kept", "1".into()).await?;
+    assert!(other.get("old").await?.is_some(), "a fresh value reads");
+    // Rewrite "kept" while waiting for "old" to age out: its clock starts anew each time.
+    within("the value to age out", async {
+        loop {
+            kv.put("kept", "again".into()).await?;
+            if other.get("old").await?.is_none() {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await??;
+    assert!(written.elapsed() >= MAX_AGE, "aged out early");
+    assert_eq!(
+        other.get("kept").await?.map(|e| e.value),
+        Some(Bytes::from("again"))
+    );
+    assert!(!other.entries().await?.iter().any(|e| e.key == "old"));
+    // An aged-out key is as if never written: a compare-and-set on its old revision fails and
+    // a create succeeds.
+    assert!(matches!(
+        kv.update("old", "2".into(), old).await,
+        Err(KvError::WrongRevision { .. })
+    ));
+    kv.create("old", "3".into()).await?;
+    // A bucket without an age keeps its values.
+    let plain = world.bus().await?.kv("lasting").await?;
+    plain.put("k", "1".into()).await?;
+    assert!(plain.get("k").await?.is_some());
     Ok(())
 }
 
