@@ -29,6 +29,9 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Start a backend.
     Spawn(SpawnArgs),
+    /// The backend of a key: the live one, or a new one started with the spawn flags
+    /// (`PLANE_KEY` tells it its key).
+    Connect(ConnectArgs),
     /// Show one backend.
     Status(BackendArgs),
     /// List backends.
@@ -287,6 +290,8 @@ pub struct DevArgs {
     pub threads: ThreadsArg,
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 /// Who may call the API.
@@ -370,6 +375,8 @@ pub struct ControllerArgs {
     /// Seconds after which terminated backends and lost drones are forgotten.
     #[arg(long, default_value_t = plane_controlplane::limits::DEFAULT_RETENTION.as_secs_f64())]
     pub retention_secs: f64,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(flatten)]
     pub api_auth: ApiServerAuth,
 }
@@ -528,8 +535,56 @@ pub struct SpawnArgs {
     /// `Authorization: Bearer TOKEN`, or the cookie set by `/_plane_auth?token=TOKEN`.
     #[arg(long)]
     pub require_token: bool,
+    /// Sent as `Idempotency-Key`: running the same command again with it (within ten minutes)
+    /// prints the first answer instead of starting another backend.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// How keys (`plane connect`) are kept.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// How long a key and the spec a wake runs are kept after the key's last use, e.g. `7d`,
+    /// `12h`, `30m`, `90s` (a plain number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub key_retention: std::time::Duration,
+}
+
+/// `7d`, `12h`, `30m`, `90s` or a number of seconds; more than zero.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("{text:?}: the unit is one of s, m, h, d")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 7d"))?;
+    let duration = std::time::Duration::try_from_secs_f64(value * scale)
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// The key, any text (e.g. `doc-42`).
+    pub key: String,
+    /// Keep the key's spec so that a request to its URL (`key_url`) starts a backend again.
+    #[arg(long)]
+    pub wake: bool,
+    #[command(flatten)]
+    pub spawn: SpawnArgs,
 }
 
 #[cfg(test)]
@@ -540,5 +595,18 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("-1d").is_err());
     }
 }

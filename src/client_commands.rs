@@ -1,10 +1,13 @@
-//! The client commands (`spawn`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
+//! The client commands (`spawn`, `connect`, `status`, `list`, `terminate`, `watch`, `drones`): each calls
 //! the HTTP API and prints readable text, or JSON with `--json`.
 
-use crate::cli::{BackendArgs, ClientArgs, DrainArgs, LogsArgs, PullArg, SetIdleArgs, SpawnArgs};
+use crate::cli::{
+    BackendArgs, ClientArgs, ConnectArgs, DrainArgs, LogsArgs, PullArg, SetIdleArgs, SpawnArgs,
+};
 use anyhow::{bail, Context as _};
 use plane_client::{ApiClient, BackendEvent};
 use plane_protocol::certificates::CertificateStatus;
+use plane_protocol::keys::{BackendKey, ConnectRequest};
 use plane_protocol::messages::{
     BackendState, LogSource, PullPolicy, PullProgress, Resources, UnixMillis, Usage,
 };
@@ -28,6 +31,56 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
+    let request = spawn_request(&args)?;
+    let api = client(&args.client)?;
+    let mut answer = api
+        .spawn_once(&request, args.idempotency_key.as_deref())
+        .await?;
+    if args.wait {
+        answer.record = wait_until_ready(&api, &answer.record.id.to_string()).await?;
+    }
+    if args.client.json {
+        print_json(&answer)
+    } else {
+        print_backend(&answer.record);
+        if let Some(token) = &answer.token {
+            println!("token     {}", token.as_str());
+        }
+        Ok(())
+    }
+}
+
+pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    let spawn = &args.spawn;
+    let request = ConnectRequest {
+        key: BackendKey::new(args.key.clone()).with_context(|| format!("key {:?}", args.key))?,
+        spawn: spawn_request(spawn)?,
+        wake: args.wake,
+    };
+    let api = client(&spawn.client)?;
+    let mut answer = api
+        .connect(&request, spawn.idempotency_key.as_deref())
+        .await?;
+    if spawn.wait {
+        answer.answer.record = wait_until_ready(&api, &answer.answer.record.id.to_string()).await?;
+    }
+    if spawn.client.json {
+        print_json(&answer)
+    } else {
+        print_backend(&answer.record);
+        println!("created   {}", answer.created);
+        if let Some(url) = &answer.key_url {
+            println!("key url   {url}");
+        }
+        if let Some(token) = &answer.token {
+            println!("token     {}", token.as_str());
+        }
+        Ok(())
+    }
+}
+
+/// The spawn the flags describe, checked here so that a typo fails before any round trip.
+fn spawn_request(args: &SpawnArgs) -> anyhow::Result<SpawnRequest> {
     let command = match &args.command {
         Some(command) => shlex::split(command)
             .with_context(|| format!("--command {command:?}: unbalanced quotes"))?,
@@ -82,25 +135,11 @@ pub async fn spawn(args: SpawnArgs) -> anyhow::Result<()> {
         resources,
         ready_path: args.ready_path.clone(),
     };
-    // Check locally first, so that a typo fails before any network round trip.
     request
         .clone()
         .validate()
         .context("invalid spawn request")?;
-    let api = client(&args.client)?;
-    let mut answer = api.spawn(&request).await?;
-    if args.wait {
-        answer.record = wait_until_ready(&api, &answer.record.id.to_string()).await?;
-    }
-    if args.client.json {
-        print_json(&answer)
-    } else {
-        print_backend(&answer.record);
-        if let Some(token) = &answer.token {
-            println!("token     {}", token.as_str());
-        }
-        Ok(())
-    }
+    Ok(request)
 }
 
 /// Follows the event stream until the backend is ready; an error if it ends first.
@@ -407,6 +446,9 @@ fn print_backend(r: &BackendRecord) {
     println!("url       {}", r.url);
     println!("state     {}", describe_state(r));
     println!("drone     {}", r.drone);
+    if let Some(key) = &r.key {
+        println!("key       {key}");
+    }
     println!(
         "idle      swept after {}s without connections",
         r.max_idle_secs

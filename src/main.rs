@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Command::Drone(args) => serve::drone(args).await,
             Command::Proxy(args) => serve::proxy(args).await,
             Command::Spawn(args) => client_commands::spawn(args).await,
+            Command::Connect(args) => client_commands::connect(args).await,
             Command::Status(args) => client_commands::status(args).await,
             Command::List(args) => client_commands::list(args).await,
             Command::Terminate(args) => client_commands::terminate(args).await,

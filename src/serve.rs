@@ -447,6 +447,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             cluster: cluster.clone(),
             drone_grace: plane_controlplane::limits::DEFAULT_DRONE_GRACE,
             retention: plane_controlplane::limits::DEFAULT_RETENTION,
+            key_retention: args.keys.key_retention,
         },
     )
     .await
@@ -550,6 +551,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         cluster: cluster.clone(),
         drone_grace: seconds(args.drone_grace_secs, "drone-grace-secs")?,
         retention: seconds(args.retention_secs, "retention-secs")?,
+        key_retention: args.keys.key_retention,
     };
     let controller = open_controller(bus, config).await?;
     let shutdown = CancellationToken::new();

@@ -35,6 +35,8 @@ flow_test!(logs_are_kept_and_followed);
 flow_test!(dns_answers_for_backends_and_the_zone);
 flow_test!(a_backend_that_never_listens_times_out);
 flow_test!(token_guards_a_backend);
+flow_test!(connect_by_key);
+flow_test!(idempotent_retries);
 
 /// Killing the drone outright (SIGKILL) leaves no backend process running, and the controller
 /// declares its backends lost once its heartbeats stop.

@@ -38,6 +38,8 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         flows::run("bad input", flows::bad_api_input_is_refused(&c)).await?;
         flows::run("held", flows::requests_wait_for_a_starting_backend(&c)).await?;
         flows::run("token", flows::token_guards_a_backend(&c)).await?;
+        flows::run("connect", flows::connect_by_key(&c)).await?;
+        flows::run("idempotent", flows::idempotent_retries(&c)).await?;
         flows::run(
             "ready timeout",
             flows::a_backend_that_never_listens_times_out(&c),

@@ -40,7 +40,7 @@ authorization {{
     {{
       user: controller, password: "{CONTROLLER_PASSWORD}"
       permissions: {{
-        publish: {{ allow: ["plane.{CLUSTER}.drone.*.command", "$JS.API.>", "$KV.plane_{CLUSTER}_backends.>", "$KV.plane_{CLUSTER}_drones.>", "$KV.plane_{CLUSTER}_acme.>", "$JS.FC.>", "_INBOX.plane.{CLUSTER}.controller.>"] }}
+        publish: {{ allow: ["plane.{CLUSTER}.drone.*.command", "$JS.API.>", "$KV.plane_{CLUSTER}_backends.>", "$KV.plane_{CLUSTER}_drones.>", "$KV.plane_{CLUSTER}_acme.>", "$KV.plane_{CLUSTER}_keys.>", "$KV.plane_{CLUSTER}_idempotency.>", "$JS.FC.>", "_INBOX.plane.{CLUSTER}.controller.>"] }}
         subscribe: {{ allow: ["plane.{CLUSTER}.drone.*.heartbeat", "plane.{CLUSTER}.drone.*.state", "plane.{CLUSTER}.drone.*.recovery", "plane.{CLUSTER}.drone.*.certificate", "_INBOX.plane.{CLUSTER}.controller.>"] }}
         allow_responses: true
       }}
@@ -133,6 +133,9 @@ async fn a_drone_speaks_only_for_itself() -> anyhow::Result<()> {
             format!("$KV.plane_{CLUSTER}_backends.intruded"),
             format!("$KV.plane_{CLUSTER}_drones.drone-2"),
             format!("$KV.plane_{CLUSTER}_acme.certificate"),
+            format!("$KV.plane_{CLUSTER}_keys.somekey"),
+            format!("$KV.plane_{CLUSTER}_idempotency.somekey"),
+            format!("$JS.API.DIRECT.GET.KV_plane_{CLUSTER}_keys"),
             format!("$JS.API.STREAM.INFO.KV_plane_{CLUSTER}_backends"),
             format!("$JS.API.DIRECT.GET.KV_plane_{CLUSTER}_backends"),
         ];

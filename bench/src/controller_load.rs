@@ -105,6 +105,7 @@ pub async fn open_controller(bus: &Bus) -> Controller {
             cluster: CLUSTER.into(),
             drone_grace: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
+            key_retention: plane_controlplane::limits::DEFAULT_KEY_RETENTION,
         },
     )
     .await
@@ -167,6 +168,7 @@ async fn hold(bus: &Bus, subjects: &Subjects, counts: &[usize]) -> Holders {
             pull: None,
             message: None,
             drone: drone.clone(),
+            key: None,
             max_idle_secs: 300,
             spec: spec(),
             created_at: now,

@@ -284,11 +284,7 @@ impl Bus {
             Backend::Memory(m) => {
                 Kv::memory(bucket, m.bucket(bucket, max_age)?, self.max_kv_value())
             }
-            Backend::Nats(n) => Kv::nats(
-                bucket,
-                n.kv(bucket, max_age).await?,
-                self.max_kv_value(),
-            ),
+            Backend::Nats(n) => Kv::nats(bucket, n.kv(bucket, max_age).await?, self.max_kv_value()),
         })
     }
 

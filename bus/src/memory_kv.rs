@@ -145,7 +145,9 @@ impl MemoryBucket {
         if let Some(max_age) = self.max_age.filter(|_| revision % PRUNE_EVERY == 0) {
             // Aged-out values are dropped every so many writes: the bucket holds about what one
             // age's writes left, at a cost spread over the writes.
-            state.slots.retain(|_, slot| slot.written.elapsed() < max_age);
+            state
+                .slots
+                .retain(|_, slot| slot.written.elapsed() < max_age);
         }
         state
             .watchers

@@ -260,18 +260,18 @@ impl NatsBus {
             source,
         };
         let wanted = stream::Config {
-                name: format!("KV_{bucket}"),
-                description: Some("Plane cluster state".to_owned()),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: KV_HISTORY,
-                storage: stream::StorageType::File,
-                num_replicas: self.kv_replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                max_age: max_age.unwrap_or_default(),
-                ..Default::default()
+            name: format!("KV_{bucket}"),
+            description: Some("Plane cluster state".to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: KV_HISTORY,
+            storage: stream::StorageType::File,
+            num_replicas: self.kv_replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            max_age: max_age.unwrap_or_default(),
+            ..Default::default()
         };
         let stream = self
             .jetstream

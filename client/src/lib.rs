@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plane_protocol::error_chain;
 use plane_protocol::ids::BackendId;
+use plane_protocol::keys::{ConnectAnswer, ConnectRequest};
 use plane_protocol::messages::LogRecord;
 use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
 use plane_protocol::spawn_request::SpawnRequest;
@@ -112,8 +113,32 @@ impl ApiClient {
     /// Spawns a backend; the answer carries its access token when it requires one (no other
     /// answer ever does).
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<SpawnAnswer, ClientError> {
+        self.spawn_once(request, None).await
+    }
+
+    /// [`ApiClient::spawn`] with an `Idempotency-Key`: a retry with the same key (within ten
+    /// minutes) gets the first answer instead of a second backend.
+    pub async fn spawn_once(
+        &self,
+        request: &SpawnRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<SpawnAnswer, ClientError> {
         let body = serde_json::to_vec(request)?;
-        self.json(Method::POST, "/v1/backends", Some(body)).await
+        self.json_with(Method::POST, "/v1/backends", Some(body), idempotency_key)
+            .await
+    }
+
+    /// The live backend of `request.key`, or a new one started with its spawn (`created`); the
+    /// answer carries the backend's token when it requires one. With `idempotency_key`, a
+    /// retry gets the first answer.
+    pub async fn connect(
+        &self,
+        request: &ConnectRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<ConnectAnswer, ClientError> {
+        let body = serde_json::to_vec(request)?;
+        self.json_with(Method::POST, "/v1/connect", Some(body), idempotency_key)
+            .await
     }
 
     /// The backend's record and latest resource use.
@@ -211,6 +236,16 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        self.send_with(method, path, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        idempotency_key: Option<&str>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut request = Request::builder().method(method).uri(&url);
         if body.is_some() {
@@ -218,6 +253,9 @@ impl ApiClient {
         }
         if let Some(authorization) = &self.authorization {
             request = request.header(http::header::AUTHORIZATION, authorization.clone());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -240,8 +278,18 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
+        self.json_with(method, path, body, None).await
+    }
+
+    async fn json_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        idempotency_key: Option<&str>,
+    ) -> Result<T, ClientError> {
         let call = async {
-            let response = self.send(method, path, body).await?;
+            let response = self.send_with(method, path, body, idempotency_key).await?;
             if !response.status().is_success() {
                 return Err(api_error(response).await);
             }

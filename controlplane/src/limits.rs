@@ -79,3 +79,20 @@ pub const ORDER_WAIT_RETRY: Duration = Duration::from_secs(2);
 
 /// DNS-01 values one order may publish (an order for `{cluster}` and `*.{cluster}` has two).
 pub const MAX_CHALLENGES: usize = 8;
+
+/// How long a key's record (and the spec a wake runs) is kept after its last use.
+pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A key claimed for a backend that is not placed within this long is taken over by the next
+/// connect (the controller placing it died); connects wait for the placement until then.
+pub const KEY_CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the answer to a request with an `Idempotency-Key` is kept.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+
+/// A request with an `Idempotency-Key` that has not answered within this long is taken over
+/// by a retry (its controller died); retries wait for its answer until then.
+pub const IDEMPOTENCY_TAKEOVER: Duration = Duration::from_secs(60);
+
+/// Most times a connect re-reads its key after losing a race for it.
+pub const MAX_CONNECT_ATTEMPTS: usize = 16;

@@ -3,7 +3,7 @@
 //! revision the view held, retried from a fresh read of that one key when another writer got
 //! there first, and applied to the view as soon as it succeeds.
 
-use crate::limits::MAX_CAS_ATTEMPTS;
+use crate::limits::{IDEMPOTENCY_WINDOW, MAX_CAS_ATTEMPTS};
 use crate::view::{Bucket, ClusterView, Versioned};
 use plane_bus::{Bus, BusError, Kv, KvChange, KvError, KvWatch};
 use plane_protocol::certificates::{OrderLock, SharedCertificate};
@@ -12,6 +12,7 @@ use plane_protocol::records::{BackendRecord, DroneRecord};
 use plane_protocol::subjects::Subjects;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::time::Duration;
 
 /// Why reading or writing cluster state failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,10 @@ pub struct ClusterState {
     drones: Kv,
     /// The certificate and its order lock.
     acme: Kv,
+    /// Keys and the backends they name; not in the view: each connect reads its own key.
+    keys: Kv,
+    /// Answers to requests with an `Idempotency-Key`.
+    idempotency: Kv,
     view: ClusterView,
 }
 
@@ -111,11 +116,22 @@ impl Stored for OrderLock {
 impl ClusterState {
     /// Opens (creating when absent) the cluster's buckets and loads the view: the watches start
     /// first, then one snapshot of each bucket, so that no change falls in between.
-    pub async fn open(bus: &Bus, subjects: &Subjects) -> Result<(Self, Watches), StateError> {
+    /// Keys are forgotten `key_retention` after their record was last written.
+    pub async fn open(
+        bus: &Bus,
+        subjects: &Subjects,
+        key_retention: Duration,
+    ) -> Result<(Self, Watches), StateError> {
         let state = ClusterState {
             backends: bus.kv(&subjects.backends_bucket()).await?,
             drones: bus.kv(&subjects.drones_bucket()).await?,
             acme: bus.kv(&subjects.acme_bucket()).await?,
+            keys: bus
+                .kv_expiring(&subjects.keys_bucket(), key_retention)
+                .await?,
+            idempotency: bus
+                .kv_expiring(&subjects.idempotency_bucket(), IDEMPOTENCY_WINDOW)
+                .await?,
             view: ClusterView::default(),
         };
         let watches = state.resync().await?;
@@ -144,6 +160,16 @@ impl ClusterState {
 
     pub fn view(&self) -> &ClusterView {
         &self.view
+    }
+
+    /// The keys' bucket ([`plane_protocol::keys::KeyRecord`] by label).
+    pub fn keys(&self) -> &Kv {
+        &self.keys
+    }
+
+    /// The bucket of answers to requests with an `Idempotency-Key`.
+    pub fn idempotency(&self) -> &Kv {
+        &self.idempotency
     }
 
     fn kv(&self, bucket: Bucket) -> &Kv {

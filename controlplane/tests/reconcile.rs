@@ -39,6 +39,7 @@ impl Harness {
                 cluster: CLUSTER.into(),
                 drone_grace: GRACE,
                 retention: Duration::from_secs(3600),
+                key_retention: plane_controlplane::limits::DEFAULT_KEY_RETENTION,
             },
         )
         .await

@@ -5,6 +5,7 @@
 pub mod certificates;
 mod error_chain;
 pub mod ids;
+pub mod keys;
 pub mod messages;
 pub mod records;
 pub mod registry;

@@ -2,6 +2,7 @@
 //! returns, so their field names are part of the API contract.
 
 use crate::ids::{BackendId, DroneId};
+use crate::keys::BackendKey;
 use crate::messages::{
     BackendSpec, BackendState, ExecutorKind, Heartbeat, PullProgress, StateReport,
     TerminationReason, UnixMillis, Usage,
@@ -31,6 +32,9 @@ pub struct BackendRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub drone: DroneId,
+    /// The key it was connected by (`POST /v1/connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<BackendKey>,
     pub max_idle_secs: u64,
     pub spec: BackendSpec,
     pub created_at: UnixMillis,
@@ -199,16 +203,21 @@ impl DroneRecord {
 
     /// The URL of a backend on this drone.
     pub fn backend_url(&self, backend: &BackendId, cluster: &str) -> String {
+        self.url_of(backend.as_str(), cluster)
+    }
+
+    /// The URL of `{label}.{cluster}` through this drone's proxy (a backend's or a key's).
+    pub fn url_of(&self, label: &str, cluster: &str) -> String {
         let default_port = match self.proxy_scheme.as_str() {
             "https" => 443,
             _ => 80,
         };
         if self.proxy_port == default_port {
-            format!("{}://{}.{}/", self.proxy_scheme, backend, cluster)
+            format!("{}://{}.{}/", self.proxy_scheme, label, cluster)
         } else {
             format!(
                 "{}://{}.{}:{}/",
-                self.proxy_scheme, backend, cluster, self.proxy_port
+                self.proxy_scheme, label, cluster, self.proxy_port
             )
         }
     }
@@ -272,6 +281,7 @@ mod tests {
             pull: None,
             message: None,
             drone: DroneId::new("d1").expect("valid"),
+            key: None,
             max_idle_secs: 5,
             spec: BackendSpec {
                 executable: Executable::process(vec!["x".into()]),

@@ -101,7 +101,7 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidSpawn
 }
 
 /// Parses a JSON body into `T`; errors name the field at fault.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidSpawn> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidSpawn> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -142,6 +142,17 @@ impl Subjects {
     pub fn acme_bucket(&self) -> String {
         format!("plane_{}_acme", self.token)
     }
+
+    /// KV bucket of keys ([`crate::keys::KeyRecord`]), keyed by the key's label; controllers
+    /// only.
+    pub fn keys_bucket(&self) -> String {
+        format!("plane_{}_keys", self.token)
+    }
+
+    /// KV bucket of the answers given to requests with an `Idempotency-Key`; controllers only.
+    pub fn idempotency_bucket(&self) -> String {
+        format!("plane_{}_idempotency", self.token)
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +211,8 @@ mod tests {
             "plane.plane_localhost.drone.d-7.certificate"
         );
         assert_eq!(s.acme_bucket(), "plane_plane_localhost_acme");
+        assert_eq!(s.keys_bucket(), "plane_plane_localhost_keys");
+        assert_eq!(s.idempotency_bucket(), "plane_plane_localhost_idempotency");
         assert_eq!(s.drone_of("plane.other.drone.d-7.heartbeat"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.drone.d-7.other"), None);
         assert_eq!(s.drone_of("plane.plane_localhost.controller.state"), None);

@@ -891,3 +891,227 @@ pub async fn dns_answers_for_backends_and_the_zone(c: &Cluster) -> anyhow::Resul
     .await?;
     Ok(())
 }
+
+/// A spawn of the test backend through the client library, idle for a minute, with a token.
+fn keyed_spawn() -> plane_protocol::spawn_request::SpawnRequest {
+    plane_protocol::spawn_request::SpawnRequest {
+        executable: plane_protocol::spawn_request::SpawnExecutable {
+            command: vec![super::backend_bin()],
+            ..Default::default()
+        },
+        max_idle_secs: Some(60),
+        env: Default::default(),
+        require_token: true,
+        resources: Default::default(),
+        ready_path: None,
+    }
+}
+
+/// A key no other flow or run uses.
+fn fresh_key(name: &str) -> anyhow::Result<plane_protocol::keys::BackendKey> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    Ok(plane_protocol::keys::BackendKey::new(format!(
+        "{name} #{nanos}"
+    ))?)
+}
+
+/// `POST /v1/connect`: 50 concurrent connects for one key start exactly one backend and all
+/// answer with it and its token; the backend sees `PLANE_KEY`, `plane status` shows the key
+/// (and no token); another key gets a backend of its own; once the key's backend has ended,
+/// the next connect (here `plane connect`) starts a new one.
+pub async fn connect_by_key(c: &Cluster) -> anyhow::Result<()> {
+    use plane_protocol::keys::ConnectRequest;
+    let client = plane_client::ApiClient::new(&c.api)?;
+    let key = fresh_key("doc 42")?;
+    let request = ConnectRequest {
+        key: key.clone(),
+        spawn: keyed_spawn(),
+        wake: false,
+    };
+    let answers = futures::future::join_all((0..50).map(|_| client.connect(&request, None))).await;
+    let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let created = answers.iter().filter(|a| a.created).count();
+    ensure!(
+        created == 1,
+        "{created} of 50 concurrent connects created a backend"
+    );
+    let first = &answers[0];
+    let id = first.record.id.to_string();
+    let token = first
+        .token
+        .clone()
+        .context("the answer carries the token")?;
+    for answer in &answers {
+        ensure!(
+            answer.record.id.as_str() == id,
+            "two backends for one key: {answer:?}"
+        );
+        ensure!(
+            answer.token.as_ref() == Some(&token),
+            "another token: {answer:?}"
+        );
+        ensure!(answer.record.key.as_ref() == Some(&key), "{answer:?}");
+        ensure!(
+            answer.key_url.is_none(),
+            "no key URL without wake: {answer:?}"
+        );
+    }
+
+    // The CLI, waiting until it is ready: the same backend, not created.
+    let ready = c
+        .plane_json(&["connect", key.as_str(), "--wait", "--command", "unused"])
+        .await?;
+    ensure!(
+        ready["id"] == id.as_str() && ready["created"] == false,
+        "{ready}"
+    );
+    ensure!(ready["state"] == "ready", "{ready}");
+    ensure!(ready["token"] == token.as_str(), "{ready}");
+
+    let bearer = format!("Authorization: Bearer {}", token.as_str());
+    let info = c.get(&c.host(&id), "/info", &["-H", &bearer])?.json()?;
+    ensure!(info["env"]["PLANE_KEY"] == key.as_str(), "env: {info}");
+    let status = c.status(&id).await?;
+    ensure!(status["key"] == key.as_str(), "{status}");
+    ensure!(
+        status.get("token").is_none(),
+        "status shows the token: {status}"
+    );
+
+    let other = client
+        .connect(
+            &ConnectRequest {
+                key: fresh_key("doc 43")?,
+                ..request.clone()
+            },
+            None,
+        )
+        .await?;
+    ensure!(other.created && other.record.id.as_str() != id, "{other:?}");
+
+    // Ended: the key is free, and the next connect starts another backend.
+    c.plane_json(&["terminate", &id]).await?;
+    c.watch_until_terminated(&id).await?;
+    let again = c
+        .plane_json(&[
+            "connect",
+            key.as_str(),
+            "--command",
+            &super::backend_bin(),
+            "--idle",
+            "60",
+        ])
+        .await?;
+    ensure!(again["created"] == true, "{again}");
+    ensure!(
+        again["id"] != id.as_str(),
+        "the ended backend again: {again}"
+    );
+    let again_id = id_of(&again)?;
+    for id in [again_id, other.record.id.to_string()] {
+        c.plane_json(&["terminate", &id]).await?;
+        c.watch_until_terminated(&id).await?;
+    }
+    Ok(())
+}
+
+/// A spawn or connect retried with the same `Idempotency-Key` gets the first answer (token
+/// included, marked `Idempotent-Replayed`) instead of a second backend, also when the retries
+/// race; the same key with another body is refused (422); a malformed key is refused (400).
+pub async fn idempotent_retries(c: &Cluster) -> anyhow::Result<()> {
+    use plane_client::ClientError;
+    use plane_protocol::keys::ConnectRequest;
+    let client = plane_client::ApiClient::new(&c.api)?;
+    let spawn = keyed_spawn();
+    let retry_key = fresh_key("retry")?.as_str().replace(' ', "-");
+    let first = client.spawn_once(&spawn, Some(&retry_key)).await?;
+    let again = client.spawn_once(&spawn, Some(&retry_key)).await?;
+    ensure!(first.record.id == again.record.id, "{first:?} / {again:?}");
+    ensure!(
+        first.token.is_some() && first.token == again.token,
+        "tokens differ"
+    );
+    let mut ids = vec![first.record.id.to_string()];
+
+    let racing_key = fresh_key("race")?.as_str().replace(' ', "-");
+    let racing =
+        futures::future::join_all((0..10).map(|_| client.spawn_once(&spawn, Some(&racing_key))))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+    ensure!(
+        racing.iter().all(|a| a.record.id == racing[0].record.id),
+        "racing retries made several backends"
+    );
+    ids.push(racing[0].record.id.to_string());
+
+    let changed = plane_protocol::spawn_request::SpawnRequest {
+        max_idle_secs: Some(61),
+        ..spawn.clone()
+    };
+    match client.spawn_once(&changed, Some(&retry_key)).await {
+        Err(ClientError::Api { status, .. }) if status.as_u16() == 422 => {}
+        other => anyhow::bail!("the key reused with another body: {other:?}"),
+    }
+    let plain = client.spawn(&spawn).await?;
+    ensure!(plain.record.id != first.record.id, "no key, no replay");
+    ids.push(plain.record.id.to_string());
+
+    let connect = ConnectRequest {
+        key: fresh_key("doc")?,
+        spawn: spawn.clone(),
+        wake: false,
+    };
+    let connect_key = fresh_key("connect")?.as_str().replace(' ', "-");
+    let connected = client.connect(&connect, Some(&connect_key)).await?;
+    let replayed = client.connect(&connect, Some(&connect_key)).await?;
+    ensure!(
+        connected.created && replayed == connected,
+        "{connected:?} / {replayed:?}"
+    );
+    ids.push(connected.record.id.to_string());
+
+    // On the wire: the replay says so; a malformed key is the caller's error.
+    let body = serde_json::to_string(&spawn)?;
+    let url = format!("{}/v1/backends", c.api);
+    let idempotency = format!("Idempotency-Key: {retry_key}");
+    let raw = curl(&[
+        "-i",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &idempotency,
+        "--data",
+        &body,
+        &url,
+    ])?;
+    ensure!(raw.status == 201, "{raw:?}");
+    ensure!(
+        raw.body
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{raw:?}"
+    );
+    let bad_key = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &format!("Idempotency-Key: {}", "x".repeat(300)),
+        "--data",
+        &body,
+        &url,
+    ])?;
+    ensure!(bad_key.status == 400, "{bad_key:?}");
+
+    for id in ids {
+        c.plane_json(&["terminate", &id]).await?;
+        c.watch_until_terminated(&id).await?;
+    }
+    Ok(())
+}

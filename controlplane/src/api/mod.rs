@@ -5,6 +5,7 @@
 
 mod auth;
 mod events;
+mod idempotency;
 mod logs;
 mod server;
 
@@ -15,14 +16,15 @@ use crate::controller::{ControlError, Controller, DroneNow};
 use crate::limits::MAX_API_BODY_BYTES;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
-use plane_protocol::records::{BackendRecord, BackendStatus, DroneView, SpawnAnswer};
+use plane_protocol::keys::ConnectRequest;
+use plane_protocol::records::{BackendRecord, BackendStatus, DroneView};
 use plane_protocol::spawn_request::{BackendUpdate, DrainRequest, SpawnRequest};
 use serde_json::json;
 use std::sync::Arc;
@@ -128,6 +130,7 @@ fn router_with(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/backends", get(list_backends).post(spawn_backend))
+        .route("/v1/connect", post(connect))
         .route(
             "/v1/backends/{id}",
             get(get_backend)
@@ -181,9 +184,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn spawn_backend(
-    State(state): State<ApiState>,
+    State(ApiState { controller, .. }): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<SpawnAnswer>), ApiError> {
+) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let spec = SpawnRequest::from_json(&body).map_err(|e| {
         ApiError::new(
@@ -191,18 +195,53 @@ async fn spawn_backend(
             format!("invalid spawn request: {e}"),
         )
     })?;
-    // In its own task: a caller hanging up must not cut a spawn off between writing the record
-    // and telling the drone.
-    let controller = state.controller;
-    let record = tokio::spawn(async move { controller.spawn(spec).await })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("spawn failed: {e}"),
-            )
-        })??;
-    Ok((StatusCode::CREATED, Json(record)))
+    let spawning = controller.clone();
+    idempotency::once(&controller, &headers, "spawn", &body, move || async move {
+        let answer = spawning.spawn(spec).await?;
+        Ok((StatusCode::CREATED, to_json(&answer)?))
+    })
+    .await
+}
+
+/// `POST /v1/connect`: the key's live backend (200) or a new one (201).
+async fn connect(
+    State(ApiState { controller, .. }): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let request = ConnectRequest::from_json(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid connect request: {e}"),
+        )
+    })?;
+    let connecting = controller.clone();
+    idempotency::once(
+        &controller,
+        &headers,
+        "connect",
+        &body,
+        move || async move {
+            let answer = connecting.connect(request).await?;
+            let status = if answer.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, to_json(&answer)?))
+        },
+    )
+    .await
+}
+
+fn to_json(answer: &impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(answer).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )
+    })
 }
 
 async fn list_backends(

@@ -6,6 +6,7 @@
 mod certificates;
 mod drain;
 mod drone_health;
+mod keys;
 mod recovery;
 
 use crate::limits::{
@@ -21,6 +22,7 @@ use crate::view::ClusterView;
 use plane_bus::{Bus, BusError, KvError, Log, LogConfig, LogReader, Message, Subscription};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::keys::BackendKey;
 use plane_protocol::messages::{
     now_millis, Ack, BackendSpec, BackendState, DroneCommand, StateReport, TerminationReason,
 };
@@ -54,6 +56,8 @@ pub struct ControllerConfig {
     /// Terminated backends and lost drones are deleted from the cluster state this long after
     /// they ended.
     pub retention: Duration,
+    /// A key (and the spec a wake runs) is forgotten this long after its last use.
+    pub key_retention: Duration,
 }
 
 /// Why an operation on a backend failed; each maps to an HTTP status in the API.
@@ -171,7 +175,7 @@ impl Controller {
     /// [`Controller::listen`]) to serve drones and keep the view current.
     pub async fn new(bus: Bus, config: ControllerConfig) -> Result<Self, StateError> {
         let subjects = Subjects::new(&config.cluster);
-        let (state, watches) = ClusterState::open(&bus, &subjects).await?;
+        let (state, watches) = ClusterState::open(&bus, &subjects, config.key_retention).await?;
         let logs = bus
             .log(
                 &subjects.logs_stream(),
@@ -208,6 +212,11 @@ impl Controller {
             .map(DroneNow::state)
             .collect::<Vec<_>>();
         self.inner.metrics.render(backends, drones)
+    }
+
+    /// The bucket of answers to requests with an `Idempotency-Key`.
+    pub fn idempotency(&self) -> &plane_bus::Kv {
+        self.inner.state.idempotency()
     }
 
     pub fn cluster(&self) -> &str {
@@ -415,18 +424,23 @@ impl Controller {
     /// must not be acknowledged, so that the drone sends it again.
     pub async fn apply_report(&self, report: &StateReport) -> Result<Ack, StateError> {
         let mut ready_after = None;
+        let mut ended_keyed = None;
         let outcome = self
             .inner
             .state
             .update_backend(&report.backend, |record| {
                 // Each compare-and-set attempt decides anew.
                 ready_after = None;
+                ended_keyed = None;
                 let was_ready = record.state.rank() >= BackendState::Ready.rank();
                 match record.apply(report) {
                     ReportOutcome::Applied => {
                         if !was_ready && record.state == BackendState::Ready {
                             let took = now_millis().saturating_sub(record.created_at);
                             ready_after = Some(Duration::from_millis(took));
+                        }
+                        if record.is_terminated() && record.key.is_some() {
+                            ended_keyed = Some(record.clone());
                         }
                         Change::Write(ReportOutcome::Applied)
                     }
@@ -436,6 +450,9 @@ impl Controller {
             .await;
         if let (Ok(Some(ReportOutcome::Applied)), Some(took)) = (&outcome, ready_after) {
             self.inner.metrics.ready_after(took);
+        }
+        if let (Ok(Some(ReportOutcome::Applied)), Some(ended)) = (&outcome, &ended_keyed) {
+            self.release_key(ended).await;
         }
         Ok(match outcome? {
             Some(ReportOutcome::Applied) => {
@@ -462,7 +479,8 @@ impl Controller {
         reason: TerminationReason,
         message: &str,
     ) -> Result<Option<BackendRecord>, StateError> {
-        self.inner
+        let ended = self
+            .inner
             .state
             .update_backend(id, |record| {
                 if record.is_terminated() {
@@ -471,7 +489,11 @@ impl Controller {
                 record.terminate_here(reason, message.to_string(), now_millis());
                 Change::Write(record.clone())
             })
-            .await
+            .await?;
+        if let Some(ended) = &ended {
+            self.release_key(ended).await;
+        }
+        Ok(ended)
     }
 
     /// Every drone with its liveness and load as heard now.
@@ -498,7 +520,21 @@ impl Controller {
             token: token.as_ref(),
             credentials: credentials.as_ref(),
         };
-        let scheduled = self.schedule(spec, secrets).await;
+        let record = self
+            .place(BackendId::generate(), spec, secrets, None)
+            .await?;
+        Ok(SpawnAnswer { record, token })
+    }
+
+    /// Schedules backend `id` (of `key`, if any), counting the outcome.
+    async fn place(
+        &self,
+        id: BackendId,
+        spec: BackendSpec,
+        secrets: Secrets<'_>,
+        key: Option<BackendKey>,
+    ) -> Result<BackendRecord, ControlError> {
+        let scheduled = self.schedule(id, spec, secrets, key).await;
         self.inner.metrics.spawned(match &scheduled {
             Ok(_) => SpawnOutcome::Placed,
             Err(ControlError::NoDrone(_) | ControlError::NoDroneAccepted(_)) => {
@@ -506,16 +542,15 @@ impl Controller {
             }
             Err(_) => SpawnOutcome::Failed,
         });
-        Ok(SpawnAnswer {
-            record: scheduled?,
-            token,
-        })
+        scheduled
     }
 
     async fn schedule(
         &self,
+        id: BackendId,
         spec: BackendSpec,
         secrets: Secrets<'_>,
+        key: Option<BackendKey>,
     ) -> Result<BackendRecord, ControlError> {
         let state = &self.inner.state;
         let now = now_millis();
@@ -528,7 +563,6 @@ impl Controller {
             })
             .collect();
         let order = scheduler::candidates(drones, spec.executable.executor())?;
-        let id = BackendId::generate();
         let first = &order[0].drone;
         let record = BackendRecord {
             url: first.backend_url(&id, self.cluster()),
@@ -540,6 +574,7 @@ impl Controller {
             pull: None,
             message: None,
             drone: first.id.clone(),
+            key,
             max_idle_secs: spec.max_idle_secs,
             spec: spec.clone(),
             created_at: now,

@@ -12,6 +12,7 @@ fn backend(id: &str, drone: &str, state: BackendState) -> BackendRecord {
         pull: None,
         message: None,
         drone: DroneId::new(drone).expect("valid"),
+        key: None,
         max_idle_secs: 5,
         spec: BackendSpec {
             executable: Executable::process(vec!["x".into()]),

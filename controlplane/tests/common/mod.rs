@@ -101,6 +101,7 @@ impl Cluster {
             cluster: CLUSTER.to_string(),
             drone_grace,
             retention,
+            key_retention: plane_controlplane::limits::DEFAULT_KEY_RETENTION,
         };
         let controller = within("controller start", Controller::new(bus.clone(), config))
             .await

@@ -1,0 +1,343 @@
+//! Connecting by key: the live backend a key names, or exactly one new one however many
+//! connects race. The key's record is claimed with a KV create-if-absent (or, once free, a
+//! compare-and-set), so one connect wins and places the backend; the others wait on a watch of
+//! the record until it says the backend is placed. A claim whose controller died is taken over
+//! once [`KEY_CLAIM_TIMEOUT`] has passed, and a record naming a backend that has ended is free:
+//! a missed release costs nothing but a compare-and-set.
+
+use super::{ControlError, Controller, Secrets};
+use crate::limits::{KEY_CLAIM_TIMEOUT, MAX_CONNECT_ATTEMPTS};
+use crate::state::StateError;
+use plane_bus::{Kv, KvError};
+use plane_protocol::error_chain;
+use plane_protocol::ids::BackendId;
+use plane_protocol::keys::{BackendKey, ConnectAnswer, KeyRecord, ValidConnect};
+use plane_protocol::messages::{now_millis, BackendState};
+use plane_protocol::records::{BackendRecord, SpawnAnswer};
+use plane_protocol::token::AccessToken;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// What a connect found in the key's record. Made once per connect and taken apart at once:
+/// boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    /// A live backend, the key's record and its revision.
+    Live {
+        backend: BackendRecord,
+        record: KeyRecord,
+        revision: u64,
+    },
+    /// Free (absent, or naming a backend that ended, or a claim gone stale): claim it, with a
+    /// compare-and-set on this revision (0: create).
+    Free {
+        previous: Option<KeyRecord>,
+        revision: u64,
+    },
+    /// Another connect is placing its backend: wait for the record to change, at most this long.
+    Placing { revision: u64, wait: Duration },
+}
+
+impl Controller {
+    /// The live backend of `connect.key`, or a new one placed with its spec: of concurrent
+    /// connects for one key exactly one creates it, and all answer with it.
+    pub async fn connect(&self, connect: ValidConnect) -> Result<ConnectAnswer, ControlError> {
+        let label = connect.key.label(self.cluster());
+        let keys = self.inner.state.keys().clone();
+        for _ in 0..MAX_CONNECT_ATTEMPTS {
+            let current = keys.get_json::<KeyRecord>(&label).await.map_err(state)?;
+            match self.judge(&connect, current).await? {
+                Found::Live {
+                    backend,
+                    mut record,
+                    revision,
+                } => {
+                    if connect.wake {
+                        // The key can wake from now on, with this connect's spec.
+                        let wanted = claim(&connect, None);
+                        if !record.wake || record.spec != wanted.spec {
+                            record.wake = true;
+                            record.spec = wanted.spec;
+                            record.credentials = wanted.credentials;
+                            record.touched_at = now_millis();
+                            match keys.update_json(&label, &record, revision).await {
+                                Ok(_) => {}
+                                Err(KvError::WrongRevision { .. }) => continue,
+                                Err(error) => return Err(state(error)),
+                            }
+                        }
+                    }
+                    return Ok(self.answer(record, backend));
+                }
+                Found::Free { previous, revision } => {
+                    let claim = claim(&connect, previous);
+                    let written = if revision == 0 {
+                        keys.create_json(&label, &claim).await
+                    } else {
+                        keys.update_json(&label, &claim, revision).await
+                    };
+                    match written {
+                        Ok(revision) => return self.place_claimed(&label, claim, revision).await,
+                        Err(KvError::AlreadyExists { .. } | KvError::WrongRevision { .. }) => {
+                            debug!(key = %connect.key, "another connect claimed the key first");
+                        }
+                        Err(error) => return Err(state(error)),
+                    }
+                }
+                Found::Placing { revision, wait } => {
+                    wait_for_change(&keys, &label, revision, wait).await?;
+                }
+            }
+        }
+        Err(ControlError::State(StateError::Contended { key: label }))
+    }
+
+    /// Decides what the key's record means now.
+    async fn judge(
+        &self,
+        connect: &ValidConnect,
+        current: Option<(KeyRecord, u64)>,
+    ) -> Result<Found, ControlError> {
+        let Some((record, revision)) = current else {
+            return Ok(Found::Free {
+                previous: None,
+                revision: 0,
+            });
+        };
+        let free = |record: KeyRecord| {
+            Ok(Found::Free {
+                previous: Some(record),
+                revision,
+            })
+        };
+        let Some(id) = record.backend.clone() else {
+            return free(record);
+        };
+        let backend = match self.backend(&id).await {
+            Ok(backend) => Some(backend),
+            Err(ControlError::NotFound(_)) => None,
+            Err(error) => return Err(error),
+        };
+        let claimed_for = Duration::from_millis(now_millis().saturating_sub(record.claimed_at));
+        match backend {
+            Some(backend) if backend.is_terminated() => free(record),
+            // Placed, or its drone has reported it (the placing controller died after the drone
+            // took it): the key's backend.
+            Some(backend) if record.placed || backend.last_seq > 0 => Ok(Found::Live {
+                backend,
+                record,
+                revision,
+            }),
+            _ if claimed_for >= KEY_CLAIM_TIMEOUT => {
+                warn!(key = %connect.key, backend = %id, "taking over a key whose placement never finished");
+                free(record)
+            }
+            _ => Ok(Found::Placing {
+                revision,
+                wait: KEY_CLAIM_TIMEOUT - claimed_for,
+            }),
+        }
+    }
+
+    /// Places the backend a connect claimed the key for; on failure frees the key again.
+    async fn place_claimed(
+        &self,
+        label: &str,
+        claim: KeyRecord,
+        revision: u64,
+    ) -> Result<ConnectAnswer, ControlError> {
+        let Some(id) = claim.backend.clone() else {
+            return Err(ControlError::State(StateError::Contended {
+                key: label.to_string(),
+            }));
+        };
+        let secrets = Secrets {
+            token: claim.token.as_ref(),
+            credentials: claim.credentials.as_ref(),
+        };
+        let placed = self
+            .place(
+                id.clone(),
+                claim.spec.clone(),
+                secrets,
+                Some(claim.key.clone()),
+            )
+            .await;
+        let keys = self.inner.state.keys();
+        let mut record = claim;
+        match placed {
+            Ok(backend) => {
+                record.placed = true;
+                record.touched_at = now_millis();
+                if let Err(error) = keys.update_json(label, &record, revision).await {
+                    // Waiting connects then take the backend's own reports as its placement.
+                    warn!(key = %record.key, backend = %id, error = %error_chain(&error), "could not mark the key's backend placed");
+                }
+                info!(key = %record.key, backend = %id, "key connected to a new backend");
+                let key_url = record
+                    .wake
+                    .then(|| self.key_url(&record.key, &backend))
+                    .flatten();
+                Ok(ConnectAnswer {
+                    answer: SpawnAnswer {
+                        record: backend,
+                        token: record.token,
+                    },
+                    created: true,
+                    key_url,
+                })
+            }
+            Err(error) => {
+                record.backend = None;
+                record.touched_at = now_millis();
+                if let Err(release) = keys.update_json(label, &record, revision).await {
+                    debug!(key = %record.key, error = %error_chain(&release), "could not free the key after a failed placement");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The answer naming the key's live backend, which this connect did not create.
+    fn answer(&self, record: KeyRecord, backend: BackendRecord) -> ConnectAnswer {
+        let key_url = record
+            .wake
+            .then(|| self.key_url(&record.key, &backend))
+            .flatten();
+        ConnectAnswer {
+            answer: SpawnAnswer {
+                record: backend,
+                token: record.token,
+            },
+            created: false,
+            key_url,
+        }
+    }
+
+    /// Where a key is reached whatever backend serves it: like the URL of its backend.
+    fn key_url(&self, key: &BackendKey, backend: &BackendRecord) -> Option<String> {
+        let drone = self.view().drone(&backend.drone)?;
+        Some(
+            drone
+                .record
+                .url_of(&key.host_label(self.cluster()), self.cluster()),
+        )
+    }
+
+    /// Frees the key of a backend that has ended, so that the next connect starts a new one
+    /// (a key that can wake keeps its spec and token). Best effort: a connect also treats a
+    /// key naming an ended backend as free.
+    pub(super) async fn release_key(&self, backend: &BackendRecord) {
+        let Some(key) = &backend.key else { return };
+        let label = key.label(self.cluster());
+        let keys = self.inner.state.keys();
+        for _ in 0..MAX_CONNECT_ATTEMPTS {
+            let current = match keys.get_json::<KeyRecord>(&label).await {
+                Ok(current) => current,
+                Err(error) => {
+                    debug!(%key, error = %error_chain(&error), "could not read the key to free it");
+                    return;
+                }
+            };
+            let Some((mut record, revision)) = current else {
+                return;
+            };
+            if record.backend.as_ref() != Some(&backend.id) {
+                return;
+            }
+            record.backend = None;
+            record.placed = false;
+            record.touched_at = now_millis();
+            match keys.update_json(&label, &record, revision).await {
+                Ok(_) => {
+                    debug!(%key, backend = %backend.id, "key freed");
+                    return;
+                }
+                Err(KvError::WrongRevision { .. }) => continue,
+                Err(error) => {
+                    debug!(%key, error = %error_chain(&error), "could not free the key");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Rewrites the records of keys whose backends have run for half the key retention, so
+    /// that the bucket does not forget a key while its backend lives.
+    pub(super) async fn touch_running_keys(&self) -> Result<(), StateError> {
+        let half = self.inner.config.key_retention.as_millis() as u64 / 2;
+        let now = now_millis();
+        let keys = self.inner.state.keys();
+        for backend in self.view().backends() {
+            let Some(key) = &backend.key else { continue };
+            if backend.is_terminated()
+                || backend.state == BackendState::Scheduled
+                || now.saturating_sub(backend.created_at) < half
+            {
+                continue;
+            }
+            let label = key.label(self.cluster());
+            let Some((mut record, revision)) = keys.get_json::<KeyRecord>(&label).await? else {
+                continue;
+            };
+            if record.backend.as_ref() == Some(&backend.id)
+                && now.saturating_sub(record.touched_at) >= half
+            {
+                record.touched_at = now;
+                match keys.update_json(&label, &record, revision).await {
+                    Ok(_) | Err(KvError::WrongRevision { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The record that claims a free key for a new backend with this connect's spec. A key that
+/// can wake keeps its token across backends.
+fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
+    let spawn = &connect.spawn;
+    let mut spec = spawn.spec.clone();
+    spec.env
+        .insert("PLANE_KEY".to_string(), connect.key.as_str().to_string());
+    let token = spec.require_token.then(|| {
+        previous
+            .and_then(|p| p.token)
+            .unwrap_or_else(AccessToken::generate)
+    });
+    let now = now_millis();
+    KeyRecord {
+        key: connect.key.clone(),
+        backend: Some(BackendId::generate()),
+        placed: false,
+        spec,
+        credentials: spawn.credentials.clone().filter(|_| connect.wake),
+        token,
+        wake: connect.wake,
+        claimed_at: now,
+        touched_at: now,
+    }
+}
+
+fn state(error: KvError) -> ControlError {
+    ControlError::State(error.into())
+}
+
+/// Waits until the key's record is no longer at `revision`, at most `wait`.
+async fn wait_for_change(
+    keys: &Kv,
+    label: &str,
+    revision: u64,
+    wait: Duration,
+) -> Result<(), ControlError> {
+    let mut watch = keys.watch(label).await.map_err(state)?;
+    // Changed between the read and the watch?
+    let now = keys.get(label).await.map_err(state)?;
+    if now.map(|e| e.revision) != Some(revision) {
+        return Ok(());
+    }
+    // A timeout is not an error: the caller looks again and takes a stale claim over.
+    let _ = tokio::time::timeout(wait, watch.next()).await;
+    Ok(())
+}
