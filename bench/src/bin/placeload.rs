@@ -3,14 +3,17 @@
 //! every second and acknowledging every command at once (no backend runs).
 //!
 //! ```text
-//! placeload DRONES SECS CLIENTS    # e.g. placeload 100 10 32
+//! placeload DRONES SECS CLIENTS          # e.g. placeload 100 10 32
+//! placeload DRONES SECS CLIENTS KEYS     # connects by key instead, e.g. placeload 100 10 50 1000
 //! ```
 //!
 //! The controller and its API run in this process (one worker thread each for the server side,
 //! so that `taskset` can pin it), on the in-memory bus, or on a real nats-server when
 //! `PLANE_BENCH_NATS` names one (it must be fresh: the buckets are assumed empty). CLIENTS
 //! callers spawn back to back for SECS seconds. Prints placements/s and the spawn latency p50 /
-//! p99 as the callers saw it.
+//! p99 as the callers saw it. With KEYS, the callers `POST /v1/connect` instead, each call to
+//! one of KEYS keys in turn: the first connect of a key places its backend, the others find it;
+//! prints the latency of both kinds apart.
 
 use plane_bench::controller_load::{bench_bus, open_controller, CLUSTER};
 use plane_bench::percentile;
@@ -18,6 +21,7 @@ use plane_bus::Bus;
 use plane_client::ApiClient;
 use plane_controlplane::api;
 use plane_protocol::ids::DroneId;
+use plane_protocol::keys::{BackendKey, ConnectRequest};
 use plane_protocol::messages::{now_millis, Ack, ExecutorKind, Heartbeat};
 use plane_protocol::spawn_request::{SpawnExecutable, SpawnRequest};
 use plane_protocol::subjects::Subjects;
@@ -67,18 +71,26 @@ async fn fake_drone(bus: Bus, id: DroneId) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [drones, secs, clients] = args.as_slice() else {
-        eprintln!("usage: placeload DRONES SECS CLIENTS");
-        return ExitCode::from(2);
+    let usage = "usage: placeload DRONES SECS CLIENTS [KEYS] (numbers)";
+    let (drones, secs, clients, keys) = match args.as_slice() {
+        [drones, secs, clients] => (drones, secs, clients, None),
+        [drones, secs, clients, keys] => (drones, secs, clients, Some(keys)),
+        _ => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
     };
-    let (Ok(drones), Ok(secs), Ok(clients)) = (
+    let keys = keys.map(|k| k.parse::<usize>().ok().filter(|&k| k > 0));
+    let (Ok(drones), Ok(secs), Ok(clients), None | Some(Some(_))) = (
         drones.parse::<usize>(),
         secs.parse::<u64>(),
         clients.parse::<usize>(),
+        keys,
     ) else {
-        eprintln!("usage: placeload DRONES SECS CLIENTS (numbers)");
+        eprintln!("{usage}");
         return ExitCode::from(2);
     };
+    let keys = keys.flatten();
     // The server side: one thread (pin the process with taskset); the callers get their own.
     let server = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.block_on(run(drones, Duration::from_secs(secs), clients)) {
+    match server.block_on(run(drones, Duration::from_secs(secs), clients, keys)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("placeload: {error}");
@@ -99,7 +111,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(drones: usize, secs: Duration, clients: usize) -> Result<(), String> {
+async fn run(
+    drones: usize,
+    secs: Duration,
+    clients: usize,
+    keys: Option<usize>,
+) -> Result<(), String> {
     let bus = bench_bus().await;
     let controller = open_controller(&bus).await;
     let listening = controller.listen().await.map_err(|e| e.to_string())?;
@@ -148,6 +165,13 @@ async fn run(drones: usize, secs: Duration, clients: usize) -> Result<(), String
         resources: Default::default(),
         ready_path: None,
     };
+    if let Some(keys) = keys {
+        let result = connect_load(&callers, api, request, secs, clients, keys).await;
+        callers.shutdown_background();
+        let (created, found, errors, wall) = result?;
+        report_connects(drones, clients, keys, wall, created, found, errors);
+        return Ok(());
+    }
     let started = Instant::now();
     let stop = started + secs;
     let mut tasks = Vec::new();
@@ -183,4 +207,88 @@ async fn run(drones: usize, secs: Duration, clients: usize) -> Result<(), String
     );
     callers.shutdown_background();
     Ok(())
+}
+
+type Latencies = Vec<f64>;
+
+/// CLIENTS callers connecting for SECS, call `j` of caller `i` to key `(i + j * CLIENTS) % KEYS`:
+/// the latencies of connects that created a backend and of those that found one, the errors,
+/// and the wall time.
+async fn connect_load(
+    callers: &tokio::runtime::Runtime,
+    api: ApiClient,
+    spawn: SpawnRequest,
+    secs: Duration,
+    clients: usize,
+    keys: usize,
+) -> Result<(Latencies, Latencies, u64, f64), String> {
+    let run = now_millis();
+    let started = Instant::now();
+    let stop = started + secs;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (api, spawn) = (api.clone(), spawn.clone());
+        tasks.push(callers.spawn(async move {
+            let (mut created, mut found, mut errors) = (Vec::new(), Vec::new(), 0u64);
+            let mut j = 0;
+            while Instant::now() < stop {
+                let key = format!("bench-{run}-{}", (i + j * clients) % keys);
+                j += 1;
+                let Ok(key) = BackendKey::new(key) else {
+                    errors += 1;
+                    continue;
+                };
+                let request = ConnectRequest {
+                    key,
+                    spawn: spawn.clone(),
+                    wake: false,
+                };
+                let sent = Instant::now();
+                match api.connect(&request, None).await {
+                    Ok(answer) if answer.created => {
+                        created.push(sent.elapsed().as_secs_f64() * 1e3)
+                    }
+                    Ok(_) => found.push(sent.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => errors += 1,
+                }
+            }
+            (created, found, errors)
+        }));
+    }
+    let (mut created, mut found, mut errors) = (Vec::new(), Vec::new(), 0);
+    for task in tasks {
+        let (mut c, mut f, e) = task.await.map_err(|e| e.to_string())?;
+        created.append(&mut c);
+        found.append(&mut f);
+        errors += e;
+    }
+    Ok((created, found, errors, started.elapsed().as_secs_f64()))
+}
+
+fn report_connects(
+    drones: usize,
+    clients: usize,
+    keys: usize,
+    wall: f64,
+    mut created: Latencies,
+    mut found: Latencies,
+    errors: u64,
+) {
+    let total = created.len() + found.len();
+    let mut line = format!(
+        "{drones} drones, {clients} callers, {keys} keys, {wall:.1} s: {total} connects, {:.0}/s, {errors} errors",
+        total as f64 / wall
+    );
+    for (kind, latencies) in [("created", &mut created), ("found", &mut found)] {
+        if latencies.is_empty() {
+            continue;
+        }
+        let count = latencies.len();
+        let p50 = percentile(latencies, 50.0);
+        let p99 = percentile(latencies, 99.0);
+        line.push_str(&format!(
+            "; {kind} {count}: p50 {p50:.2} ms, p99 {p99:.2} ms"
+        ));
+    }
+    println!("{line}");
 }
