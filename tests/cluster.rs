@@ -37,6 +37,7 @@ flow_test!(a_backend_that_never_listens_times_out);
 flow_test!(token_guards_a_backend);
 flow_test!(connect_by_key);
 flow_test!(idempotent_retries);
+flow_test!(wake_on_request);
 
 /// Killing the drone outright (SIGKILL) leaves no backend process running, and the controller
 /// declares its backends lost once its heartbeats stop.

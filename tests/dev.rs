@@ -40,6 +40,7 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         flows::run("token", flows::token_guards_a_backend(&c)).await?;
         flows::run("connect", flows::connect_by_key(&c)).await?;
         flows::run("idempotent", flows::idempotent_retries(&c)).await?;
+        flows::run("wake", flows::wake_on_request(&c)).await?;
         flows::run(
             "ready timeout",
             flows::a_backend_that_never_listens_times_out(&c),

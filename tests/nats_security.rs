@@ -23,7 +23,7 @@ const OBSERVER_PASSWORD: &str = "observer-password-0123456789";
 fn drone_permissions(drone: &str) -> String {
     format!(
         r#"{{
-        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "plane.{CLUSTER}.drone.{drone}.recovery", "plane.{CLUSTER}.drone.{drone}.certificate", "plane.{CLUSTER}.drone.{drone}.logs.*", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
+        publish: {{ allow: ["plane.{CLUSTER}.drone.{drone}.heartbeat", "plane.{CLUSTER}.drone.{drone}.state", "plane.{CLUSTER}.drone.{drone}.recovery", "plane.{CLUSTER}.drone.{drone}.certificate", "plane.{CLUSTER}.drone.{drone}.wake", "plane.{CLUSTER}.drone.{drone}.logs.*", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         subscribe: {{ allow: ["plane.{CLUSTER}.drone.{drone}.command", "_INBOX.plane.{CLUSTER}.drone.{drone}.>"] }}
         allow_responses: true
       }}"#
@@ -41,7 +41,7 @@ authorization {{
       user: controller, password: "{CONTROLLER_PASSWORD}"
       permissions: {{
         publish: {{ allow: ["plane.{CLUSTER}.drone.*.command", "$JS.API.>", "$KV.plane_{CLUSTER}_backends.>", "$KV.plane_{CLUSTER}_drones.>", "$KV.plane_{CLUSTER}_acme.>", "$KV.plane_{CLUSTER}_keys.>", "$KV.plane_{CLUSTER}_idempotency.>", "$JS.FC.>", "_INBOX.plane.{CLUSTER}.controller.>"] }}
-        subscribe: {{ allow: ["plane.{CLUSTER}.drone.*.heartbeat", "plane.{CLUSTER}.drone.*.state", "plane.{CLUSTER}.drone.*.recovery", "plane.{CLUSTER}.drone.*.certificate", "_INBOX.plane.{CLUSTER}.controller.>"] }}
+        subscribe: {{ allow: ["plane.{CLUSTER}.drone.*.heartbeat", "plane.{CLUSTER}.drone.*.state", "plane.{CLUSTER}.drone.*.recovery", "plane.{CLUSTER}.drone.*.certificate", "plane.{CLUSTER}.drone.*.wake", "_INBOX.plane.{CLUSTER}.controller.>"] }}
         allow_responses: true
       }}
     }}
@@ -126,6 +126,7 @@ async fn a_drone_speaks_only_for_itself() -> anyhow::Result<()> {
             format!("plane.{CLUSTER}.drone.drone-2.recovery"),
             format!("plane.{CLUSTER}.drone.drone-2.logs.somebackend"),
             format!("plane.{CLUSTER}.drone.drone-2.certificate"),
+            format!("plane.{CLUSTER}.drone.drone-2.wake"),
             // As a controller: commands, to another drone or to itself.
             format!("plane.{CLUSTER}.drone.drone-2.command"),
             format!("plane.{CLUSTER}.drone.drone-1.command"),

@@ -126,6 +126,12 @@ impl Drone {
         executor: Arc<dyn Executor>,
     ) -> Self {
         let subjects = Subjects::new(&config.cluster);
+        table.set_waker(crate::wake::KeyWaker::new(
+            bus.clone(),
+            &subjects,
+            &config.id,
+            table.clone(),
+        ));
         let logs = LogPublisher::start(bus.clone());
         let context = Context {
             executor,
@@ -422,6 +428,7 @@ impl Drone {
             .context
             .table
             .insert_starting_with(backend.as_str(), adopted.token);
+        self.alias_key(&backend, &spec);
         info!(%backend, was_ready, stopping, "backend taken over");
         let ctx = self.shared.context.clone();
         let id = backend.clone();
@@ -433,6 +440,14 @@ impl Drone {
             };
             lifecycle::run_adopted(&ctx, id, taken, handle, stop, reports).await;
         });
+    }
+
+    /// Routes the host of the key a backend was connected by to it too (`k-{label}`), so that
+    /// its key's URL reaches it without a wake.
+    fn alias_key(&self, backend: &BackendId, spec: &plane_protocol::messages::BackendSpec) {
+        if let Some(alias) = crate::wake::key_host_label(spec, &self.config.cluster) {
+            self.shared.context.table.alias(&alias, backend.as_str());
+        }
     }
 
     /// Runs a backend's lifecycle among the drone's; once it is over, the backend is forgotten
@@ -588,6 +603,7 @@ impl Drone {
             .context
             .table
             .insert_starting_with(backend.as_str(), token_digest);
+        self.alias_key(&backend, &spec);
         let log = self.log_of(&backend);
         let reports = BackendReports::new(
             reports.clone(),

@@ -17,5 +17,6 @@ mod reporter;
 mod sock_diag;
 mod sweeper;
 mod usage;
+pub mod wake;
 
 pub use drone::{Drone, DroneConfig};

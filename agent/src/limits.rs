@@ -106,3 +106,7 @@ pub const CERTIFICATE_STATUS_CHECK: Duration = Duration::from_secs(60);
 /// A certificate this close to its expiry is warned about, at most this often.
 pub const EXPIRY_WARNING_WITHIN: Duration = Duration::from_secs(7 * 86_400);
 pub const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long a drone waits for a controller to wake a key (placing its backend here included)
+/// before the request waiting for it gets 503.
+pub const WAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);

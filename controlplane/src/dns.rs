@@ -23,6 +23,8 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use plane_protocol::ids::BackendId;
+use plane_protocol::keys::{is_label, KEY_HOST_PREFIX};
+use plane_protocol::records::DroneState;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
@@ -183,24 +185,50 @@ impl Zone {
         if label == CHALLENGE_LABEL {
             return self.challenges(name, kind);
         }
-        let Some(ip) = std::str::from_utf8(label)
-            .ok()
-            .and_then(|label| BackendId::new(label).ok())
-            .and_then(|id| self.address_of(&id))
-        else {
+        let Ok(label) = std::str::from_utf8(label) else {
             return Lookup::NxDomain;
         };
-        let record = match (kind, ip) {
-            (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(v4))),
-            (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(v6))),
-            _ => None,
-        };
-        Lookup::Found(
-            record
-                .map(|rdata| Record::from_rdata(name, BACKEND_TTL, rdata))
+        let addresses = match label.strip_prefix(KEY_HOST_PREFIX).filter(|l| is_label(l)) {
+            Some(key) => self.addresses_of_key(key),
+            None => BackendId::new(label)
+                .ok()
+                .and_then(|id| self.address_of(&id))
                 .into_iter()
                 .collect(),
+        };
+        if addresses.is_empty() {
+            return Lookup::NxDomain;
+        }
+        Lookup::Found(
+            addresses
+                .into_iter()
+                .filter_map(|ip| match (kind, ip) {
+                    (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(v4))),
+                    (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(v6))),
+                    _ => None,
+                })
+                .map(|rdata| Record::from_rdata(name.clone(), BACKEND_TTL, rdata))
+                .collect(),
         )
+    }
+
+    /// A key's name: the drone running its backend, or, while it sleeps, every live drone
+    /// that takes backends (any of them can wake it). Whether the key exists is the proxy's
+    /// to say: this answer is the same for every well-formed key name.
+    fn addresses_of_key(&self, label: &str) -> Vec<IpAddr> {
+        if let Some(backend) = self.controller.view().backend_of_key(label) {
+            return self.address_of(&backend.record.id).into_iter().collect();
+        }
+        let mut addresses: Vec<IpAddr> = self
+            .controller
+            .drones()
+            .iter()
+            .filter(|drone| drone.state() == DroneState::Live)
+            .filter_map(|drone| drone.record.ip)
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     /// The TXT records of the order in progress; no order, no name.

@@ -119,9 +119,10 @@ impl ClusterState {
     /// Keys are forgotten `key_retention` after their record was last written.
     pub async fn open(
         bus: &Bus,
-        subjects: &Subjects,
+        cluster: &str,
         key_retention: Duration,
     ) -> Result<(Self, Watches), StateError> {
+        let subjects = Subjects::new(cluster);
         let state = ClusterState {
             backends: bus.kv(&subjects.backends_bucket()).await?,
             drones: bus.kv(&subjects.drones_bucket()).await?,
@@ -132,7 +133,7 @@ impl ClusterState {
             idempotency: bus
                 .kv_expiring(&subjects.idempotency_bucket(), IDEMPOTENCY_WINDOW)
                 .await?,
-            view: ClusterView::default(),
+            view: ClusterView::new(cluster),
         };
         let watches = state.resync().await?;
         Ok((state, watches))

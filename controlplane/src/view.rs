@@ -42,6 +42,8 @@ impl<T> Clone for Versioned<T> {
 #[derive(Clone, Default)]
 pub struct ClusterView {
     inner: Arc<RwLock<ViewState>>,
+    /// The cluster's name, which a key's label hashes.
+    cluster: Arc<str>,
 }
 
 #[derive(Default)]
@@ -49,6 +51,8 @@ struct ViewState {
     backends: HashMap<BackendId, Versioned<BackendRecord>>,
     /// Unterminated backends by the drone they were given to.
     by_drone: HashMap<DroneId, HashSet<BackendId>>,
+    /// The unterminated backend of each key, by the key's label.
+    by_key: HashMap<String, BackendId>,
     drones: HashMap<DroneId, Versioned<DroneRecord>>,
     /// Event streams' channels, by backend; made when the first stream subscribes.
     events: HashMap<BackendId, broadcast::Sender<Arc<BackendRecord>>>,
@@ -71,6 +75,24 @@ pub enum Bucket {
 }
 
 impl ClusterView {
+    /// An empty view of `cluster`.
+    pub fn new(cluster: &str) -> ClusterView {
+        ClusterView {
+            inner: Arc::default(),
+            cluster: cluster.into(),
+        }
+    }
+
+    /// The unterminated backend of the key with this label, if any.
+    pub fn backend_of_key(&self, label: &str) -> Option<Versioned<BackendRecord>> {
+        let state = self.read();
+        state
+            .by_key
+            .get(label)
+            .and_then(|id| state.backends.get(id))
+            .cloned()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, ViewState> {
         // Nothing under this lock panics; a poisoned lock still holds a consistent view.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
@@ -183,7 +205,7 @@ impl ClusterView {
     /// Replaces the whole view with a fresh snapshot of both buckets (after a watch had to be
     /// reopened and may have missed changes). Records absent from it are gone.
     pub fn replace(&self, backends: Vec<KvEntry>, drones: Vec<KvEntry>, acme: Vec<KvEntry>) {
-        let fresh = ClusterView::default();
+        let fresh = ClusterView::new(&self.cluster);
         for entry in acme {
             fresh.apply_entry(Bucket::Acme, entry);
         }
@@ -233,6 +255,14 @@ impl ClusterView {
                 }
             }
         }
+        if let Some(key) = &record.key {
+            let label = key.label(&self.cluster);
+            if !record.is_terminated() {
+                state.by_key.insert(label, record.id.clone());
+            } else if state.by_key.get(&label) == Some(&record.id) {
+                state.by_key.remove(&label);
+            }
+        }
         if !record.is_terminated() {
             state
                 .by_drone
@@ -269,6 +299,12 @@ impl ClusterView {
             .is_some_and(|held| held.revision < revision)
         {
             if let Some(held) = state.backends.remove(id) {
+                if let Some(key) = &held.record.key {
+                    let label = key.label(&self.cluster);
+                    if state.by_key.get(&label) == Some(id) {
+                        state.by_key.remove(&label);
+                    }
+                }
                 if let Some(ids) = state.by_drone.get_mut(&held.record.drone) {
                     ids.remove(id);
                     if ids.is_empty() {

@@ -80,6 +80,13 @@ pub enum ProxyError {
         /// The backend asked for.
         backend: Box<str>,
     },
+    /// A sleeping backend could not be woken here now (see [`crate::wake`]).
+    #[error("{name} could not be woken: {reason}")]
+    NotWoken {
+        /// The route key asked for.
+        name: Box<str>,
+        reason: Box<str>,
+    },
     /// The backend stayed in *starting* for the whole wait.
     #[error("backend {backend} is still starting after {waited:?}")]
     StillStarting {
@@ -187,6 +194,7 @@ impl ProxyError {
             | ProxyError::BackendStopping { .. }
             | ProxyError::RequestBodyTimeout { .. } => Side::Client,
             ProxyError::StillStarting { .. }
+            | ProxyError::NotWoken { .. }
             | ProxyError::BackendBusy { .. }
             | ProxyError::BackendConnect { .. }
             | ProxyError::BackendProtocol { .. }
@@ -200,6 +208,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::StillStarting { .. }
+                | ProxyError::NotWoken { .. }
                 | ProxyError::BackendBusy { .. }
                 | ProxyError::BackendConnect { .. }
         )
@@ -263,9 +272,9 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::StillStarting { .. } | ProxyError::BackendBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::StillStarting { .. }
+            | ProxyError::NotWoken { .. }
+            | ProxyError::BackendBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect { .. }
             | ProxyError::BackendRequest { .. }
             | ProxyError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,

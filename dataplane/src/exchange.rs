@@ -36,6 +36,7 @@ use crate::route_table::{Route, RouteTable};
 use crate::sockets::write_all;
 use crate::upgrade::{self, RelayLimits};
 use crate::upstream::Upstream;
+use crate::wake::WakeRefusal;
 use crate::ProxyConfig;
 
 /// First size of a connection's client buffer; it grows (to `max_request_header_bytes`) only
@@ -372,7 +373,22 @@ async fn forward<C: ClientStream>(
         proto: proxy.proto.as_bytes(),
     };
     let sni = client.server_name();
-    let request = prepare_request(proxy, inbuf.data(), out, &forwarded, sni)?;
+    let request = match prepare_request(proxy, inbuf.data(), out, &forwarded, sni) {
+        Err(Failure::Respond {
+            error: ProxyError::UnknownBackend { backend },
+            keep_alive,
+        }) if proxy.table.wakes() => {
+            // Maybe asleep: once woken, admitted again against the backend's own route. Rare,
+            // and on the heap, so that every connection's future stays small.
+            let refuse = move |error| Failure::Respond { error, keep_alive };
+            Box::pin(wake_route(proxy, &backend))
+                .await
+                .map_err(refuse)?;
+            out.clear();
+            prepare_request(proxy, inbuf.data(), out, &forwarded, sni)?
+        }
+        prepared => prepared?,
+    };
     let refuse = request.refuse();
     let mut guard = request.guard;
     let upstream = match request.upstream {
@@ -994,6 +1010,18 @@ async fn respond_error<C: ClientStream>(
         Next::KeepAlive
     } else {
         Next::Close
+    }
+}
+
+/// Asks the table's waker for a route for `label` (see [`crate::wake`]).
+pub(crate) async fn wake_route(proxy: &Proxy, label: &str) -> Result<(), ProxyError> {
+    match proxy.table.wake(label).await {
+        Ok(()) => Ok(()),
+        Err(WakeRefusal::Unknown) => Err(unknown(label)),
+        Err(WakeRefusal::Unavailable(reason)) => Err(ProxyError::NotWoken {
+            name: label.into(),
+            reason: reason.into(),
+        }),
     }
 }
 

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::counting::ActiveGuard;
 use crate::drain;
 use crate::error::ProxyError;
-use crate::exchange::{admit_request, count, head_end, is_interim, wait_ready, Proxy};
+use crate::exchange::{admit_request, count, head_end, is_interim, wait_ready, wake_route, Proxy};
 use crate::framing::BodyProgress;
 use crate::head::{header_slots, Framing, ResponseHead};
 use crate::headers::{self, Credentials, Forwarded, H2Request};
@@ -81,7 +81,9 @@ pub(crate) fn accept(
     mut respond: SendResponse<Bytes>,
     drain: drain::Watch,
 ) {
-    match admit(connection, request) {
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    match admit(connection, &parts, &mut body) {
         Ok(admitted) => {
             tokio::spawn(serve_stream(
                 Arc::clone(connection),
@@ -90,15 +92,31 @@ pub(crate) fn accept(
                 drain,
             ));
         }
+        Err(ProxyError::UnknownBackend { backend }) if connection.proxy.table.wakes() => {
+            // Maybe asleep: woken on a task of its own, then admitted again against the
+            // backend's own route.
+            let connection = Arc::clone(connection);
+            tokio::spawn(async move {
+                let woken = wake_route(&connection.proxy, &backend).await;
+                match woken.and_then(|()| admit(&connection, &parts, &mut body)) {
+                    Ok(admitted) => serve_stream(connection, admitted, respond, drain).await,
+                    Err(error) => answer_error(&connection.proxy, &mut respond, &error),
+                }
+            });
+        }
         Err(error) => answer_error(&connection.proxy, &mut respond, &error),
     }
 }
 
 /// Routes and checks the request and writes the head its backend gets; counts the stream
 /// against that backend.
-fn admit(connection: &Connection, request: Request<RecvStream>) -> Result<Admitted, ProxyError> {
+/// Takes `body` only when it succeeds.
+fn admit(
+    connection: &Connection,
+    parts: &http::request::Parts,
+    body: &mut Option<RecvStream>,
+) -> Result<Admitted, ProxyError> {
     let proxy = &connection.proxy;
-    let (parts, body) = request.into_parts();
     let authority = parts
         .uri
         .authority()
@@ -130,6 +148,9 @@ fn admit(connection: &Connection, request: Request<RecvStream>) -> Result<Admitt
     }
     let guard = count(proxy, &route)?;
     let upstream = route.upstream().ok_or_else(|| Box::from(label));
+    let body = body
+        .take()
+        .ok_or(ProxyError::BadRequest("the request body was taken"))?;
 
     let has_body = !body.is_end_stream() && !websocket;
     let chunked = has_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -143,7 +164,7 @@ fn admit(connection: &Connection, request: Request<RecvStream>) -> Result<Admitt
     headers::write_h2_request_head(
         &mut head,
         &H2Request {
-            parts: &parts,
+            parts,
             authority,
             chunked,
             websocket_key: key.as_deref(),

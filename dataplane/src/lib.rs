@@ -38,6 +38,7 @@ pub mod tls;
 mod token_digest;
 mod upgrade;
 mod upstream;
+mod wake;
 mod workers;
 
 pub use config::ProxyConfig;
@@ -48,4 +49,5 @@ pub use http1::serve;
 pub use route_table::{Route, RouteTable};
 pub use splice::Carry;
 pub use token_digest::{BadTokenDigest, TokenDigest};
+pub use wake::{Wake, WakeRefusal, Waking};
 pub use workers::Listeners;

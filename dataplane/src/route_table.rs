@@ -19,6 +19,7 @@ use crate::host::{backend_label, host_name, HostError, LabelKey};
 use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
 use crate::token_digest::TokenDigest;
 use crate::upstream::Upstream;
+use crate::wake::{Wake, WakeRefusal};
 
 type Routes = HashMap<Arc<str>, Arc<Route>>;
 
@@ -130,6 +131,8 @@ struct Inner {
     writer: Mutex<()>,
     /// Bumped after every change; requests held for a starting backend wait on it.
     changed: watch::Sender<()>,
+    /// Asked for route keys the table does not have (see [`crate::wake`]).
+    waker: ArcSwapOption<Box<dyn Wake>>,
 }
 
 /// How a request's `Host` names its route.
@@ -162,6 +165,7 @@ impl RouteTable {
                 routes: ArcSwap::from_pointee(Routes::new()),
                 writer: Mutex::new(()),
                 changed: watch::Sender::new(()),
+                waker: ArcSwapOption::empty(),
             }),
         }
     }
@@ -229,18 +233,54 @@ impl RouteTable {
         self.notify();
     }
 
-    /// Removes the route: new requests get 404; open upgraded connections may finish.
+    /// Removes the route, and the aliases of it: new requests get 404; open upgraded
+    /// connections may finish.
     pub fn remove(&self, backend: &str) {
         let _writer = self.lock_writer();
         let key = backend.to_ascii_lowercase();
         let current = self.inner.routes.load();
-        if !current.contains_key(key.as_str()) {
+        let Some(route) = current.get(key.as_str()) else {
             return;
-        }
+        };
         let mut map = Routes::clone(&current);
-        map.remove(key.as_str());
+        map.retain(|_, held| !Arc::ptr_eq(held, route));
         self.inner.routes.store(Arc::new(map));
         self.notify();
+    }
+
+    /// Routes `alias` (another route key, e.g. a key's host label) to the very route of
+    /// `backend`, sharing its counts and token; replaces what `alias` routed to before. `false`
+    /// (and nothing changed) when `backend` has no route. [`remove`](Self::remove) of the
+    /// backend removes the alias too.
+    pub fn alias(&self, alias: &str, backend: &str) -> bool {
+        let _writer = self.lock_writer();
+        let current = self.inner.routes.load();
+        let Some(route) = current.get(backend.to_ascii_lowercase().as_str()) else {
+            return false;
+        };
+        let mut map = Routes::clone(&current);
+        map.insert(alias.to_ascii_lowercase().into(), Arc::clone(route));
+        self.inner.routes.store(Arc::new(map));
+        self.notify();
+        true
+    }
+
+    /// Installs what wakes route keys the table does not have.
+    pub fn set_waker(&self, waker: impl Wake) {
+        self.inner.waker.store(Some(Arc::new(Box::new(waker))));
+    }
+
+    /// Asks the waker for a route for `label`; [`WakeRefusal::Unknown`] without a waker.
+    pub(crate) async fn wake(&self, label: &str) -> Result<(), WakeRefusal> {
+        let Some(waker) = self.inner.waker.load_full() else {
+            return Err(WakeRefusal::Unknown);
+        };
+        waker.wake(label).await
+    }
+
+    /// Whether a waker is installed: only then is an unknown route key worth a wake.
+    pub(crate) fn wakes(&self) -> bool {
+        self.inner.waker.load().is_some()
     }
 
     /// The route for `backend` (any case), if present.
@@ -345,6 +385,25 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn an_alias_is_the_backend_s_route_and_goes_with_it() {
+        let table = RouteTable::new("c");
+        assert!(!table.alias("k-abc", "b1"), "no route to alias yet");
+        let route = table.insert_starting("b1");
+        assert!(table.alias("K-ABC", "b1"));
+        let aliased = table.lookup("k-abc").expect("aliased");
+        assert!(Arc::ptr_eq(&route, &aliased), "one route, one count");
+        table.set_ready("b1", addr(7));
+        assert_eq!(
+            table.lookup("k-abc").and_then(|r| r.address()),
+            Some(addr(7))
+        );
+        table.set_ready("b2", addr(8));
+        table.remove("b1");
+        assert!(table.lookup("k-abc").is_none() && table.lookup("b1").is_none());
+        assert!(table.lookup("b2").is_some(), "other routes stay");
     }
 
     #[test]

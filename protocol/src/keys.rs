@@ -86,6 +86,13 @@ pub fn hash_label(parts: &[&[u8]]) -> String {
     label
 }
 
+/// Whether `s` is a key label: [`KEY_LABEL_LEN`] characters of lowercase base32.
+pub fn is_label(s: &str) -> bool {
+    s.len() == KEY_LABEL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+}
+
 impl fmt::Debug for BackendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
@@ -205,6 +212,27 @@ impl KeyRecord {
     }
 }
 
+/// A drone → controller request: a request came in for `k-{label}.{cluster}` and nothing
+/// serves it here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeRequest {
+    pub label: String,
+}
+
+/// The controller's answer to a [`WakeRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "wake", rename_all = "snake_case")]
+pub enum WakeAnswer {
+    /// The key's backend runs on the asking drone (it may just have been started there).
+    Here { backend: BackendId },
+    /// It runs on another drone: DNS points there.
+    Elsewhere { drone: crate::ids::DroneId },
+    /// The key cannot wake here now (the drone is full, draining or lost; a placement failed).
+    NoRoom { error: String },
+    /// No key by that label can wake (never connected with `wake`, or forgotten).
+    Unknown,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,10 +241,8 @@ mod tests {
     fn labels_are_stable_short_dns_labels_and_depend_on_the_cluster() {
         let key = BackendKey::new("doc-42").unwrap();
         let label = key.label("plane.example.com");
-        assert_eq!(label.len(), KEY_LABEL_LEN);
-        assert!(label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        assert!(is_label(&label), "{label}");
+        assert!(!is_label("k-abc") && !is_label(&"a".repeat(27)) && !is_label(&"1".repeat(26)));
         assert_eq!(label, key.label("plane.example.com"));
         assert_ne!(label, key.label("other.example.com"));
         assert_ne!(

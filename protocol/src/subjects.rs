@@ -22,6 +22,7 @@ const STATE: &str = "state";
 const RECOVERY: &str = "recovery";
 const LOGS: &str = "logs";
 const CERTIFICATE: &str = "certificate";
+const WAKE: &str = "wake";
 
 impl Subjects {
     /// Dots (and anything else NATS gives a meaning to) in the cluster name become `_`.
@@ -91,6 +92,17 @@ impl Subjects {
         self.drone_subject("*", CERTIFICATE)
     }
 
+    /// Requests from one drone to any controller to wake a key on it:
+    /// [`crate::keys::WakeRequest`] → [`crate::keys::WakeAnswer`].
+    pub fn wake(&self, drone: &DroneId) -> String {
+        self.drone_subject(drone.as_str(), WAKE)
+    }
+
+    /// Every drone's wake requests (controllers subscribe as a queue group).
+    pub fn all_wakes(&self) -> String {
+        self.drone_subject("*", WAKE)
+    }
+
     /// Where a drone publishes the log lines of one of its backends
     /// ([`crate::messages::LogLine`]); kept by the log [`Subjects::logs_stream`].
     pub fn backend_logs(&self, drone: &DroneId, backend: &BackendId) -> String {
@@ -115,7 +127,11 @@ impl Subjects {
             .strip_prefix(self.token.as_str())?
             .strip_prefix(".drone.")?;
         let (drone, kind) = rest.split_once('.')?;
-        matches!(kind, COMMAND | HEARTBEAT | STATE | RECOVERY | CERTIFICATE).then_some(drone)
+        matches!(
+            kind,
+            COMMAND | HEARTBEAT | STATE | RECOVERY | CERTIFICATE | WAKE
+        )
+        .then_some(drone)
     }
 
     /// Where answers to a drone's own requests arrive (its NATS inbox prefix).

@@ -1115,3 +1115,164 @@ pub async fn idempotent_retries(c: &Cluster) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Wake on request: a key connected with `wake` gets a stable `key_url` (`k-{label}`), which
+/// reaches its backend with the backend's token (and not without); once the backend is swept, a
+/// burst of 20 requests to that URL starts exactly one new backend with the key's spec and the
+/// same token, and all 20 are served by it; after another sweep a WebSocket through the key's
+/// URL wakes it too. DNS answers the key's name; a draining drone wakes nothing (503 with
+/// `Retry-After`); unknown keys and keys that cannot wake are 404.
+pub async fn wake_on_request(c: &Cluster) -> anyhow::Result<()> {
+    use plane_protocol::keys::ConnectRequest;
+    let client = plane_client::ApiClient::new(&c.api)?;
+    let key = fresh_key("sleepy doc")?;
+    let spawn = plane_protocol::spawn_request::SpawnRequest {
+        max_idle_secs: Some(1),
+        ..keyed_spawn()
+    };
+    let connect = ConnectRequest {
+        key: key.clone(),
+        spawn: spawn.clone(),
+        wake: true,
+    };
+    let first = client.connect(&connect, None).await?;
+    let token = first.token.clone().context("a token")?;
+    let key_url = first.key_url.clone().context("a key URL")?;
+    let host = key_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', ':']).next())
+        .context("the key URL's host")?
+        .to_string();
+    ensure!(
+        host.starts_with("k-") && host.ends_with(&format!(".{}", c.cluster)),
+        "{key_url}"
+    );
+    ensure!(
+        !host.contains(&key.as_str().replace(' ', "")),
+        "the URL shows the key"
+    );
+    let first_id = first.record.id.to_string();
+    let bearer = format!("Authorization: Bearer {}", token.as_str());
+
+    // While it runs, its key's URL leads to it, guarded by its token.
+    let info = c.get(&host, "/info", &["-H", &bearer])?.json()?;
+    ensure!(
+        info["env"]["PLANE_BACKEND_ID"] == first_id.as_str(),
+        "{info}"
+    );
+    ensure!(info["env"]["PLANE_KEY"] == key.as_str(), "{info}");
+    let without = c.get(&host, "/info", &[])?;
+    ensure!(without.status == 401, "no token: {without:?}");
+    if c.dns.is_some() {
+        let answer = dig(c, &["A", &host, "+short"])?;
+        ensure!(answer.trim() == "127.0.0.1", "DNS of the key: {answer:?}");
+    }
+
+    // Swept; then a burst of 20 wakes it once.
+    c.watch_until_terminated(&first_id).await?;
+    let burst = futures::future::join_all((0..20).map(|_| {
+        let url = format!("http://127.0.0.1:{}/info", c.proxy_port);
+        let (host, bearer) = (format!("Host: {host}"), bearer.clone());
+        tokio::task::spawn_blocking(move || curl(&["-H", &host, "-H", &bearer, &url]))
+    }))
+    .await;
+    let mut served_by = std::collections::BTreeSet::new();
+    for answer in burst {
+        let answer = answer??;
+        ensure!(answer.status == 200, "a woken request: {answer:?}");
+        served_by.insert(answer.json()?["env"]["PLANE_BACKEND_ID"].to_string());
+    }
+    ensure!(
+        served_by.len() == 1,
+        "one backend served the burst: {served_by:?}"
+    );
+    let woken: Vec<serde_json::Value> = c
+        .plane_json(&["list"])
+        .await?
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter(|b| b["key"] == key.as_str() && b["id"] != first_id.as_str())
+        .cloned()
+        .collect();
+    ensure!(woken.len() == 1, "one backend woken: {woken:?}");
+    let woken_id = id_of(&woken[0])?;
+    ensure!(
+        woken[0]["max_idle_secs"] == 1,
+        "the key's spec: {}",
+        woken[0]
+    );
+
+    // Swept again; a WebSocket through the key's URL wakes it.
+    c.watch_until_terminated(&woken_id).await?;
+    let url = format!("ws://{host}:{}/ws", c.proxy_port);
+    let mut request = url.as_str().into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.as_str()).parse()?,
+    );
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port)).await?;
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .context("WebSocket handshake through the key's URL")?;
+    ensure!(response.status() == 101, "handshake: {response:?}");
+    ws.send(Message::text("awake?")).await?;
+    let echo = ws.next().await.context("echo")??;
+    ensure!(echo == Message::text("awake?"), "echo: {echo:?}");
+    ws.close(None).await?;
+    drop(ws);
+    let third = c
+        .last_listed(|b| b["key"] == key.as_str())
+        .await
+        .and_then(|b| id_of(&b))?;
+    ensure!(third != woken_id && third != first_id, "a third backend");
+    c.watch_until_terminated(&third).await?;
+
+    // A draining drone wakes nothing.
+    let drones = c.plane_json(&["drones"]).await?;
+    let drone = drones[0]["id"].as_str().context("a drone")?.to_string();
+    c.plane_json(&["drain", &drone]).await?;
+    let refused = c.get(&host, "/info", &["-H", &bearer, "-i"])?;
+    c.plane_json(&["drain", &drone, "--cancel"]).await?;
+    ensure!(
+        refused.status == 503,
+        "wake on a draining drone: {refused:?}"
+    );
+    ensure!(
+        refused.body.to_ascii_lowercase().contains("retry-after:"),
+        "{refused:?}"
+    );
+
+    // Names that cannot wake.
+    let unknown = format!("k-{}.{}", "a".repeat(26), c.cluster);
+    let nobody = c.get(&unknown, "/", &[])?;
+    ensure!(nobody.status == 404, "an unknown key: {nobody:?}");
+    let plain = client
+        .connect(
+            &ConnectRequest {
+                key: fresh_key("awake only")?,
+                spawn,
+                wake: false,
+            },
+            None,
+        )
+        .await?;
+    let plain_host = format!(
+        "k-{}.{}",
+        plain
+            .record
+            .key
+            .as_ref()
+            .context("its key")?
+            .label(&c.cluster),
+        c.cluster
+    );
+    let plain_id = plain.record.id.to_string();
+    c.watch_until_terminated(&plain_id).await?;
+    let asleep = c.get(&plain_host, "/", &[])?;
+    ensure!(
+        asleep.status == 404,
+        "a key connected without wake: {asleep:?}"
+    );
+    Ok(())
+}

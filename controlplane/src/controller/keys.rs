@@ -8,10 +8,12 @@
 use super::{ControlError, Controller, Secrets};
 use crate::limits::{KEY_CLAIM_TIMEOUT, MAX_CONNECT_ATTEMPTS};
 use crate::state::StateError;
-use plane_bus::{Kv, KvError};
+use plane_bus::{Kv, KvError, Message};
 use plane_protocol::error_chain;
-use plane_protocol::ids::BackendId;
-use plane_protocol::keys::{BackendKey, ConnectAnswer, KeyRecord, ValidConnect};
+use plane_protocol::ids::{BackendId, DroneId};
+use plane_protocol::keys::{
+    is_label, BackendKey, ConnectAnswer, KeyRecord, ValidConnect, WakeAnswer, WakeRequest,
+};
 use plane_protocol::messages::{now_millis, BackendState};
 use plane_protocol::records::{BackendRecord, SpawnAnswer};
 use plane_protocol::token::AccessToken;
@@ -46,7 +48,7 @@ impl Controller {
         let keys = self.inner.state.keys().clone();
         for _ in 0..MAX_CONNECT_ATTEMPTS {
             let current = keys.get_json::<KeyRecord>(&label).await.map_err(state)?;
-            match self.judge(&connect, current).await? {
+            match self.judge(&connect.key, current).await? {
                 Found::Live {
                     backend,
                     mut record,
@@ -77,7 +79,9 @@ impl Controller {
                         keys.update_json(&label, &claim, revision).await
                     };
                     match written {
-                        Ok(revision) => return self.place_claimed(&label, claim, revision).await,
+                        Ok(revision) => {
+                            return self.place_claimed(&label, claim, revision, None).await
+                        }
                         Err(KvError::AlreadyExists { .. } | KvError::WrongRevision { .. }) => {
                             debug!(key = %connect.key, "another connect claimed the key first");
                         }
@@ -95,7 +99,7 @@ impl Controller {
     /// Decides what the key's record means now.
     async fn judge(
         &self,
-        connect: &ValidConnect,
+        key: &BackendKey,
         current: Option<(KeyRecord, u64)>,
     ) -> Result<Found, ControlError> {
         let Some((record, revision)) = current else {
@@ -129,7 +133,7 @@ impl Controller {
                 revision,
             }),
             _ if claimed_for >= KEY_CLAIM_TIMEOUT => {
-                warn!(key = %connect.key, backend = %id, "taking over a key whose placement never finished");
+                warn!(%key, backend = %id, "taking over a key whose placement never finished");
                 free(record)
             }
             _ => Ok(Found::Placing {
@@ -139,12 +143,14 @@ impl Controller {
         }
     }
 
-    /// Places the backend a connect claimed the key for; on failure frees the key again.
+    /// Places the backend a connect claimed the key for (on drone `only`, when given); on
+    /// failure frees the key again.
     async fn place_claimed(
         &self,
         label: &str,
         claim: KeyRecord,
         revision: u64,
+        only: Option<&DroneId>,
     ) -> Result<ConnectAnswer, ControlError> {
         let Some(id) = claim.backend.clone() else {
             return Err(ControlError::State(StateError::Contended {
@@ -161,6 +167,7 @@ impl Controller {
                 claim.spec.clone(),
                 secrets,
                 Some(claim.key.clone()),
+                only,
             )
             .await;
         let keys = self.inner.state.keys();
@@ -222,6 +229,109 @@ impl Controller {
                 .record
                 .url_of(&key.host_label(self.cluster()), self.cluster()),
         )
+    }
+
+    /// Answers a drone's [`WakeRequest`]; the drone is the one its subject names (NATS
+    /// permissions vouch for it).
+    pub(super) async fn on_wake(&self, msg: Message) {
+        let drone = self
+            .inner
+            .subjects
+            .drone_of(&msg.subject)
+            .and_then(|drone| DroneId::new(drone).ok());
+        let answer = match (drone, msg.decode::<WakeRequest>()) {
+            (Some(drone), Ok(request)) => match self.wake(&drone, &request.label).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    warn!(error = %error_chain(&error), %drone, "could not wake a key");
+                    WakeAnswer::NoRoom {
+                        error: error_chain(&error),
+                    }
+                }
+            },
+            (None, _) => return,
+            (Some(drone), Err(error)) => {
+                warn!(error = %error_chain(&error), %drone, "refusing a malformed wake request");
+                WakeAnswer::NoRoom {
+                    error: format!("malformed wake request: {}", error_chain(&error)),
+                }
+            }
+        };
+        if let Err(error) = self.inner.bus.respond_json(&msg, &answer).await {
+            debug!(error = %error_chain(&error), "could not answer a wake request");
+        }
+    }
+
+    /// Wakes the key of `label` on `drone`, which received a request for it: the key's live
+    /// backend if it runs there, else a new one with the key's last spec and token, placed on
+    /// that drone only (where the request waits). Only keys connected with `wake` can.
+    pub async fn wake(&self, drone: &DroneId, label: &str) -> Result<WakeAnswer, ControlError> {
+        if !is_label(label) {
+            return Ok(WakeAnswer::Unknown);
+        }
+        let keys = self.inner.state.keys().clone();
+        for _ in 0..MAX_CONNECT_ATTEMPTS {
+            let current = keys.get_json::<KeyRecord>(label).await.map_err(state)?;
+            let Some(key) = current
+                .as_ref()
+                .filter(|(record, _)| record.wake)
+                .map(|(record, _)| record.key.clone())
+            else {
+                return Ok(WakeAnswer::Unknown);
+            };
+            match self.judge(&key, current).await? {
+                Found::Live { backend, .. } if &backend.drone == drone => {
+                    return Ok(WakeAnswer::Here {
+                        backend: backend.id,
+                    })
+                }
+                Found::Live { backend, .. } => {
+                    return Ok(WakeAnswer::Elsewhere {
+                        drone: backend.drone,
+                    })
+                }
+                Found::Placing { revision, wait } => {
+                    wait_for_change(&keys, label, revision, wait).await?;
+                }
+                Found::Free { previous, revision } => {
+                    let Some(previous) = previous else {
+                        return Ok(WakeAnswer::Unknown);
+                    };
+                    let again = ValidConnect {
+                        key,
+                        spawn: previous.spawn(),
+                        wake: true,
+                    };
+                    let claim = claim(&again, Some(previous));
+                    match keys.update_json(label, &claim, revision).await {
+                        Ok(revision) => {
+                            info!(key = %again.key, %drone, "waking a key");
+                            let placed = self
+                                .place_claimed(label, claim, revision, Some(drone))
+                                .await;
+                            return match placed {
+                                Ok(answer) => Ok(WakeAnswer::Here {
+                                    backend: answer.answer.record.id,
+                                }),
+                                Err(
+                                    error @ (ControlError::NoDrone(_)
+                                    | ControlError::NoSuchDrone(_)
+                                    | ControlError::NoDroneAccepted(_)),
+                                ) => Ok(WakeAnswer::NoRoom {
+                                    error: error_chain(&error),
+                                }),
+                                Err(error) => Err(error),
+                            };
+                        }
+                        Err(KvError::WrongRevision { .. }) => {}
+                        Err(error) => return Err(state(error)),
+                    }
+                }
+            }
+        }
+        Err(ControlError::State(StateError::Contended {
+            key: label.to_string(),
+        }))
     }
 
     /// Frees the key of a backend that has ended, so that the next connect starts a new one
@@ -301,6 +411,8 @@ fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
     let mut spec = spawn.spec.clone();
     spec.env
         .insert("PLANE_KEY".to_string(), connect.key.as_str().to_string());
+    // A key that could wake still can.
+    let wake = connect.wake || previous.as_ref().is_some_and(|p| p.wake);
     let token = spec.require_token.then(|| {
         previous
             .and_then(|p| p.token)
@@ -312,9 +424,9 @@ fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
         backend: Some(BackendId::generate()),
         placed: false,
         spec,
-        credentials: spawn.credentials.clone().filter(|_| connect.wake),
+        credentials: spawn.credentials.clone().filter(|_| wake),
         token,
-        wake: connect.wake,
+        wake,
         claimed_at: now,
         touched_at: now,
     }

@@ -119,6 +119,7 @@ pub struct Listening {
     reports: Subscription,
     recoveries: Subscription,
     certificates: Subscription,
+    wakes: Subscription,
     watches: Option<Watches>,
 }
 
@@ -133,6 +134,7 @@ impl Listening {
                     reports: self.reports,
                     recoveries: self.recoveries,
                     certificates: self.certificates,
+                    wakes: self.wakes,
                 },
                 self.watches,
                 shutdown,
@@ -147,6 +149,7 @@ struct Subscriptions {
     reports: Subscription,
     recoveries: Subscription,
     certificates: Subscription,
+    wakes: Subscription,
 }
 
 /// The controller: cheap to clone, shared by the API handlers and its background loops.
@@ -175,7 +178,8 @@ impl Controller {
     /// [`Controller::listen`]) to serve drones and keep the view current.
     pub async fn new(bus: Bus, config: ControllerConfig) -> Result<Self, StateError> {
         let subjects = Subjects::new(&config.cluster);
-        let (state, watches) = ClusterState::open(&bus, &subjects, config.key_retention).await?;
+        let (state, watches) =
+            ClusterState::open(&bus, &config.cluster, config.key_retention).await?;
         let logs = bus
             .log(
                 &subjects.logs_stream(),
@@ -257,6 +261,9 @@ impl Controller {
                 CONTROLLER_QUEUE_GROUP,
             )
             .await?;
+        let wakes = bus
+            .queue_subscribe(&self.inner.subjects.all_wakes(), CONTROLLER_QUEUE_GROUP)
+            .await?;
         if bus.is_connected() {
             self.inner.hearing.connected(Instant::now());
         }
@@ -272,6 +279,7 @@ impl Controller {
             reports,
             recoveries,
             certificates,
+            wakes,
             watches,
         })
     }
@@ -287,6 +295,7 @@ impl Controller {
             mut reports,
             mut recoveries,
             mut certificates,
+            mut wakes,
         } = subscriptions;
         let config = &self.inner.config;
         let collect_every = (config.retention / 2)
@@ -323,6 +332,11 @@ impl Controller {
                     let Some(msg) = msg else { return Err(BusError::Closed) };
                     let this = self.clone();
                     tokio::spawn(async move { this.on_certificate_request(msg).await });
+                }
+                msg = wakes.next() => {
+                    let Some(msg) = msg else { return Err(BusError::Closed) };
+                    let this = self.clone();
+                    tokio::spawn(async move { this.on_wake(msg).await });
                 }
                 change = next_change(&mut watches) => match change {
                     Some((bucket, change)) => self.inner.state.follow(bucket, change),
@@ -521,20 +535,22 @@ impl Controller {
             credentials: credentials.as_ref(),
         };
         let record = self
-            .place(BackendId::generate(), spec, secrets, None)
+            .place(BackendId::generate(), spec, secrets, None, None)
             .await?;
         Ok(SpawnAnswer { record, token })
     }
 
-    /// Schedules backend `id` (of `key`, if any), counting the outcome.
+    /// Schedules backend `id` (of `key`, if any; on drone `only`, if given), counting the
+    /// outcome.
     async fn place(
         &self,
         id: BackendId,
         spec: BackendSpec,
         secrets: Secrets<'_>,
         key: Option<BackendKey>,
+        only: Option<&DroneId>,
     ) -> Result<BackendRecord, ControlError> {
-        let scheduled = self.schedule(id, spec, secrets, key).await;
+        let scheduled = self.schedule(id, spec, secrets, key, only).await;
         self.inner.metrics.spawned(match &scheduled {
             Ok(_) => SpawnOutcome::Placed,
             Err(ControlError::NoDrone(_) | ControlError::NoDroneAccepted(_)) => {
@@ -551,17 +567,22 @@ impl Controller {
         spec: BackendSpec,
         secrets: Secrets<'_>,
         key: Option<BackendKey>,
+        only: Option<&DroneId>,
     ) -> Result<BackendRecord, ControlError> {
         let state = &self.inner.state;
         let now = now_millis();
-        let drones = self
+        let drones: Vec<Candidate> = self
             .drones_now()
             .into_iter()
+            .filter(|d| only.is_none_or(|only| d.record.id == *only))
             .map(|d| Candidate {
                 drone: d.record,
                 status: d.status,
             })
             .collect();
+        if let (Some(only), true) = (only, drones.is_empty()) {
+            return Err(ControlError::NoSuchDrone(only.clone()));
+        }
         let order = scheduler::candidates(drones, spec.executable.executor())?;
         let first = &order[0].drone;
         let record = BackendRecord {
