@@ -15,7 +15,7 @@ use plane_protocol::keys::{is_label, WakeAnswer, WakeRequest, KEY_HOST_PREFIX};
 use plane_protocol::subjects::Subjects;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 type Ask = Shared<BoxFuture<'static, Result<(), WakeRefusal>>>;
 
@@ -61,7 +61,9 @@ impl Wake for KeyWaker {
                 .or_insert_with(|| {
                     let inner = Arc::clone(&self.inner);
                     let (label, host_label) = (label.to_string(), host_label.clone());
-                    async move {
+                    // On a task of its own: the ask completes (and leaves the map) even when
+                    // every request waiting for it is gone.
+                    let ask = tokio::spawn(async move {
                         let result = inner.ask(&label, &host_label).await;
                         inner
                             .asking
@@ -69,6 +71,13 @@ impl Wake for KeyWaker {
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&host_label);
                         result
+                    });
+                    async move {
+                        ask.await.unwrap_or_else(|error| {
+                            Err(WakeRefusal::Unavailable(format!(
+                                "the wake failed: {error}"
+                            )))
+                        })
                     }
                     .boxed()
                     .shared()
@@ -90,10 +99,8 @@ impl Inner {
             .request_json::<_, WakeAnswer>(&self.subject, &request, WAKE_TIMEOUT)
             .await
             .map_err(|error| {
-                WakeRefusal::Unavailable(format!(
-                    "the controller did not answer: {}",
-                    error_chain(&error)
-                ))
+                warn!(key = %host_label, error = %error_chain(&error), "no controller answered a wake");
+                WakeRefusal::Unavailable("the cluster did not answer; retry".into())
             })?;
         match answer {
             WakeAnswer::Here { backend } => {
@@ -101,18 +108,25 @@ impl Inner {
                     info!(key = %host_label, %backend, "key woken here");
                     Ok(())
                 } else {
-                    Err(WakeRefusal::Unavailable(format!(
-                        "backend {backend} ended as it was woken"
-                    )))
+                    debug!(key = %host_label, %backend, "the woken backend ended at once");
+                    Err(WakeRefusal::Unavailable(
+                        "it ended as it was woken; retry".into(),
+                    ))
                 }
             }
             WakeAnswer::Elsewhere { drone } => {
                 debug!(key = %host_label, %drone, "key runs on another drone");
-                Err(WakeRefusal::Unavailable(format!(
-                    "it runs on drone {drone}; its DNS name leads there"
-                )))
+                Err(WakeRefusal::Unavailable(
+                    "it runs behind another address; its DNS name leads there".into(),
+                ))
             }
-            WakeAnswer::NoRoom { error } => Err(WakeRefusal::Unavailable(error)),
+            WakeAnswer::NoRoom { error } => {
+                // The details (drone names, loads) are the operator's, not the client's.
+                info!(key = %host_label, %error, "no room to wake a key here");
+                Err(WakeRefusal::Unavailable(
+                    "no room to wake it here now".into(),
+                ))
+            }
             WakeAnswer::Unknown => Err(WakeRefusal::Unknown),
         }
     }

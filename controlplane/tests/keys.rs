@@ -130,3 +130,37 @@ async fn the_end_of_its_backend_frees_the_key() {
     assert!(next.created);
     assert_ne!(next.record.id, first.record.id);
 }
+
+#[tokio::test]
+async fn a_connect_gives_its_drone_the_registry_credentials_and_keeps_them_only_to_wake() {
+    use plane_protocol::registry::RegistryCredentials;
+    use plane_protocol::spawn_request::ValidSpawn;
+    let cluster = Cluster::start(LONG_GRACE).await;
+    cluster.heartbeat("d1", 0, 1).await;
+    let mut drone = FakeDrone::start(&cluster, "d1", Answer::Accept).await;
+    let credentials = RegistryCredentials {
+        username: "puller".into(),
+        password: "secret".into(),
+    };
+    for (key, wake) in [("plain", false), ("waking", true)] {
+        let connect = ValidConnect {
+            key: BackendKey::new(key).expect("valid key"),
+            spawn: ValidSpawn {
+                spec: spec(),
+                credentials: Some(credentials.clone()),
+            },
+            wake,
+        };
+        within("connect", cluster.controller.connect(connect))
+            .await
+            .expect("connected");
+        match drone.next().await {
+            DroneCommand::Spawn {
+                credentials: given, ..
+            } => assert_eq!(given.as_ref(), Some(&credentials), "{key}"),
+            other => panic!("{other:?}"),
+        }
+        let record = key_record(&cluster, key).await.expect("the key's record");
+        assert_eq!(record.credentials.is_some(), wake, "{key}: {record:?}");
+    }
+}

@@ -5,8 +5,8 @@
 //!
 //! The first request claims the key in a bucket shared by every controller (create-if-absent),
 //! so retries that reach another controller, or arrive while the first still runs, find it: they
-//! wait on a watch of the entry for its answer. A request that fails frees the key, so its retry
-//! runs again; one whose controller died is taken over after [`IDEMPOTENCY_TAKEOVER`]. The same
+//! wait on a watch of the entry for its answer. A request that fails frees the key (marked
+//! free with a compare-and-set, so it cannot free a retry's claim), so its retry runs again; one whose controller died is taken over after [`IDEMPOTENCY_TAKEOVER`]. The same
 //! key with a different body is the caller's mistake, and refused.
 
 use super::ApiError;
@@ -107,7 +107,14 @@ where
                 Ok((status, Json(body)).into_response())
             }
             Err(error) => {
-                if let Err(free) = kv.delete(&claim.label).await {
+                // Freed for the next retry to run at once (as if its runner had died), only if
+                // still this request's claim: a retry that took over must keep its own.
+                let freed = Entry {
+                    request,
+                    answer: None,
+                    started_at: 0,
+                };
+                if let Err(free) = kv.update_json(&claim.label, &freed, claim.revision).await {
                     debug!(error = %error_chain(&free), "could not free an idempotency key after a failure");
                 }
                 Err(error)
@@ -173,7 +180,9 @@ async fn begin(kv: &Kv, label: String, request: &str) -> Result<Begun, ApiError>
         }
         let running_for = Duration::from_millis(now_millis().saturating_sub(entry.started_at));
         if running_for >= IDEMPOTENCY_TAKEOVER {
-            warn!("taking over an idempotent request that never answered");
+            if entry.started_at != 0 {
+                warn!("taking over an idempotent request that never answered");
+            }
             match kv.update_json(&label, &fresh, revision).await {
                 Ok(revision) => return Ok(Begun::First(Claim { label, revision })),
                 Err(KvError::WrongRevision { .. }) => continue,

@@ -268,7 +268,7 @@ impl Controller {
                 .await?;
             }
         }
-        self.touch_running_keys().await?;
+        self.touch_running_keys().await;
         let view = self.view();
         self.inner.usage.retain(|backend| {
             view.backend(backend)

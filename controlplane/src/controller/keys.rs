@@ -16,6 +16,7 @@ use plane_protocol::keys::{
 };
 use plane_protocol::messages::{now_millis, BackendState};
 use plane_protocol::records::{BackendRecord, SpawnAnswer};
+use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::token::AccessToken;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -80,7 +81,13 @@ impl Controller {
                     };
                     match written {
                         Ok(revision) => {
-                            return self.place_claimed(&label, claim, revision, None).await
+                            let credentials = connect.spawn.credentials.as_ref();
+                            let placed = self
+                                .place_claimed(&label, claim, revision, None, credentials)
+                                .await?;
+                            if let Some(answer) = placed {
+                                return Ok(answer);
+                            }
                         }
                         Err(KvError::AlreadyExists { .. } | KvError::WrongRevision { .. }) => {
                             debug!(key = %connect.key, "another connect claimed the key first");
@@ -143,15 +150,18 @@ impl Controller {
         }
     }
 
-    /// Places the backend a connect claimed the key for (on drone `only`, when given); on
-    /// failure frees the key again.
+    /// Places the backend a connect claimed the key for (on drone `only`, when given; with the
+    /// registry `credentials` of the call), then marks it placed. On failure frees the key
+    /// again. `None` when the key was taken over while placing (a placement slower than
+    /// [`KEY_CLAIM_TIMEOUT`]): the backend placed here is ended, and the caller looks again.
     async fn place_claimed(
         &self,
         label: &str,
         claim: KeyRecord,
         revision: u64,
         only: Option<&DroneId>,
-    ) -> Result<ConnectAnswer, ControlError> {
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<Option<ConnectAnswer>, ControlError> {
         let Some(id) = claim.backend.clone() else {
             return Err(ControlError::State(StateError::Contended {
                 key: label.to_string(),
@@ -159,7 +169,7 @@ impl Controller {
         };
         let secrets = Secrets {
             token: claim.token.as_ref(),
-            credentials: claim.credentials.as_ref(),
+            credentials,
         };
         let placed = self
             .place(
@@ -171,30 +181,31 @@ impl Controller {
             )
             .await;
         let keys = self.inner.state.keys();
-        let mut record = claim;
         match placed {
             Ok(backend) => {
-                record.placed = true;
-                record.touched_at = now_millis();
-                if let Err(error) = keys.update_json(label, &record, revision).await {
-                    // Waiting connects then take the backend's own reports as its placement.
-                    warn!(key = %record.key, backend = %id, error = %error_chain(&error), "could not mark the key's backend placed");
-                }
+                let Some(record) = self.mark_placed(label, &id).await? else {
+                    warn!(key = %claim.key, backend = %id, "the key was taken over while its backend was placed; ending that backend");
+                    if let Err(error) = self.terminate(&id).await {
+                        warn!(backend = %id, error = %error_chain(&error), "could not end a backend that lost its key");
+                    }
+                    return Ok(None);
+                };
                 info!(key = %record.key, backend = %id, "key connected to a new backend");
                 let key_url = record
                     .wake
                     .then(|| self.key_url(&record.key, &backend))
                     .flatten();
-                Ok(ConnectAnswer {
+                Ok(Some(ConnectAnswer {
                     answer: SpawnAnswer {
                         record: backend,
                         token: record.token,
                     },
                     created: true,
                     key_url,
-                })
+                }))
             }
             Err(error) => {
+                let mut record = claim;
                 record.backend = None;
                 record.touched_at = now_millis();
                 if let Err(release) = keys.update_json(label, &record, revision).await {
@@ -203,6 +214,38 @@ impl Controller {
                 Err(error)
             }
         }
+    }
+
+    /// Marks the key's backend `id` placed; `None` if the key names another backend now.
+    async fn mark_placed(
+        &self,
+        label: &str,
+        id: &BackendId,
+    ) -> Result<Option<KeyRecord>, ControlError> {
+        let keys = self.inner.state.keys();
+        for _ in 0..MAX_CONNECT_ATTEMPTS {
+            let Some((mut record, revision)) =
+                keys.get_json::<KeyRecord>(label).await.map_err(state)?
+            else {
+                return Ok(None);
+            };
+            if record.backend.as_ref() != Some(id) {
+                return Ok(None);
+            }
+            if record.placed {
+                return Ok(Some(record));
+            }
+            record.placed = true;
+            record.touched_at = now_millis();
+            match keys.update_json(label, &record, revision).await {
+                Ok(_) => return Ok(Some(record)),
+                Err(KvError::WrongRevision { .. }) => continue,
+                Err(error) => return Err(state(error)),
+            }
+        }
+        Err(ControlError::State(StateError::Contended {
+            key: label.to_string(),
+        }))
     }
 
     /// The answer naming the key's live backend, which this connect did not create.
@@ -306,13 +349,22 @@ impl Controller {
                     match keys.update_json(label, &claim, revision).await {
                         Ok(revision) => {
                             info!(key = %again.key, %drone, "waking a key");
+                            let credentials = claim.credentials.clone();
                             let placed = self
-                                .place_claimed(label, claim, revision, Some(drone))
+                                .place_claimed(
+                                    label,
+                                    claim,
+                                    revision,
+                                    Some(drone),
+                                    credentials.as_ref(),
+                                )
                                 .await;
                             return match placed {
-                                Ok(answer) => Ok(WakeAnswer::Here {
+                                Ok(Some(answer)) => Ok(WakeAnswer::Here {
                                     backend: answer.answer.record.id,
                                 }),
+                                // Taken over meanwhile: look again.
+                                Ok(None) => continue,
                                 Err(
                                     error @ (ControlError::NoDrone(_)
                                     | ControlError::NoSuchDrone(_)
@@ -374,7 +426,7 @@ impl Controller {
 
     /// Rewrites the records of keys whose backends have run for half the key retention, so
     /// that the bucket does not forget a key while its backend lives.
-    pub(super) async fn touch_running_keys(&self) -> Result<(), StateError> {
+    pub(super) async fn touch_running_keys(&self) {
         let half = self.inner.config.key_retention.as_millis() as u64 / 2;
         let now = now_millis();
         let keys = self.inner.state.keys();
@@ -387,20 +439,25 @@ impl Controller {
                 continue;
             }
             let label = key.label(self.cluster());
-            let Some((mut record, revision)) = keys.get_json::<KeyRecord>(&label).await? else {
-                continue;
+            let touched = match keys.get_json::<KeyRecord>(&label).await {
+                Ok(Some((mut record, revision)))
+                    if record.backend.as_ref() == Some(&backend.id)
+                        && now.saturating_sub(record.touched_at) >= half =>
+                {
+                    record.touched_at = now;
+                    keys.update_json(&label, &record, revision).await.map(drop)
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error),
             };
-            if record.backend.as_ref() == Some(&backend.id)
-                && now.saturating_sub(record.touched_at) >= half
-            {
-                record.touched_at = now;
-                match keys.update_json(&label, &record, revision).await {
-                    Ok(_) | Err(KvError::WrongRevision { .. }) => {}
-                    Err(error) => return Err(error.into()),
+            match touched {
+                Ok(()) | Err(KvError::WrongRevision { .. }) => {}
+                // One key's trouble must not stop the others, nor the rest of the collection.
+                Err(error) => {
+                    warn!(%key, error = %error_chain(&error), "could not keep a running backend's key")
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -411,10 +468,11 @@ fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
     let mut spec = spawn.spec.clone();
     spec.env
         .insert("PLANE_KEY".to_string(), connect.key.as_str().to_string());
-    // A key that could wake still can.
+    // A key that could wake still can, with the same token.
     let wake = connect.wake || previous.as_ref().is_some_and(|p| p.wake);
     let token = spec.require_token.then(|| {
         previous
+            .filter(|p| p.wake)
             .and_then(|p| p.token)
             .unwrap_or_else(AccessToken::generate)
     });
