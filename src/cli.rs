@@ -292,6 +292,8 @@ pub struct DevArgs {
     pub data_plane: DataPlaneArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Who may call the API.
@@ -413,6 +415,11 @@ pub struct DroneArgs {
     pub threads: ThreadsArg,
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// The token `GET /metrics` requires (the API's): `--api-token-file` or `PLANE_API_TOKEN`.
+    #[command(flatten)]
+    pub api_auth: ApiServerAuth,
 }
 
 #[derive(Args, Debug)]
@@ -543,6 +550,24 @@ pub struct SpawnArgs {
     pub client: ClientArgs,
 }
 
+/// The drone's Prometheus metrics.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve the drone's metrics (`GET /metrics`) here: `PORT` (on 127.0.0.1) or `ADDR:PORT`;
+    /// beyond loopback only with the API token (or `--insecure-no-auth`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `PORT` means 127.0.0.1:PORT.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|e| format!("{text:?}: expected PORT or ADDR:PORT ({e})"))
+}
+
 /// How keys (`plane connect`) are kept.
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
@@ -595,6 +620,19 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn metrics_addresses_default_to_loopback() {
+        assert_eq!(
+            parse_metrics_addr("9100"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9100"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        assert!(parse_metrics_addr("nine").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::cli::{
     AcmeArgs, ApiServerAuth, ControllerArgs, DataPlaneArgs, DevArgs, DnsZoneArgs, DroneArgs,
-    DroneTuning, ExecutorArg, ExecutorArgs, HttpsArgs, ProxyArgs, ThreadsArg,
+    DroneTuning, ExecutorArg, ExecutorArgs, HttpsArgs, MetricsArgs, ProxyArgs, ThreadsArg,
 };
 use crate::secrets;
 use crate::shutdown;
@@ -506,10 +506,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         controller_shutdown.clone().cancelled_owned(),
     ));
     let upkeep = start_certificate_upkeep(&proxy, acme, &bus, &mut drone);
+    let metrics =
+        serve_drone_metrics(&args.metrics, &args.api_auth, &drone, &controller_shutdown).await?;
     // The controller outlives the drone, to take the reports of the backends it stops.
     let drone_result = run_drone(drone, proxy, table, upkeep, drone_shutdown).await;
     controller_shutdown.cancel();
     drone_result?;
+    if let Some(metrics) = metrics {
+        metrics.await?.context("metrics server")?;
+    }
     controller_task.await?.context("controller")?;
     api_task.await?.context("API server")?;
     dns_task.await?.context("DNS server")?;
@@ -624,12 +629,41 @@ pub async fn drone(args: DroneArgs) -> anyhow::Result<()> {
         executor(&args.executor, &cluster, &id).await?,
     );
     let upkeep = start_certificate_upkeep(&proxy, acme, &bus, &mut drone);
+    let shutdown = CancellationToken::new();
+    let metrics = serve_drone_metrics(&args.metrics, &args.api_auth, &drone, &shutdown).await?;
     // On stdout, for whoever started us with port 0 to learn the real address.
     proxy.announce()?;
     info!(drone = %id, %cluster, "drone started");
-    let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    run_drone(drone, proxy, table, upkeep, shutdown).await
+    let result = run_drone(drone, proxy, table, upkeep, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(metrics) = metrics {
+        metrics.await?.context("metrics server")?;
+    }
+    result
+}
+
+/// Serves the drone's metrics when `--metrics` asks for them (announced on stdout), behind the
+/// API's token, until `shutdown`.
+async fn serve_drone_metrics(
+    args: &MetricsArgs,
+    auth: &ApiServerAuth,
+    drone: &Drone,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = args.metrics else {
+        return Ok(None);
+    };
+    let shutdown = shutdown.clone();
+    let token = secrets::api_server_token(auth, addr).context("--metrics")?;
+    let listener = bind(addr, "metrics").await?;
+    println!("metrics listening on {}", listener.local_addr()?);
+    let metrics = drone.metrics();
+    let app = api::metrics_router(move || metrics.render(), token);
+    Ok(Some(tokio::spawn(async move {
+        let config = api::ApiConfig::default();
+        api::serve_router(listener, app, &config, shutdown.cancelled_owned()).await
+    })))
 }
 
 /// `plane proxy`: the data plane alone, with static routes, until SIGINT or SIGTERM.

@@ -95,6 +95,21 @@ async fn the_cli_needs_the_token_the_controller_was_given() -> anyhow::Result<()
             metrics.status == 200 && metrics.body.contains("# TYPE plane_backends gauge"),
             "{metrics:?}"
         );
+        // A drone's metrics take the same token.
+        let (drone, _) = common::start_drone_with(
+            &nats.url(),
+            "plane.test",
+            Some("drone-1"),
+            &["--api-token-file", &token_path],
+        )?;
+        let drone_metrics = common::metrics_url_of(&drone)?;
+        let refused = curl(&[&drone_metrics])?;
+        ensure!(refused.status == 401, "{refused:?}");
+        let scraped = curl(&["-H", &header, &drone_metrics])?;
+        ensure!(
+            scraped.status == 200 && scraped.body.contains("# TYPE plane_drone_backends gauge"),
+            "{scraped:?}"
+        );
         Ok(())
     })
     .await

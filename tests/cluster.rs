@@ -26,6 +26,7 @@ flow_test!(idle_backend_is_swept);
 flow_test!(idle_timeout_changes_live);
 flow_test!(drain_waits_for_backends_and_can_be_cancelled);
 flow_test!(metrics_follow_the_cluster);
+flow_test!(drone_metrics_follow_traffic);
 flow_test!(exit_code_is_reported);
 flow_test!(missing_command_is_error_loading);
 flow_test!(unknown_hosts_are_refused);

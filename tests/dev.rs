@@ -26,6 +26,7 @@ async fn all_flows_through_plane_dev() -> anyhow::Result<()> {
         )
         .await?;
         flows::run("metrics", flows::metrics_follow_the_cluster(&c)).await?;
+        flows::run("drone metrics", flows::drone_metrics_follow_traffic(&c)).await?;
         flows::run("logs", flows::logs_are_kept_and_followed(&c)).await?;
         flows::run("dns", flows::dns_answers_for_backends_and_the_zone(&c)).await?;
         flows::run("exit code", flows::exit_code_is_reported(&c)).await?;

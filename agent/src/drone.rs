@@ -30,6 +30,7 @@ use plane_protocol::subjects::Subjects;
 use plane_protocol::token::AccessToken;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -90,6 +91,36 @@ struct Shared {
     logs: LogPublisher,
     /// Set while the drone drains.
     drain: Mutex<Option<Drain>>,
+    /// Backends stopped for being idle.
+    sweeps: AtomicU64,
+}
+
+/// The drone's metrics, rendered when scraped (see [`crate::metrics`]).
+#[derive(Clone)]
+pub struct DroneMetrics {
+    shared: Arc<Shared>,
+}
+
+impl DroneMetrics {
+    /// The metrics text.
+    pub fn render(&self) -> String {
+        let table = &self.shared.context.table;
+        let mut backends: Vec<crate::metrics::BackendTraffic> = self
+            .shared
+            .backends()
+            .keys()
+            .map(|id| crate::metrics::BackendTraffic {
+                backend: id.clone(),
+                route: table.get(id.as_str()),
+            })
+            .collect();
+        backends.sort_by(|a, b| a.backend.cmp(&b.backend));
+        crate::metrics::render(
+            &backends,
+            self.shared.sweeps.load(Ordering::Relaxed),
+            table.errors(),
+        )
+    }
 }
 
 /// A drain in progress.
@@ -154,7 +185,16 @@ impl Drone {
                 usage: UsageSamples::default(),
                 logs,
                 drain: Mutex::new(None),
+                sweeps: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// What serves the drone's metrics, for as long as the drone runs (and after: it then
+    /// lists no backends).
+    pub fn metrics(&self) -> DroneMetrics {
+        DroneMetrics {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -665,7 +705,8 @@ async fn sweep_forever(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let now = Instant::now();
-        sweeper::sweep(&shared.backends(), now);
+        let swept = sweeper::sweep(&shared.backends(), now);
+        shared.sweeps.fetch_add(swept, Ordering::Relaxed);
         let overdue = shared
             .drain()
             .and_then(|drain| drain.deadline_at)

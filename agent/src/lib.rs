@@ -10,6 +10,7 @@ mod lifecycle;
 pub mod limits;
 mod listener_owner;
 pub mod logs;
+pub mod metrics;
 pub mod process;
 pub mod readiness;
 mod reaper;

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::info;
 
-/// Stops every backend in `backends` that has been idle for its timeout at `now`.
-pub(crate) fn sweep(backends: &HashMap<BackendId, Arc<BackendHandle>>, now: Instant) {
+/// Stops every backend in `backends` that has been idle for its timeout at `now`; says how
+/// many.
+pub(crate) fn sweep(backends: &HashMap<BackendId, Arc<BackendHandle>>, now: Instant) -> u64 {
+    let mut swept = 0;
     for (id, handle) in backends {
         let Some(route) = handle.route() else {
             continue; // Not ready yet: starting backends are never swept.
@@ -27,8 +29,10 @@ pub(crate) fn sweep(backends: &HashMap<BackendId, Arc<BackendHandle>>, now: Inst
         if route.close_if_idle(handle.max_idle(), now) {
             info!(backend = %id, max_idle = ?handle.max_idle(), "backend idle; sweeping");
             handle.request_stop(TerminationReason::Swept);
+            swept += 1;
         }
     }
+    swept
 }
 
 #[cfg(test)]
@@ -53,12 +57,13 @@ mod tests {
         let idle_since = route.idle_since().expect("a fresh route is idle");
         let deadline = idle_since + Duration::from_secs(10);
 
-        sweep(&all, idle_since);
-        sweep(&all, deadline - Duration::from_millis(1));
+        assert_eq!(sweep(&all, idle_since), 0);
+        assert_eq!(sweep(&all, deadline - Duration::from_millis(1)), 0);
         assert_eq!(*stop.borrow(), None, "swept before its idle timeout");
 
-        sweep(&all, deadline);
+        assert_eq!(sweep(&all, deadline), 1);
         assert_eq!(*stop.borrow(), Some(TerminationReason::Swept));
+        assert_eq!(sweep(&all, deadline), 0, "a sweep counts once");
     }
 
     #[test]

@@ -130,6 +130,71 @@ impl Activity {
 pub struct ActiveGuard {
     route: Arc<Route>,
     touch_on_drop: bool,
+    /// Bytes forwarded to the backend and to the client, added to the route's [`Traffic`]
+    /// once, when the guard drops: no shared write per buffer.
+    received: u64,
+    sent: u64,
+}
+
+/// What a route has carried, for the drone's metrics: requests (and upgraded connections),
+/// bytes forwarded to the backend, and bytes forwarded from it to clients. Monotonic.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    requests: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// The proxy's own error answers by status (400 to 599), for the drone's metrics.
+pub struct ErrorCounts {
+    by_status: [AtomicU64; 200],
+}
+
+impl Default for ErrorCounts {
+    fn default() -> Self {
+        ErrorCounts {
+            by_status: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ErrorCounts {
+    pub(crate) fn count(&self, status: u16) {
+        if let Some(slot) = status
+            .checked_sub(400)
+            .and_then(|i| self.by_status.get(usize::from(i)))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every status answered at least once, with how often, lowest first.
+    pub fn counts(&self) -> Vec<(u16, u64)> {
+        self.by_status
+            .iter()
+            .zip(400u16..)
+            .map(|(slot, status)| (status, slot.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+impl Traffic {
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
 }
 
 /// Why work was not counted.
@@ -153,7 +218,19 @@ impl ActiveGuard {
         Ok(ActiveGuard {
             route,
             touch_on_drop: true,
+            received: 0,
+            sent: 0,
         })
+    }
+
+    /// Counts `n` bytes forwarded to the backend.
+    pub(crate) fn received(&mut self, n: u64) {
+        self.received += n;
+    }
+
+    /// Counts `n` bytes forwarded from the backend to the client.
+    pub(crate) fn sent(&mut self, n: u64) {
+        self.sent += n;
     }
 
     /// The route this guard counts against.
@@ -170,6 +247,13 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        let traffic = self.route.traffic();
+        if self.received != 0 {
+            traffic.received.fetch_add(self.received, Ordering::Relaxed);
+        }
+        if self.sent != 0 {
+            traffic.sent.fetch_add(self.sent, Ordering::Relaxed);
+        }
         self.route.activity().leave(self.touch_on_drop);
     }
 }

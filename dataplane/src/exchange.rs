@@ -475,6 +475,7 @@ async fn forward<C: ClientStream>(
         }
     };
     inbuf.consume(prefix);
+    guard.received((out.len() + prefix) as u64);
 
     // The rest of the request body streams while the backend's response head is awaited: a
     // backend may answer before it has read the body (100 Continue, or an early 413).
@@ -489,12 +490,14 @@ async fn forward<C: ClientStream>(
             &mut interim,
             config,
         );
+        let mut pumped = 0;
         let pump = pump_body(
             &mut client_read,
             &mut backend_write,
             inbuf,
             &mut body,
             config,
+            &mut pumped,
         );
         let result = {
             tokio::pin!(response, pump);
@@ -512,6 +515,7 @@ async fn forward<C: ClientStream>(
                 }
             }
         };
+        guard.received(pumped);
         if let Err(fault) = result {
             return Err(failure(fault, name, proxy, interim));
         }
@@ -531,9 +535,11 @@ async fn forward<C: ClientStream>(
         write_all(client, out, bbuf.data(), progress)
             .await
             .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+        guard.sent((out.len() + bbuf.len()) as u64);
         write_all(&mut backend, inbuf.data(), &[], progress)
             .await
             .map_err(|e| failure(Fault::Backend(e), name, proxy, true))?;
+        guard.received(inbuf.len() as u64);
         // The relay needs none of the connection's buffers: an idle WebSocket holds none.
         *inbuf = Buf::with_capacity(0);
         *bbuf = Buf::with_capacity(0);
@@ -565,6 +571,7 @@ async fn forward<C: ClientStream>(
     write_all(client, out, &bbuf.data()[..first], write_progress)
         .await
         .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+    guard.sent((out.len() + first) as u64);
     bbuf.consume(first);
     // A large body of known length moves in few, large reads and writes.
     if let Some(remaining) = progress.remaining_length() {
@@ -579,6 +586,7 @@ async fn forward<C: ClientStream>(
                     };
                     failure(fault, name, proxy, true)
                 })?;
+            guard.sent(remaining);
             progress = BodyProgress::new(Framing::Empty);
         }
     }
@@ -604,6 +612,7 @@ async fn forward<C: ClientStream>(
         write_all(client, &bbuf.data()[..n], &[], write_progress)
             .await
             .map_err(|e| failure(Fault::Client(e), name, proxy, true))?;
+        guard.sent(n as u64);
         bbuf.consume(n);
     }
     // The body has ended: the request stops counting.
@@ -685,12 +694,15 @@ pub(crate) fn admit_request<'h, 'b>(
 /// Counts a request against `route`, within `max_conns_per_backend`.
 pub(crate) fn count(proxy: &Proxy, route: &Arc<Route>) -> Result<ActiveGuard, ProxyError> {
     let limit = proxy.config.max_conns_per_backend.unwrap_or(u64::MAX);
-    ActiveGuard::bounded(Arc::clone(route), limit).map_err(|refusal| match refusal {
-        Refusal::Closed => stopping(route),
-        Refusal::Full => ProxyError::BackendBusy {
-            backend: route.backend().into(),
-        },
-    })
+    let guard =
+        ActiveGuard::bounded(Arc::clone(route), limit).map_err(|refusal| match refusal {
+            Refusal::Closed => stopping(route),
+            Refusal::Full => ProxyError::BackendBusy {
+                backend: route.backend().into(),
+            },
+        })?;
+    route.traffic().request();
+    Ok(guard)
 }
 
 /// Parses, checks and routes the request head at the start of `buf`, and writes the head the
@@ -946,6 +958,7 @@ async fn pump_body<R, W>(
     inbuf: &mut Buf,
     body: &mut BodyProgress,
     config: &ProxyConfig,
+    pumped: &mut u64,
 ) -> Result<(), Fault>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -979,6 +992,7 @@ where
         )
         .await
         .map_err(Fault::Backend)?;
+        *pumped += n as u64;
         inbuf.consume(n);
     }
     Ok(())
@@ -993,6 +1007,7 @@ async fn respond_error<C: ClientStream>(
     keep_alive: bool,
 ) -> Next {
     let status = error.status();
+    proxy.table.errors().count(status.as_u16());
     let owned = error.answer_fields(proxy.config.retry_after_secs);
     let fields: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
     conn.out.clear();

@@ -213,6 +213,7 @@ async fn serve_stream(
 /// Answers the stream with `error` (its status, a one-line text body and its fields).
 fn answer_error(proxy: &Proxy, respond: &mut SendResponse<Bytes>, error: &ProxyError) {
     log(error);
+    proxy.table.errors().count(error.status().as_u16());
     let body = Bytes::from(format!("{error}\n"));
     let mut response = Response::new(());
     *response.status_mut() = error.status();
@@ -309,19 +310,23 @@ async fn exchange(
             Err(fault) => return Err(fault.into_failure(guard.route().backend(), false)),
         }
     };
+    guard.received(head.len() as u64);
     drop(head);
     let body_done = if has_body {
+        let mut uploaded = 0;
         // Uploads are fewer, and their future large: on the heap.
-        Box::pin(upload(
+        let done = Box::pin(upload(
             &mut backend,
             &mut bbuf,
             respond,
             &mut body,
             chunked,
             config,
+            &mut uploaded,
         ))
-        .await
-        .map_err(|fault| fault.into_failure(guard.route().backend(), false))?
+        .await;
+        guard.received(uploaded);
+        done.map_err(|fault| fault.into_failure(guard.route().backend(), false))?
     } else {
         true
     };
@@ -358,9 +363,18 @@ async fn exchange(
         drop(guard);
         return Ok(());
     }
-    send_body(&mut backend, &mut bbuf, &mut stream, framing, config)
-        .await
-        .map_err(|fault| fault.into_failure(guard.route().backend(), true))?;
+    let mut sent = 0;
+    let result = send_body(
+        &mut backend,
+        &mut bbuf,
+        &mut stream,
+        framing,
+        config,
+        &mut sent,
+    )
+    .await;
+    guard.sent(sent);
+    result.map_err(|fault| fault.into_failure(guard.route().backend(), true))?;
     drop(guard);
     finish(backend, bbuf, &upstream, keep_alive && body_done, config);
     Ok(())
@@ -375,10 +389,11 @@ async fn upload(
     body: &mut RecvStream,
     chunked: bool,
     config: &crate::ProxyConfig,
+    uploaded: &mut u64,
 ) -> Result<bool, Fault> {
     let (mut backend_read, mut backend_write) = backend.split();
     let response = read_response_head(&mut backend_read, bbuf, respond);
-    let pump = pump_request(body, &mut backend_write, chunked, config);
+    let pump = pump_request(body, &mut backend_write, chunked, config, uploaded);
     tokio::pin!(response, pump);
     let mut pumping = true;
     let mut body_done = false;
@@ -541,6 +556,7 @@ async fn pump_request<W>(
     backend: &mut W,
     chunked: bool,
     config: &crate::ProxyConfig,
+    uploaded: &mut u64,
 ) -> Result<(), Fault>
 where
     W: AsyncWrite + Unpin,
@@ -569,6 +585,7 @@ where
                 .await
                 .map_err(Fault::Backend)?;
         }
+        *uploaded += n as u64;
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
@@ -631,6 +648,7 @@ async fn send_body(
     stream: &mut SendStream<Bytes>,
     framing: Framing,
     config: &crate::ProxyConfig,
+    sent: &mut u64,
 ) -> Result<(), Fault> {
     let progress_timeout = config.write_progress_timeout;
     let mut progress = BodyProgress::new(framing);
@@ -673,7 +691,9 @@ async fn send_body(
             bbuf.advance(consumed - data.end);
             // The last bytes of a body of known length end the stream in the same frame.
             let last = progress.is_done() && trailers.is_empty();
+            let n = payload.len() as u64;
             send_data(stream, payload, last, progress_timeout).await?;
+            *sent += n;
             if last {
                 return Ok(());
             }
@@ -696,65 +716,76 @@ async fn relay(
     mut stream: SendStream<Bytes>,
     mut backend: TcpStream,
     early: BytesMut,
-    guard: ActiveGuard,
+    mut guard: ActiveGuard,
     config: &crate::ProxyConfig,
 ) {
     let progress = config.write_progress_timeout;
     let (mut backend_read, mut backend_write) = backend.split();
-    let up = async {
-        while let Some(data) = body.data().await {
-            let data = data.map_err(io::Error::other)?;
-            let n = data.len();
-            write_all(&mut backend_write, &data, &[], progress).await?;
-            let _ = body.flow_control().release_capacity(n);
-        }
-        backend_write.shutdown().await
-    };
-    let down = async {
-        if !early.is_empty() {
-            send_data(&mut stream, early.freeze(), false, progress)
-                .await
-                .map_err(fault_io)?;
-        }
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(READ_BYTES);
-            if backend_read.read_buf(&mut buf).await? == 0 {
-                stream
-                    .send_data(Bytes::new(), true)
-                    .map_err(io::Error::other)?;
-                return Ok::<(), io::Error>(());
+    let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
+    // In a block: the two directions (and their borrows of the byte counts) end with it.
+    let outcome = {
+        let up = async {
+            while let Some(data) = body.data().await {
+                let data = data.map_err(io::Error::other)?;
+                let n = data.len();
+                write_all(&mut backend_write, &data, &[], progress).await?;
+                up_bytes += n as u64;
+                let _ = body.flow_control().release_capacity(n);
             }
-            let data = buf.split().freeze();
-            send_data(&mut stream, data, false, progress)
-                .await
-                .map_err(fault_io)?;
-        }
-    };
-    tokio::pin!(up, down);
-    let (first, rest) = tokio::select! {
-        result = &mut up => (result, false),
-        result = &mut down => (result, true),
-    };
-    let outcome = match first {
-        Err(error) => Err(error),
-        Ok(()) => {
-            let rest = async {
-                if rest {
-                    (&mut up).await
-                } else {
-                    (&mut down).await
+            backend_write.shutdown().await
+        };
+        let down = async {
+            if !early.is_empty() {
+                let n = early.len() as u64;
+                send_data(&mut stream, early.freeze(), false, progress)
+                    .await
+                    .map_err(fault_io)?;
+                down_bytes += n;
+            }
+            let mut buf = BytesMut::new();
+            loop {
+                buf.reserve(READ_BYTES);
+                if backend_read.read_buf(&mut buf).await? == 0 {
+                    stream
+                        .send_data(Bytes::new(), true)
+                        .map_err(io::Error::other)?;
+                    return Ok::<(), io::Error>(());
                 }
-            };
-            match tokio::time::timeout(config.upgrade_half_close_grace, rest).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
+                let data = buf.split().freeze();
+                let n = data.len() as u64;
+                send_data(&mut stream, data, false, progress)
+                    .await
+                    .map_err(fault_io)?;
+                down_bytes += n;
+            }
+        };
+        tokio::pin!(up, down);
+        let (first, rest) = tokio::select! {
+            result = &mut up => (result, false),
+            result = &mut down => (result, true),
+        };
+        match first {
+            Err(error) => Err(error),
+            Ok(()) => {
+                let rest = async {
+                    if rest {
+                        (&mut up).await
+                    } else {
+                        (&mut down).await
+                    }
+                };
+                match tokio::time::timeout(config.upgrade_half_close_grace, rest).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(()),
+                }
             }
         }
     };
     if let Err(error) = outcome {
         debug!(backend = %guard.route().backend(), %error, "HTTP/2 WebSocket ended with error");
     }
+    guard.received(up_bytes);
+    guard.sent(down_bytes);
     drop(guard);
 }
 

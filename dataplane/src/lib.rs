@@ -42,7 +42,7 @@ mod wake;
 mod workers;
 
 pub use config::ProxyConfig;
-pub use counting::ActiveGuard;
+pub use counting::{ActiveGuard, ErrorCounts};
 pub use error::{ProxyError, Side, TokenCookie};
 pub use host::{backend_label, host_name, HostError};
 pub use http1::serve;

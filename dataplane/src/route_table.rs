@@ -14,7 +14,7 @@ use std::time::Instant;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
-use crate::counting::{ActiveGuard, Activity};
+use crate::counting::{ActiveGuard, Activity, ErrorCounts, Traffic};
 use crate::host::{backend_label, host_name, HostError, LabelKey};
 use crate::limits::{MAX_HOST_BYTES, MAX_LABEL_BYTES};
 use crate::token_digest::TokenDigest;
@@ -32,6 +32,7 @@ pub struct Route {
     backend: Box<str>,
     upstream: ArcSwapOption<Upstream>,
     activity: Activity,
+    traffic: Traffic,
     /// The digest of the access token requests must show, fixed when the route is created.
     token: Option<TokenDigest>,
 }
@@ -42,6 +43,7 @@ impl Route {
             backend,
             upstream: ArcSwapOption::new(upstream.map(Arc::new)),
             activity: Activity::new(),
+            traffic: Traffic::default(),
             token: None,
         }
     }
@@ -103,6 +105,27 @@ impl Route {
     pub(crate) fn activity(&self) -> &Activity {
         &self.activity
     }
+
+    pub(crate) fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Requests (and upgraded connections) admitted to the backend so far.
+    pub fn requests(&self) -> u64 {
+        self.traffic.requests()
+    }
+
+    /// Bytes forwarded to the backend so far (request heads as rewritten, bodies, what clients
+    /// sent on upgraded connections once those close).
+    pub fn received_bytes(&self) -> u64 {
+        self.traffic.received()
+    }
+
+    /// Bytes forwarded from the backend to clients so far (HTTP/1.1 responses as sent, HTTP/2
+    /// response bodies, what the backend sent on upgraded connections once those close).
+    pub fn sent_bytes(&self) -> u64 {
+        self.traffic.sent()
+    }
 }
 
 impl fmt::Debug for Route {
@@ -133,6 +156,8 @@ struct Inner {
     changed: watch::Sender<()>,
     /// Asked for route keys the table does not have (see [`crate::wake`]).
     waker: ArcSwapOption<Box<dyn Wake>>,
+    /// The proxy's error answers, by status.
+    errors: ErrorCounts,
 }
 
 /// How a request's `Host` names its route.
@@ -166,6 +191,7 @@ impl RouteTable {
                 writer: Mutex::new(()),
                 changed: watch::Sender::new(()),
                 waker: ArcSwapOption::empty(),
+                errors: ErrorCounts::default(),
             }),
         }
     }
@@ -263,6 +289,11 @@ impl RouteTable {
         self.inner.routes.store(Arc::new(map));
         self.notify();
         true
+    }
+
+    /// The error answers of the proxies serving this table, by status.
+    pub fn errors(&self) -> &ErrorCounts {
+        &self.inner.errors
     }
 
     /// Installs what wakes route keys the table does not have.

@@ -46,14 +46,18 @@ pub(crate) struct RelayLimits {
 pub(crate) async fn relay<C: ClientStream>(
     client: &mut C,
     backend: &mut TcpStream,
-    guard: ActiveGuard,
+    mut guard: ActiveGuard,
     peer: SocketAddr,
     limits: RelayLimits,
 ) {
-    let id = guard.route().backend();
+    let route = std::sync::Arc::clone(guard.route());
+    let id = route.backend();
     debug!(backend = %id, %peer, "upgraded connection open");
     match client.relay(backend, limits).await {
-        Ok(done) => debug!(
+        Ok(done) => {
+            guard.received(done.to_backend);
+            guard.sent(done.to_client);
+            debug!(
             backend = %id,
             %peer,
             to_backend = done.to_backend,
@@ -61,7 +65,8 @@ pub(crate) async fn relay<C: ClientStream>(
             closed_first = ?done.closed_first,
             other_side_lingered = done.lingered,
             "upgraded connection closed"
-        ),
+            )
+        }
         Err(error) => debug!(
             backend = %id,
             %peer,

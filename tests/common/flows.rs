@@ -765,6 +765,83 @@ pub async fn metrics_follow_the_cluster(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET /metrics` of the drone, parsed as Prometheus' text format.
+fn scrape_drone(c: &Cluster) -> anyhow::Result<prometheus_parse::Scrape> {
+    let response = curl(&[&c.drone_metrics_url()?])?;
+    ensure!(response.status == 200, "{response:?}");
+    Ok(prometheus_parse::Scrape::parse(
+        response.body.lines().map(|line| Ok(line.to_owned())),
+    )?)
+}
+
+/// The value of the unlabelled sample `name`, 0 when absent (a counter not bumped yet).
+fn plain_sample(scrape: &prometheus_parse::Scrape, name: &str) -> anyhow::Result<f64> {
+    use prometheus_parse::Value;
+    match scrape.samples.iter().find(|s| s.metric == name) {
+        None => Ok(0.0),
+        Some(found) => match found.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Ok(v),
+            ref other => anyhow::bail!("{name}: not a counter or gauge: {other:?}"),
+        },
+    }
+}
+
+/// The drone's `/metrics` (parsed as Prometheus text): a backend's series count the requests
+/// and bytes the proxy carried for it and an open WebSocket as an active connection; the
+/// proxy's 404s are counted by status; once the backend is swept its series are gone and the
+/// sweep is counted.
+pub async fn drone_metrics_follow_traffic(c: &Cluster) -> anyhow::Result<()> {
+    let id = id_of(&c.spawn_ready("", &["--idle", "1"]).await?)?;
+    let backend = ("backend", id.as_str());
+    let before = scrape_drone(c)?;
+    ensure!(sample(&before, "plane_backend_requests_total", backend)? == 0.0);
+    ensure!(sample(&before, "plane_backend_active_connections", backend)? == 0.0);
+    let not_found = |s: &prometheus_parse::Scrape| {
+        sample(s, "plane_proxy_errors_total", ("status", "404")).unwrap_or(0.0)
+    };
+    let sweeps = plain_sample(&before, "plane_sweeps_total")?;
+
+    let upload = "x".repeat(5000);
+    let posted = c.get(&c.host(&id), "/info", &["--data-binary", &upload])?;
+    ensure!(posted.status == 200, "{posted:?}");
+    let got = c.get(&c.host(&id), "/", &[])?;
+    ensure!(got.status == 200, "{got:?}");
+    let unknown = c.get(&format!("nobody.{}", c.cluster), "/", &[])?;
+    ensure!(unknown.status == 404, "{unknown:?}");
+    // A WebSocket is active while open.
+    let url = format!("ws://{}:{}/ws", c.host(&id), c.proxy_port);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.proxy_port)).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
+    ws.send(Message::text("ping")).await?;
+    ws.next().await.context("echo")??;
+    let open = scrape_drone(c)?;
+    ensure!(sample(&open, "plane_backend_active_connections", backend)? == 1.0);
+    ws.close(None).await?;
+    drop(ws);
+
+    let after = scrape_drone(c)?;
+    ensure!(sample(&after, "plane_backend_requests_total", backend)? == 3.0);
+    let received = sample(&after, "plane_backend_received_bytes_total", backend)?;
+    ensure!(received >= 5000.0, "received {received}");
+    let sent = sample(&after, "plane_backend_sent_bytes_total", backend)?;
+    let expected = (posted.body.len() + got.body.len()) as f64;
+    ensure!(sent >= expected, "sent {sent}, bodies alone {expected}");
+    ensure!(not_found(&after) == not_found(&before) + 1.0);
+
+    c.watch_until_terminated(&id).await?;
+    let gone = scrape_drone(c)?;
+    ensure!(
+        !gone
+            .samples
+            .iter()
+            .any(|s| s.labels.get("backend") == Some(id.as_str())),
+        "series of an ended backend"
+    );
+    // At least: a backend of an earlier flow may be swept meanwhile too.
+    ensure!(plain_sample(&gone, "plane_sweeps_total")? >= sweeps + 1.0);
+    Ok(())
+}
+
 /// `dig @the cluster's DNS server ARGS`, bounded; its whole output.
 fn dig(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     plane_test_support::dig::dig(c.dns.context("this cluster serves no DNS")?, args)

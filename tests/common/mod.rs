@@ -513,6 +513,11 @@ impl Cluster {
             .with_context(|| format!("no such backend in the list: {list}"))
     }
 
+    /// Where the drone (or `plane dev`) serves its metrics.
+    pub fn drone_metrics_url(&self) -> anyhow::Result<String> {
+        metrics_url_of(self.drone.as_ref().context("a running drone")?)
+    }
+
     /// The state of a backend now.
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
         self.plane_json(&["status", id]).await
@@ -540,8 +545,18 @@ pub fn dev_command() -> Command {
         "127.0.0.1:0",
         "--dns",
         "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     dev
+}
+
+/// Where a started drone (or `plane dev`) serves its metrics: `http://ADDR/metrics`.
+pub fn metrics_url_of(drone: &ChildGuard) -> anyhow::Result<String> {
+    Ok(format!(
+        "http://{}/metrics",
+        after(drone, "metrics listening on ")?
+    ))
 }
 
 /// Where a started controller's DNS server answers.
@@ -590,7 +605,7 @@ fn start_drone(nats: &str, cluster: &str, id: Option<&str>) -> anyhow::Result<(C
 }
 
 /// [`start_drone`] with extra flags.
-fn start_drone_with(
+pub fn start_drone_with(
     nats: &str,
     cluster: &str,
     id: Option<&str>,
@@ -617,6 +632,9 @@ fn start_drone_with(
     }
     if !extra.contains(&"--executor") {
         drone.args(["--executor", "process"]);
+    }
+    if !extra.contains(&"--metrics") {
+        drone.args(["--metrics", "127.0.0.1:0"]);
     }
     drone.args(extra);
     let drone = ChildGuard::spawn("drone", drone)?;

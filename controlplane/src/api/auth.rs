@@ -2,7 +2,7 @@
 //! {token}` when a token is configured; the comparison takes the same time wherever the first
 //! difference is (subtle's constant-time equality), so the token cannot be found byte by byte.
 
-use super::{ApiError, ApiState};
+use super::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
@@ -63,11 +63,11 @@ impl std::fmt::Debug for ApiToken {
 
 /// Lets the request through if no token is configured, or if it carries the token.
 pub(super) async fn require_token(
-    State(state): State<ApiState>,
+    State(token): State<Option<ApiToken>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &state.token else {
+    let Some(token) = &token else {
         return next.run(request).await;
     };
     if request.uri().path() == "/healthz" {

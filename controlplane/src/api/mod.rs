@@ -10,7 +10,7 @@ mod logs;
 mod server;
 
 pub use auth::{ApiToken, TokenError, MIN_API_TOKEN_BYTES};
-pub use server::serve;
+pub use server::{serve, serve_router};
 
 use crate::controller::{ControlError, Controller, DroneNow};
 use crate::limits::MAX_API_BODY_BYTES;
@@ -148,21 +148,47 @@ fn router_with(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.token.clone(),
             auth::require_token,
         ))
         .with_state(state)
 }
 
-async fn metrics(State(ApiState { controller, .. }): State<ApiState>) -> Response {
+/// A server of `GET /metrics` alone, rendered by `render` when scraped, behind `token` like the
+/// API (for a drone's metrics).
+pub fn metrics_router(
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+    token: Option<ApiToken>,
+) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move { prometheus_text(render()) }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        ))
+}
+
+fn prometheus_text(text: String) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        controller.metrics(),
+        text,
     )
         .into_response()
+}
+
+async fn metrics(State(ApiState { controller, .. }): State<ApiState>) -> Response {
+    prometheus_text(controller.metrics())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -22,12 +22,35 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = Arc::new(watch::Sender::new(false));
+    let limits = config.clone();
+    let app = router_with(controller, config, closing.clone());
+    serve_bounded(listener, app, &limits, closing, shutdown).await
+}
+
+/// Serves `app` (e.g. [`super::metrics_router`]) on `listener` with the API's bounds from
+/// `config` (its connection cap and header timeout) until `shutdown` resolves.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: axum::Router,
+    config: &ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let closing = Arc::new(watch::Sender::new(false));
+    serve_bounded(listener, app, config, closing, shutdown).await
+}
+
+async fn serve_bounded(
+    listener: TcpListener,
+    app: axum::Router,
+    config: &ApiConfig,
+    closing: Arc<watch::Sender<bool>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let max_connections = config.max_connections;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(MAX_API_HEADER_BYTES);
-    let app = router_with(controller, config, closing.clone());
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
