@@ -8,7 +8,7 @@
 use crate::limits::WAKE_TIMEOUT;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use plane_bus::Bus;
-use plane_dataplane::{RouteTable, Wake, WakeRefusal, Waking};
+use plane_dataplane::{RouteTable, TokenDigest, Wake, WakeRefusal, Waking};
 use plane_protocol::error_chain;
 use plane_protocol::ids::DroneId;
 use plane_protocol::keys::{is_label, WakeAnswer, WakeRequest, KEY_HOST_PREFIX};
@@ -28,8 +28,8 @@ struct Inner {
     bus: Bus,
     subject: String,
     table: RouteTable,
-    /// The asks in flight, by host label.
-    asking: Mutex<HashMap<String, Ask>>,
+    /// The asks in flight, by host label and the token's digest.
+    asking: Mutex<HashMap<(String, Option<String>), Ask>>,
 }
 
 impl KeyWaker {
@@ -46,7 +46,7 @@ impl KeyWaker {
 }
 
 impl Wake for KeyWaker {
-    fn wake<'a>(&'a self, host_label: &'a str) -> Waking<'a> {
+    fn wake<'a>(&'a self, host_label: &'a str, token: Option<TokenDigest>) -> Waking<'a> {
         let Some(label) = host_label
             .strip_prefix(KEY_HOST_PREFIX)
             .filter(|label| is_label(label))
@@ -54,22 +54,26 @@ impl Wake for KeyWaker {
             return Box::pin(std::future::ready(Err(WakeRefusal::Unknown)));
         };
         let host_label = host_label.to_string();
+        let token = token.map(|digest| digest.to_hex());
+        // One ask per key and token: a request with a wrong token fails no one else's.
+        let asked = (host_label.clone(), token.clone());
         let ask = {
             let mut asking = self.inner.asking.lock().unwrap_or_else(|p| p.into_inner());
             asking
-                .entry(host_label.clone())
+                .entry(asked.clone())
                 .or_insert_with(|| {
                     let inner = Arc::clone(&self.inner);
-                    let (label, host_label) = (label.to_string(), host_label.clone());
+                    let label = label.to_string();
                     // On a task of its own: the ask completes (and leaves the map) even when
                     // every request waiting for it is gone.
                     let ask = tokio::spawn(async move {
-                        let result = inner.ask(&label, &host_label).await;
+                        let (host_label, token) = &asked;
+                        let result = inner.ask(&label, host_label, token.clone()).await;
                         inner
                             .asking
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .remove(&host_label);
+                            .remove(&asked);
                         result
                     });
                     async move {
@@ -90,9 +94,15 @@ impl Wake for KeyWaker {
 
 impl Inner {
     /// Asks a controller to wake the key, and routes its host to the backend named.
-    async fn ask(&self, label: &str, host_label: &str) -> Result<(), WakeRefusal> {
+    async fn ask(
+        &self,
+        label: &str,
+        host_label: &str,
+        token_sha256: Option<String>,
+    ) -> Result<(), WakeRefusal> {
         let request = WakeRequest {
             label: label.to_string(),
+            token_sha256,
         };
         let answer = self
             .bus
@@ -128,6 +138,8 @@ impl Inner {
                 ))
             }
             WakeAnswer::Unknown => Err(WakeRefusal::Unknown),
+            WakeAnswer::TokenRequired => Err(WakeRefusal::TokenRequired),
+            WakeAnswer::TokenRefused => Err(WakeRefusal::TokenRefused),
         }
     }
 }

@@ -50,6 +50,22 @@ pub(crate) fn presented<'b>(fields: impl Fields<'b>) -> Option<&'b [u8]> {
     })
 }
 
+/// The token a request to `target` shows: [`presented`], or the `token` of a visit to
+/// [`AUTH_PATH`] (a browser's first visit to a sleeping backend).
+pub(crate) fn presented_at<'b>(fields: impl Fields<'b>, target: &'b str) -> Option<&'b [u8]> {
+    presented(fields).or_else(|| {
+        let (path, query) = target.split_once('?')?;
+        if path != AUTH_PATH {
+            return None;
+        }
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .filter(|token| !token.is_empty())
+            .map(str::as_bytes)
+    })
+}
+
 /// The credentials of `Authorization: Bearer CREDENTIALS` (scheme case-insensitive).
 fn bearer(value: &[u8]) -> Option<&[u8]> {
     let value = trim(value);
@@ -231,6 +247,25 @@ mod tests {
         ];
         assert_eq!(presented(&both[..]), Some(&b"from-header"[..]));
         assert_eq!(presented(&[header("Authorization", b"Bearer ")][..]), None);
+    }
+
+    #[test]
+    fn a_sleeping_backend_is_shown_the_token_of_the_auth_path_too() {
+        let none: &[Header<'_>] = &[];
+        assert_eq!(
+            presented_at(none, "/_plane_auth?redirect=%2F&token=t0k"),
+            Some(&b"t0k"[..])
+        );
+        assert_eq!(presented_at(none, "/_plane_auth?token="), None);
+        assert_eq!(presented_at(none, "/other?token=t0k"), None);
+        let bearer = [Header {
+            name: "Authorization",
+            value: b"Bearer b3arer",
+        }];
+        assert_eq!(
+            presented_at(&bearer[..], "/_plane_auth?token=t0k"),
+            Some(&b"b3arer"[..])
+        );
     }
 
     #[test]

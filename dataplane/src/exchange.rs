@@ -34,6 +34,7 @@ use crate::http2;
 use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::route_table::{Route, RouteTable};
 use crate::sockets::write_all;
+use crate::token_digest::TokenDigest;
 use crate::upgrade::{self, RelayLimits};
 use crate::upstream::Upstream;
 use crate::wake::WakeRefusal;
@@ -381,7 +382,8 @@ async fn forward<C: ClientStream>(
             // Maybe asleep: once woken, admitted again against the backend's own route. Rare,
             // and on the heap, so that every connection's future stays small.
             let refuse = move |error| Failure::Respond { error, keep_alive };
-            Box::pin(wake_route(proxy, &backend))
+            let token = presented_token(inbuf.data());
+            Box::pin(wake_route(proxy, &backend, token))
                 .await
                 .map_err(refuse)?;
             out.clear();
@@ -1028,11 +1030,30 @@ async fn respond_error<C: ClientStream>(
     }
 }
 
-/// Asks the table's waker for a route for `label` (see [`crate::wake`]).
-pub(crate) async fn wake_route(proxy: &Proxy, label: &str) -> Result<(), ProxyError> {
-    match proxy.table.wake(label).await {
+/// The digest of the token the request head at the start of `buf` shows, if any: parsed again
+/// on the rare path of a request for a name nothing routes.
+fn presented_token(buf: &[u8]) -> Option<TokenDigest> {
+    let mut slots = header_slots();
+    let head = RequestHead::parse(buf, &mut slots).ok()??;
+    access::presented_at(head.headers, head.target.path).map(TokenDigest::of)
+}
+
+/// Asks the table's waker for a route for `label`, for a request showing `token` (see
+/// [`crate::wake`]).
+pub(crate) async fn wake_route(
+    proxy: &Proxy,
+    label: &str,
+    token: Option<TokenDigest>,
+) -> Result<(), ProxyError> {
+    match proxy.table.wake(label, token).await {
         Ok(()) => Ok(()),
         Err(WakeRefusal::Unknown) => Err(unknown(label)),
+        Err(WakeRefusal::TokenRequired) => Err(ProxyError::TokenRequired {
+            backend: label.into(),
+        }),
+        Err(WakeRefusal::TokenRefused) => Err(ProxyError::TokenRefused {
+            backend: label.into(),
+        }),
         Err(WakeRefusal::Unavailable(reason)) => Err(ProxyError::NotWoken {
             name: label.into(),
             reason: reason.into(),

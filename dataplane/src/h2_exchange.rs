@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::access;
 use crate::counting::ActiveGuard;
 use crate::drain;
 use crate::error::ProxyError;
@@ -31,6 +32,7 @@ use crate::head::{header_slots, Framing, ResponseHead};
 use crate::headers::{self, Credentials, Forwarded, H2Request};
 use crate::limits::MAX_RESPONSE_HEADER_BYTES;
 use crate::sockets::write_all;
+use crate::token_digest::TokenDigest;
 use crate::upstream::Upstream;
 
 /// Bytes read from a backend at a time for a body.
@@ -96,8 +98,10 @@ pub(crate) fn accept(
             // Maybe asleep: woken on a task of its own, then admitted again against the
             // backend's own route.
             let connection = Arc::clone(connection);
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let token = access::presented_at(&parts.headers, target).map(TokenDigest::of);
             tokio::spawn(async move {
-                let woken = wake_route(&connection.proxy, &backend).await;
+                let woken = wake_route(&connection.proxy, &backend, token).await;
                 match woken.and_then(|()| admit(&connection, &parts, &mut body)) {
                     Ok(admitted) => serve_stream(connection, admitted, respond, drain).await,
                     Err(error) => answer_error(&connection.proxy, &mut respond, &error),

@@ -301,12 +301,17 @@ impl RouteTable {
         self.inner.waker.store(Some(Arc::new(Box::new(waker))));
     }
 
-    /// Asks the waker for a route for `label`; [`WakeRefusal::Unknown`] without a waker.
-    pub(crate) async fn wake(&self, label: &str) -> Result<(), WakeRefusal> {
+    /// Asks the waker for a route for `label`, for a request showing `token` (its digest);
+    /// [`WakeRefusal::Unknown`] without a waker.
+    pub(crate) async fn wake(
+        &self,
+        label: &str,
+        token: Option<TokenDigest>,
+    ) -> Result<(), WakeRefusal> {
         let Some(waker) = self.inner.waker.load_full() else {
             return Err(WakeRefusal::Unknown);
         };
-        waker.wake(label).await
+        waker.wake(label, token).await
     }
 
     /// Whether a waker is installed: only then is an unknown route key worth a wake.

@@ -217,6 +217,9 @@ impl KeyRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeRequest {
     pub label: String,
+    /// The lowercase hex SHA-256 of the access token the request showed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
 }
 
 /// The controller's answer to a [`WakeRequest`].
@@ -231,6 +234,10 @@ pub enum WakeAnswer {
     NoRoom { error: String },
     /// No key by that label can wake (never connected with `wake`, or forgotten).
     Unknown,
+    /// The key requires a token and the request showed none: nothing was started.
+    TokenRequired,
+    /// The key requires a token and the request showed another: nothing was started.
+    TokenRefused,
 }
 
 #[cfg(test)]

@@ -44,6 +44,13 @@ impl AccessToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The lowercase hex of the token's SHA-256: how a drone tells which token a request
+    /// showed without passing the token on (the proxy's `TokenDigest`).
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        data_encoding::HEXLOWER.encode(&Sha256::digest(self.0.as_bytes()))
+    }
 }
 
 impl TryFrom<String> for AccessToken {

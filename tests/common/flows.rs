@@ -1194,8 +1194,8 @@ pub async fn idempotent_retries(c: &Cluster) -> anyhow::Result<()> {
 }
 
 /// Wake on request: a key connected with `wake` gets a stable `key_url` (`k-{label}`), which
-/// reaches its backend with the backend's token (and not without); once the backend is swept, a
-/// burst of 20 requests to that URL starts exactly one new backend with the key's spec and the
+/// reaches its backend with the backend's token (and not without); once the backend is swept,
+/// requests without the token (or with another) wake nothing, and a burst of 20 requests to that URL starts exactly one new backend with the key's spec and the
 /// same token, and all 20 are served by it; after another sweep a WebSocket through the key's
 /// URL wakes it too. DNS answers the key's name; a draining drone wakes nothing (503 with
 /// `Retry-After`); unknown keys and keys that cannot wake are 404.
@@ -1245,8 +1245,30 @@ pub async fn wake_on_request(c: &Cluster) -> anyhow::Result<()> {
         ensure!(answer.trim() == "127.0.0.1", "DNS of the key: {answer:?}");
     }
 
-    // Swept; then a burst of 20 wakes it once.
+    // Swept: a request without the key's token (or with another) wakes nothing.
     c.watch_until_terminated(&first_id).await?;
+    let tokenless = c.get(&host, "/info", &[])?;
+    ensure!(
+        tokenless.status == 401,
+        "a wake without the token: {tokenless:?}"
+    );
+    let wrong = c.get(
+        &host,
+        "/info",
+        &["-H", "Authorization: Bearer 0000wrong0000"],
+    )?;
+    ensure!(wrong.status == 403, "a wake with another token: {wrong:?}");
+    let started = c
+        .plane_json(&["list"])
+        .await?
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter(|b| b["key"] == key.as_str())
+        .count();
+    ensure!(started == 1, "refused wakes started backends: {started}");
+
+    // Then a burst of 20 with the token wakes it once.
     let burst = futures::future::join_all((0..20).map(|_| {
         let url = format!("http://127.0.0.1:{}/info", c.proxy_port);
         let (host, bearer) = (format!("Host: {host}"), bearer.clone());

@@ -19,6 +19,7 @@ use plane_protocol::records::{BackendRecord, SpawnAnswer};
 use plane_protocol::registry::RegistryCredentials;
 use plane_protocol::token::AccessToken;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn};
 
 /// What a connect found in the key's record. Made once per connect and taken apart at once:
@@ -283,7 +284,10 @@ impl Controller {
             .drone_of(&msg.subject)
             .and_then(|drone| DroneId::new(drone).ok());
         let answer = match (drone, msg.decode::<WakeRequest>()) {
-            (Some(drone), Ok(request)) => match self.wake(&drone, &request.label).await {
+            (Some(drone), Ok(request)) => match self
+                .wake(&drone, &request.label, request.token_sha256.as_deref())
+                .await
+            {
                 Ok(answer) => answer,
                 Err(error) => {
                     warn!(error = %error_chain(&error), %drone, "could not wake a key");
@@ -307,8 +311,14 @@ impl Controller {
 
     /// Wakes the key of `label` on `drone`, which received a request for it: the key's live
     /// backend if it runs there, else a new one with the key's last spec and token, placed on
-    /// that drone only (where the request waits). Only keys connected with `wake` can.
-    pub async fn wake(&self, drone: &DroneId, label: &str) -> Result<WakeAnswer, ControlError> {
+    /// that drone only (where the request waits). Only keys connected with `wake` can, and a key
+    /// that requires a token only for a request showing it (`token_sha256`).
+    pub async fn wake(
+        &self,
+        drone: &DroneId,
+        label: &str,
+        token_sha256: Option<&str>,
+    ) -> Result<WakeAnswer, ControlError> {
         if !is_label(label) {
             return Ok(WakeAnswer::Unknown);
         }
@@ -322,6 +332,24 @@ impl Controller {
             else {
                 return Ok(WakeAnswer::Unknown);
             };
+            // A key that requires a token wakes only for a request that shows it: nothing
+            // starts for anyone else. Compared in constant time.
+            if let Some((
+                KeyRecord {
+                    token: Some(token), ..
+                },
+                _,
+            )) = &current
+            {
+                let expected = token.sha256_hex();
+                match token_sha256 {
+                    None => return Ok(WakeAnswer::TokenRequired),
+                    Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+                        return Ok(WakeAnswer::TokenRefused)
+                    }
+                    Some(_) => {}
+                }
+            }
             match self.judge(&key, current).await? {
                 Found::Live { backend, .. } if &backend.drone == drone => {
                     return Ok(WakeAnswer::Here {
