@@ -145,12 +145,12 @@ impl Inner {
 }
 
 /// The host label a backend is also reached at: `k-{label}` of the key it was connected by
-/// (`PLANE_KEY`, which only the controller sets), if any.
+/// (its `KEY_ENV`, which only the controller sets), if any.
 pub fn key_host_label(
     spec: &plane_protocol::messages::BackendSpec,
     cluster: &str,
 ) -> Option<String> {
-    let key = spec.env.get("PLANE_KEY")?;
+    let key = spec.env.get(plane_protocol::keys::KEY_ENV)?;
     let key = plane_protocol::keys::BackendKey::new(key.clone()).ok()?;
     Some(key.host_label(cluster))
 }

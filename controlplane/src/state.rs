@@ -335,3 +335,19 @@ impl ClusterState {
         }
     }
 }
+
+/// Waits until `key`'s latest revision in `kv` is no longer `revision` (a write or a delete by
+/// someone else), or `wait` has passed; either way the caller reads the key again. The watch
+/// starts before the key is read, so a change in between is not missed.
+pub async fn wait_for_change(
+    kv: &Kv,
+    key: &str,
+    revision: u64,
+    wait: Duration,
+) -> Result<(), KvError> {
+    let mut watch = kv.watch(key).await?;
+    if kv.get(key).await?.map(|e| e.revision) == Some(revision) {
+        let _ = tokio::time::timeout(wait, watch.next()).await;
+    }
+    Ok(())
+}

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+/// The environment variable that tells a backend its key (set by the controller only: a spawn
+/// may not set it).
+pub const KEY_ENV: &str = "PLANE_KEY";
+
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 

@@ -12,6 +12,7 @@
 use super::ApiError;
 use crate::controller::Controller;
 use crate::limits::{IDEMPOTENCY_TAKEOVER, MAX_CONNECT_ATTEMPTS};
+use crate::state::wait_for_change;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -190,11 +191,9 @@ async fn begin(kv: &Kv, label: String, request: &str) -> Result<Begun, ApiError>
             }
         }
         // Still running: wait for its answer (or its failure, which frees the key).
-        let mut watch = kv.watch(&label).await.map_err(store)?;
-        let now = kv.get(&label).await.map_err(store)?;
-        if now.map(|e| e.revision) == Some(revision) {
-            let _ = tokio::time::timeout(IDEMPOTENCY_TAKEOVER - running_for, watch.next()).await;
-        }
+        wait_for_change(kv, &label, revision, IDEMPOTENCY_TAKEOVER - running_for)
+            .await
+            .map_err(store)?;
     }
     Err(ApiError::new(
         StatusCode::CONFLICT,

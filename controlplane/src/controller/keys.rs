@@ -5,14 +5,14 @@
 //! once [`KEY_CLAIM_TIMEOUT`] has passed, and a record naming a backend that has ended is free:
 //! a missed release costs nothing but a compare-and-set.
 
-use super::{ControlError, Controller, Secrets};
+use super::{ControlError, Controller, Placement, Secrets};
 use crate::limits::{KEY_CLAIM_TIMEOUT, MAX_CONNECT_ATTEMPTS};
-use crate::state::StateError;
-use plane_bus::{Kv, KvError, Message};
+use crate::state::{wait_for_change, StateError};
+use plane_bus::{KvError, Message};
 use plane_protocol::error_chain;
 use plane_protocol::ids::{BackendId, DroneId};
 use plane_protocol::keys::{
-    is_label, BackendKey, ConnectAnswer, KeyRecord, ValidConnect, WakeAnswer, WakeRequest,
+    is_label, BackendKey, ConnectAnswer, KeyRecord, ValidConnect, WakeAnswer, WakeRequest, KEY_ENV,
 };
 use plane_protocol::messages::{now_millis, BackendState};
 use plane_protocol::records::{BackendRecord, SpawnAnswer};
@@ -97,7 +97,9 @@ impl Controller {
                     }
                 }
                 Found::Placing { revision, wait } => {
-                    wait_for_change(&keys, &label, revision, wait).await?;
+                    wait_for_change(&keys, &label, revision, wait)
+                        .await
+                        .map_err(state)?;
                 }
             }
         }
@@ -173,13 +175,13 @@ impl Controller {
             credentials,
         };
         let placed = self
-            .place(
-                id.clone(),
-                claim.spec.clone(),
+            .place(Placement {
+                id: id.clone(),
+                spec: claim.spec.clone(),
                 secrets,
-                Some(claim.key.clone()),
+                key: Some(claim.key.clone()),
                 only,
-            )
+            })
             .await;
         let keys = self.inner.state.keys();
         match placed {
@@ -362,7 +364,9 @@ impl Controller {
                     })
                 }
                 Found::Placing { revision, wait } => {
-                    wait_for_change(&keys, label, revision, wait).await?;
+                    wait_for_change(&keys, label, revision, wait)
+                        .await
+                        .map_err(state)?;
                 }
                 Found::Free { previous, revision } => {
                     let Some(previous) = previous else {
@@ -495,7 +499,7 @@ fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
     let spawn = &connect.spawn;
     let mut spec = spawn.spec.clone();
     spec.env
-        .insert("PLANE_KEY".to_string(), connect.key.as_str().to_string());
+        .insert(KEY_ENV.to_string(), connect.key.as_str().to_string());
     // A key that could wake still can, with the same token.
     let wake = connect.wake || previous.as_ref().is_some_and(|p| p.wake);
     let token = spec.require_token.then(|| {
@@ -520,22 +524,4 @@ fn claim(connect: &ValidConnect, previous: Option<KeyRecord>) -> KeyRecord {
 
 fn state(error: KvError) -> ControlError {
     ControlError::State(error.into())
-}
-
-/// Waits until the key's record is no longer at `revision`, at most `wait`.
-async fn wait_for_change(
-    keys: &Kv,
-    label: &str,
-    revision: u64,
-    wait: Duration,
-) -> Result<(), ControlError> {
-    let mut watch = keys.watch(label).await.map_err(state)?;
-    // Changed between the read and the watch?
-    let now = keys.get(label).await.map_err(state)?;
-    if now.map(|e| e.revision) != Some(revision) {
-        return Ok(());
-    }
-    // A timeout is not an error: the caller looks again and takes a stale claim over.
-    let _ = tokio::time::timeout(wait, watch.next()).await;
-    Ok(())
 }

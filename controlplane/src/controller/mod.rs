@@ -46,6 +46,17 @@ struct Secrets<'a> {
     credentials: Option<&'a RegistryCredentials>,
 }
 
+/// One backend to schedule.
+struct Placement<'a> {
+    id: BackendId,
+    spec: BackendSpec,
+    secrets: Secrets<'a>,
+    /// The key it is connected by, if any.
+    key: Option<BackendKey>,
+    /// Only this drone may take it (a wake on that drone).
+    only: Option<&'a DroneId>,
+}
+
 /// How the controller is set up.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -535,22 +546,20 @@ impl Controller {
             credentials: credentials.as_ref(),
         };
         let record = self
-            .place(BackendId::generate(), spec, secrets, None, None)
+            .place(Placement {
+                id: BackendId::generate(),
+                spec,
+                secrets,
+                key: None,
+                only: None,
+            })
             .await?;
         Ok(SpawnAnswer { record, token })
     }
 
-    /// Schedules backend `id` (of `key`, if any; on drone `only`, if given), counting the
-    /// outcome.
-    async fn place(
-        &self,
-        id: BackendId,
-        spec: BackendSpec,
-        secrets: Secrets<'_>,
-        key: Option<BackendKey>,
-        only: Option<&DroneId>,
-    ) -> Result<BackendRecord, ControlError> {
-        let scheduled = self.schedule(id, spec, secrets, key, only).await;
+    /// Schedules a backend, counting the outcome.
+    async fn place(&self, placement: Placement<'_>) -> Result<BackendRecord, ControlError> {
+        let scheduled = self.schedule(placement).await;
         self.inner.metrics.spawned(match &scheduled {
             Ok(_) => SpawnOutcome::Placed,
             Err(ControlError::NoDrone(_) | ControlError::NoDroneAccepted(_)) => {
@@ -561,14 +570,14 @@ impl Controller {
         scheduled
     }
 
-    async fn schedule(
-        &self,
-        id: BackendId,
-        spec: BackendSpec,
-        secrets: Secrets<'_>,
-        key: Option<BackendKey>,
-        only: Option<&DroneId>,
-    ) -> Result<BackendRecord, ControlError> {
+    async fn schedule(&self, placement: Placement<'_>) -> Result<BackendRecord, ControlError> {
+        let Placement {
+            id,
+            spec,
+            secrets,
+            key,
+            only,
+        } = placement;
         let state = &self.inner.state;
         let now = now_millis();
         let drones: Vec<Candidate> = self
